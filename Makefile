@@ -1,0 +1,35 @@
+# Arbor's two set-up commands: `make run` (the main job on the embedded default) and `make test`.
+# Both create a local virtual environment first; torch's CPU build goes in before anything that
+# depends on torch, so pip does not pull a multi-GB CUDA build on a CPU-only machine.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/countdown_tiny.yaml
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install run test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+run: install
+	$(BIN)/arbor sft $(CONFIG)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python bench/sft_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,249 @@
+"""Arbor's one typed config schema (omegaconf structured dataclasses).
+
+Every command is ``arbor <command> CONFIG [key=value ...]``: the YAML recipe is merged onto these
+defaults, then the dotted overrides. An unknown key or a value of the wrong type stops the command at
+start-up with a :class:`ConfigError` that names the full dotted key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from core.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None  # local HF checkpoint dir to load; None builds the tiny model below from scratch
+    arch: str = "llama"  # architecture of the from-scratch model: llama | qwen2
+    hidden_size: int = 256  # width of the from-scratch model
+    num_layers: int = 4  # transformer blocks
+    num_heads: int = 4  # attention heads (key/value heads equal heads)
+    intermediate_size: int = 688  # MLP width
+    max_seq_len: int = 256  # longest prompt + response in tokens
+    init_seed: int = 0  # seed for the from-scratch weights
+
+
+@dataclass
+class CountdownConfig:
+    min_numbers: int = 3  # numbers given at difficulty level 0
+    max_numbers: int = 4  # numbers given at the hardest level (levels = max - min + 1)
+    max_operand: int = 25  # given numbers are drawn from 1..max_operand
+    max_target: int = 100  # targets lie in 1..max_target
+    min_steps: int = 2  # the shortest solution needs at least this many steps
+
+
+@dataclass
+class ArithConfig:
+    min_ops: int = 2  # operators in a chain at difficulty level 0
+    max_ops: int = 4  # operators at the hardest level
+    max_operand: int = 20  # operands are drawn from 1..max_operand
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # JSONL file for task.name gsm8k | math
+    question_key: str | None = None  # field holding the problem; None: the task's default (question | problem)
+    answer_key: str | None = None  # field holding the reference answer; None: the task's default (answer)
+    solution_key: str | None = None  # field holding a worked solution, if any; None: the task's default
+    eval_fraction: float = 0.1  # share of a single file held out for evaluation when no eval_path is given
+    eval_path: str | None = None  # separate JSONL for held-out problems
+
+
+@dataclass
+class TaskConfig:
+    name: str = "countdown"  # countdown | arith | gsm8k | math
+    countdown: CountdownConfig = field(default_factory=CountdownConfig)
+    arith: ArithConfig = field(default_factory=ArithConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval_size: int = 200  # held-out problems (fixed per config: seeds eval_seed .. eval_seed + eval_size - 1)
+    eval_seed: int = 0  # first held-out seed; held-out seeds live in a range disjoint from training seeds
+    eval_mix: list[float] | None = None  # weight per difficulty level for held-out problems; None: uniform
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 1200  # optimizer steps
+    batch_size: int = 64  # sequences per step
+    lr: float = 2e-3  # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 50  # linear warm-up steps
+    weight_decay: float = 0.01  # AdamW weight decay
+    grad_clip: float = 1.0  # max gradient norm
+    difficulty_mix: list[float] | None = None  # weight per difficulty level of training problems; None: uniform
+    corrupt_fraction: float = 0.1  # share of traces with one injected error, so the init is imperfect
+    engine: str = "deepspeed"  # deepspeed | torch: which engine runs the update
+    zero_stage: int = 0  # DeepSpeed ZeRO stage (0, 1 or 2)
+    seed: int = 0  # data order and corruption seed
+    eval_before_after: bool = True  # evaluate the init and the trained model and print a before/after table
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 100  # problems per generation batch
+    max_new_tokens: int = 96  # response length limit in tokens
+    num_samples: int = 4  # sampled responses per problem for pass@k / maj@k (0 disables sampling)
+    temperature: float = 1.0  # sampling temperature for pass@k / maj@k
+    top_p: float = 1.0  # nucleus sampling threshold
+    ks: list[int] = field(default_factory=lambda: [1, 4])  # k values reported for pass@k and maj@k
+    seed: int = 0  # sampling seed
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "arbor"  # wandb project
+    entity: str | None = None  # wandb entity (team or user)
+    tags: list[str] = field(default_factory=list)  # run tags
+
+
+@dataclass
+class RunConfig:
+    root: str = "runs"  # parent directory of run directories
+    name: str | None = None  # run directory name; None: <command>-<timestamp>
+
+
+@dataclass
+class ArborConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of every leaf under a nested mapping (the keys a recipe or override sets)."""
+    if isinstance(node, (dict, DictConfig)):
+        items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else node.items()
+        out: list[str] = []
+        for k, v in items:
+            out += _leaf_keys(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [prefix]
+
+
+def _field_type(key: str) -> str:
+    """The declared type of a dotted key, as a reader would write it (``int``, ``Optional[str]``...)."""
+    import typing
+
+    cls: Any = ArborConfig
+    hint: Any = None
+    for part in re.sub(r"\[\d+\]", "", key).split("."):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return "a valid value"
+        hint = hints[part]
+        cls = hint
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _explain(exc: OmegaConfBaseException, source: str, given: Any) -> ConfigError:
+    key = str(getattr(exc, "full_key", None) or "")
+    if isinstance(exc, ConfigKeyError) or " not in " in str(exc):
+        # omegaconf names the first missing segment; report the full dotted key the user wrote
+        full = next((k for k in _leaf_keys(given) if k == key or k.startswith(key + ".")), key)
+        return ConfigError(f"{source}: unknown config key '{full}'")
+    if isinstance(exc, ValidationError):
+        detail = str(exc).splitlines()[0]
+        return ConfigError(f"{source}: config key '{key}' expects {_field_type(key)}: {detail}")
+    return ConfigError(f"{source}: bad value for config key '{key}': {str(exc).splitlines()[0]}")
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, source, other) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ArborConfig:
+    """Defaults, then the YAML recipe at ``path``, then ``key=value`` overrides; typed and checked."""
+    cfg = OmegaConf.structured(ArborConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            recipe = OmegaConf.load(path)
+        except Exception as exc:  # yaml errors carry line numbers in their text
+            raise ConfigError(f"{path}: cannot parse YAML: {exc}") from None
+        cfg = _merge(cfg, recipe, str(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key = item.split("=", 1)[0]
+        try:
+            dot = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"override '{item}': {str(exc).splitlines()[0]}") from None
+        cfg = _merge(cfg, dot, f"override '{key}'")
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, "config", cfg) from None
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, ArborConfig)
+    validate(obj)
+    return obj
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got '{value}'")
+
+
+def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"config key '{key}' must be {'>= 0' if allow_zero else '> 0'}; got {value}")
+
+
+def validate(cfg: ArborConfig) -> None:
+    """Checks that types alone cannot express; raises ConfigError naming the key."""
+    _choice("model.arch", cfg.model.arch, ("llama", "qwen2"))
+    _choice("task.name", cfg.task.name, ("countdown", "arith", "gsm8k", "math"))
+    _choice("sft.engine", cfg.sft.engine, ("deepspeed", "torch"))
+    _choice("wandb.mode", cfg.wandb.mode, ("offline", "online", "disabled"))
+    if cfg.sft.zero_stage not in (0, 1, 2):
+        raise ConfigError(f"config key 'sft.zero_stage' must be 0, 1 or 2; got {cfg.sft.zero_stage}")
+    if cfg.model.hidden_size % cfg.model.num_heads:
+        raise ConfigError("config key 'model.hidden_size' must be divisible by 'model.num_heads'")
+    for key in (
+        "model.hidden_size",
+        "model.num_layers",
+        "model.num_heads",
+        "model.max_seq_len",
+        "sft.batch_size",
+        "eval.batch_size",
+        "eval.max_new_tokens",
+        "task.eval_size",
+    ):
+        section, name = key.split(".")
+        _positive(key, getattr(getattr(cfg, section), name))
+    _positive("sft.steps", cfg.sft.steps, allow_zero=True)
+    _positive("eval.num_samples", cfg.eval.num_samples, allow_zero=True)
+    if not 0.0 <= cfg.sft.corrupt_fraction <= 1.0:
+        raise ConfigError(f"config key 'sft.corrupt_fraction' must lie in [0, 1]; got {cfg.sft.corrupt_fraction}")
+    if any(k < 1 for k in cfg.eval.ks):
+        raise ConfigError(f"config key 'eval.ks' must hold k >= 1; got {cfg.eval.ks}")
+    cd = cfg.task.countdown
+    if not 2 <= cd.min_numbers <= cd.max_numbers <= 6:
+        raise ConfigError("config keys 'task.countdown.min_numbers' <= 'task.countdown.max_numbers' must lie in 2..6")
+    ar = cfg.task.arith
+    if not 1 <= ar.min_ops <= ar.max_ops:
+        raise ConfigError("config keys 'task.arith.min_ops' <= 'task.arith.max_ops' must be >= 1")
+    if cfg.task.name in ("gsm8k", "math") and not cfg.task.data.path:
+        raise ConfigError(f"task.name={cfg.task.name} needs config key 'task.data.path' (a JSONL file)")
+
+
+def to_yaml(cfg: ArborConfig) -> str:
+    """The resolved config as YAML, as written into every run directory."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,154 @@
+"""Policy model and tokenizer factory, the scalar value head, and HF-format checkpoints.
+
+The default policy is a small Llama- or Qwen2-style causal LM built from config with Arbor's character
+tokenizer; ``model.path=DIR`` loads any local Hugging Face causal LM and its tokenizer instead.
+Checkpoints are ``save_pretrained`` directories (safetensors) that plain
+``AutoModelForCausalLM.from_pretrained`` loads; the value head sits beside them in its own file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+)
+
+from core.config import ModelConfig
+from core.errors import ModelLoadError
+from core.tokenizer import build_char_tokenizer
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+ARBOR_META_FILE = "arbor.json"
+
+
+def build_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A freshly initialised small causal LM shaped by ``cfg`` over ``tokenizer``'s vocabulary."""
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_seq_len,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlamaConfig(**common) if cfg.arch == "llama" else Qwen2Config(**common)
+    torch.manual_seed(cfg.init_seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def load_pretrained(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a local HF causal LM directory and its tokenizer; never reaches a hub."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"model.path: directory not found: {path}")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"model.path: {path} has no config.json, so it is not a Hugging Face checkpoint")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model.path: cannot load {path}: {exc}") from None
+    if tokenizer.pad_token_id is None:  # many LMs ship without one; generation batches need it
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def build_policy(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The policy named by ``cfg``: loaded from ``cfg.path`` or built tiny from scratch."""
+    if cfg.path:
+        return load_pretrained(cfg.path)
+    tokenizer = build_char_tokenizer()
+    return build_tiny_model(cfg, tokenizer), tokenizer
+
+
+class ValueHead(nn.Module):
+    """Scalar value V(s) read off a causal LM's final hidden state at each position."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.proj.weight)  # start at V = 0.5 after the sigmoid: no preference
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        # hidden: [B, T, H] -> values in (0, 1): [B, T]; outcomes are 0/1 so a sigmoid keeps V a probability
+        return torch.sigmoid(self.proj(hidden).squeeze(-1))
+
+
+def hidden_size_of(model: PreTrainedModel) -> int:
+    """Width of the final hidden state of any HF causal LM."""
+    return int(model.get_output_embeddings().in_features)
+
+
+def forward_with_hidden(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """One trunk pass returning (logits [B,T,V], final hidden [B,T,H], past_key_values).
+
+    Calling the base model and the output head separately gives the value head the same hidden
+    state the LM head sees, without asking for every layer's hidden states.
+    """
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    hidden = out.last_hidden_state
+    logits = model.get_output_embeddings()(hidden)
+    return logits, hidden, getattr(out, "past_key_values", None)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    value_head: ValueHead | None = None,
+    meta: dict | None = None,
+) -> Path:
+    """Write an HF-format checkpoint directory (safetensors), plus the value head and Arbor metadata."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    if value_head is not None:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()}, path / VALUE_HEAD_FILE
+        )
+    (path / ARBOR_META_FILE).write_text(json.dumps(meta or {}, indent=2))
+    return path
+
+
+def load_value_head(path: str | Path, model: PreTrainedModel) -> ValueHead | None:
+    """The value head saved beside a checkpoint, or None when the directory has none."""
+    file = Path(path) / VALUE_HEAD_FILE
+    if not file.is_file():
+        return None
+    head = ValueHead(hidden_size_of(model))
+    head.load_state_dict(load_file(file))
+    return head
+
+
+def matmul_params(model: nn.Module) -> int:
+    """Parameters that take part in matrix products (every nn.Linear, the LM head included)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def train_flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
+    """Model FLOPs of one training token (forward + backward), PaLM appendix B: 6N + 12·L·d·T."""
+    cfg = model.config
+    return 6.0 * matmul_params(model) + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_len

@@ -1,0 +1,225 @@
+"""Countdown: combine the given numbers with + - * / to reach a target (TinyZero's testbed).
+
+Prompt and gold trace (one binary step per line, larger operand first, then the answer)::
+
+    Use 13 7 25 3 to make 27.
+    13-7=6
+    6/3=2
+    25+2=27
+    Answer: 27
+
+The exact solver works on multisets: ``_values(S)`` is every value an expression tree over *all* of S
+can take (memoised across problems), so the shortest solution for a target uses the smallest
+sub-multiset whose values contain it. Zero results and ``x*1``, ``x/1`` are pruned: any tree using
+them has a shorter tree with the same value, so shortest solutions are unaffected.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import cached_property, lru_cache
+from itertools import combinations
+
+from core.config import CountdownConfig
+from core.tasks.base import (
+    ANSWER_PREFIX,
+    STEP_SEP,
+    Problem,
+    check_train_index,
+    corrupt_equation_trace,
+    held_out_problems,
+    seeded_problem,
+)
+
+NAME = "countdown"
+
+
+@lru_cache(maxsize=1 << 16)
+def _splits(nums: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """Distinct unordered splits of a sorted multiset into two non-empty sorted parts."""
+    first, rest = nums[0], nums[1:]
+    seen: dict[tuple[tuple[int, ...], tuple[int, ...]], None] = {}
+    for mask in range(1 << len(rest)):
+        left = (first,) + tuple(x for i, x in enumerate(rest) if mask >> i & 1)
+        right = tuple(x for i, x in enumerate(rest) if not mask >> i & 1)
+        if right:
+            seen[(left, right)] = None
+    return tuple(seen)
+
+
+def _combine_all(nums: tuple[int, ...]) -> frozenset[int]:
+    """Every positive value of an expression tree using each number of the sorted multiset exactly once."""
+    if len(nums) == 1:
+        return frozenset(nums)
+    out: set[int] = set()
+    add = out.add
+    for left, right in _splits(nums):
+        right_values = _values(right)
+        for a in _values(left):
+            for b in right_values:
+                hi, lo = (a, b) if a >= b else (b, a)
+                add(hi + lo)
+                if hi != lo:
+                    add(hi - lo)
+                if lo > 1:
+                    add(hi * lo)
+                    if hi % lo == 0:
+                        add(hi // lo)
+    return frozenset(out)
+
+
+# Small multisets recur across problems and their value sets are small: cache many. Sets of 4+ numbers have
+# thousands of values and rarely recur, so a short cache keeps memory flat over millions of problems.
+_values_small = lru_cache(maxsize=1 << 15)(_combine_all)
+_values_large = lru_cache(maxsize=1 << 9)(_combine_all)
+
+
+def _values(nums: tuple[int, ...]) -> frozenset[int]:
+    """Values of all expression trees over the sorted multiset ``nums`` (memoised)."""
+    return _values_small(nums) if len(nums) <= 3 else _values_large(nums)
+
+
+def _sub_multisets(nums: tuple[int, ...], size: int) -> list[tuple[int, ...]]:
+    """Distinct sub-multisets of a sorted multiset with ``size`` elements, in a fixed order."""
+    return list(dict.fromkeys(combinations(nums, size)))
+
+
+@lru_cache(maxsize=1 << 13)
+def _fewest_steps(nums: tuple[int, ...], max_target: int) -> dict[int, int]:
+    """For each reachable value in 1..max_target, the fewest steps that produce it (do not mutate)."""
+    table: dict[int, int] = {}
+    for size in range(2, len(nums) + 1):
+        for sub in _sub_multisets(nums, size):
+            for v in _values(sub):
+                if v <= max_target and v not in table:
+                    table[v] = size - 1
+    return table
+
+
+def _step(a: int, op: str, b: int, value: int) -> str:
+    """One step, written larger operand first (``20-7`` not ``7-20``; ``13+7`` not ``7+13``)."""
+    hi, lo = (a, b) if a >= b else (b, a)
+    return f"{hi}{op}{lo}={value}"
+
+
+def _partners(op: str, a: int, value: int) -> list[int]:
+    """Every b > 0 such that a and b combined with ``op`` (either order) give ``value``."""
+    if op == "+":
+        out = [value - a]
+    elif op == "-":
+        out = [a - value, a + value]
+    elif op == "*":
+        out = [value // a] if value % a == 0 else []
+    else:
+        out = ([a // value] if a % value == 0 else []) + [a * value]
+    return [b for b in out if b > 0]
+
+
+def _derive(nums: tuple[int, ...], value: int) -> list[str]:
+    """Steps of the first tree over all of ``nums`` that evaluates to ``value``.
+
+    Tie-break: the last step's operator in the order + - * /, then the split, then the smaller operand value;
+    sub-steps of the larger operand come first.
+    """
+    if len(nums) == 1:
+        return []
+    for op in "+-*/":
+        for left, right in _splits(nums):
+            right_values = _values(right)
+            for a in sorted(_values(left)):
+                for b in _partners(op, a, value):
+                    if b in right_values:
+                        first, second = ((left, a), (right, b)) if a >= b else ((right, b), (left, a))
+                        return _derive(*first) + _derive(*second) + [_step(a, op, b, value)]
+    raise AssertionError(f"{value} is not in the values of {nums}")
+
+
+def solve(numbers: list[int], target: int) -> list[str] | None:
+    """A shortest list of steps that makes ``target`` from ``numbers`` (each used at most once), or None."""
+    nums = tuple(sorted(numbers))
+    if target in nums:
+        return []
+    for size in range(2, len(nums) + 1):
+        for sub in _sub_multisets(nums, size):
+            if target in _values(sub):
+                return _derive(sub, target)
+    return None
+
+
+def prompt_for(numbers: list[int], target: int) -> str:
+    """The prompt text for a countdown problem."""
+    return f"Use {' '.join(map(str, numbers))} to make {target}.{STEP_SEP}"
+
+
+def problem_key(numbers: list[int], target: int) -> str:
+    """Canonical identity: the sorted numbers and the target."""
+    return f"{NAME}:{','.join(map(str, sorted(numbers)))}->{target}"
+
+
+class Countdown:
+    """Countdown problems from a seed; level L gives ``min_numbers + L`` numbers."""
+
+    name = NAME
+
+    def __init__(
+        self, cfg: CountdownConfig, eval_size: int = 200, eval_seed: int = 0, eval_mix: list[float] | None = None
+    ) -> None:
+        if not 2 <= cfg.min_numbers <= cfg.max_numbers:
+            raise ValueError(f"countdown needs 2 <= min_numbers <= max_numbers; got {cfg}")
+        if cfg.max_operand < 1 or cfg.max_target < 1:
+            raise ValueError(f"countdown needs max_operand >= 1 and max_target >= 1; got {cfg}")
+        self.cfg = cfg
+        self.num_levels = cfg.max_numbers - cfg.min_numbers + 1
+        self.eval_size = eval_size
+        self.eval_seed = eval_seed
+        self.eval_mix = eval_mix
+
+    def generate(self, rng: random.Random, level: int, uid: str) -> Problem:
+        """One problem at ``level`` drawn from ``rng``: numbers first, then a target among those that qualify."""
+        cfg = self.cfg
+        count = cfg.min_numbers + level
+        # n numbers allow at most n-1 steps, so a larger min_steps is capped rather than unsatisfiable
+        need = min(cfg.min_steps, count - 1)
+        for _ in range(1000):
+            numbers = [rng.randint(1, cfg.max_operand) for _ in range(count)]
+            fewest = _fewest_steps(tuple(sorted(numbers)), cfg.max_target)
+            given = set(numbers)
+            targets = sorted(t for t, k in fewest.items() if k >= need and t not in given)
+            if targets:
+                break
+        else:
+            raise RuntimeError(f"{uid}: no target in 1..{cfg.max_target} needs {need} steps after 1000 draws")
+        target = rng.choice(targets)
+        steps = solve(numbers, target)
+        assert steps is not None
+        return Problem(
+            task=NAME,
+            uid=uid,
+            key=problem_key(numbers, target),
+            prompt=prompt_for(numbers, target),
+            reference={"numbers": numbers, "target": target},
+            solution=STEP_SEP.join([*steps, f"{ANSWER_PREFIX}{target}"]),
+            level=level,
+            meta={"min_steps": len(steps)},
+        )
+
+    @cached_property
+    def _eval(self) -> list[Problem]:
+        return held_out_problems(self.generate, NAME, self.num_levels, self.eval_size, self.eval_seed, self.eval_mix)
+
+    @cached_property
+    def _eval_keys(self) -> frozenset[str]:
+        return frozenset(p.key for p in self._eval)
+
+    def train_problem(self, index: int, level_mix: list[float] | None = None) -> Problem:
+        """The index-th training problem; never one of the held-out problems."""
+        seed = check_train_index(index)
+        return seeded_problem(self.generate, f"{NAME}/train/{index}", seed, self.num_levels, level_mix, self._eval_keys)
+
+    def eval_problems(self) -> list[Problem]:
+        """The fixed held-out set (seeds from EVAL_SEED_OFFSET + eval_seed)."""
+        return list(self._eval)
+
+    def corrupt(self, solution: str, rng: random.Random) -> str:
+        """The trace with one wrong step result, one wrong operand or a wrong final answer."""
+        return corrupt_equation_trace(solution, rng, allow_negative=False)

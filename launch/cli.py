@@ -1,0 +1,50 @@
+"""The ``arbor`` command: ``arbor <command> CONFIG [key=value ...]``.
+
+arbor sft  configs/countdown_tiny.yaml              # SFT warm start + before/after evaluation
+arbor eval configs/countdown_tiny.yaml model.path=runs/sft-.../checkpoints/sft
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+COMMANDS = {
+    "sft": "SFT warm start on solver traces, then a before/after held-out evaluation",
+    "eval": "held-out greedy accuracy and sampled pass@k / maj@k of model.path",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arbor", description="Arbor: actor-learner RL with tree search over steps.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("config", help="YAML recipe, e.g. configs/countdown_tiny.yaml")
+        cmd.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.steps=100 model.path=DIR")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    # Heavy imports wait until the arguments parse, so `arbor --help` answers at once.
+    from core.config import load_config
+    from core.errors import ArborError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from launch import commands
+
+        if args.command == "sft":
+            commands.run_sft(cfg)
+        elif args.command == "eval":
+            commands.run_eval(cfg)
+    except ArborError as exc:
+        print(f"arbor {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

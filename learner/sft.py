@@ -1,0 +1,114 @@
+"""SFT warm start: teach the policy the step format from exact-solver traces.
+
+A ``corrupt_fraction`` of the traces carry one injected error and the difficulty mix is config, so the
+warm-started policy is deliberately imperfect and leaves room for RL.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from core.config import ArborConfig
+from core.tasks import Task
+from learner.engine import OptimConfig, build_engine
+
+IGNORE = -100  # label value the loss skips: prompt and padding positions
+
+
+@dataclass
+class SFTBatch:
+    input_ids: torch.Tensor  # [B, T] right-padded
+    attention_mask: torch.Tensor  # [B, T]
+    labels: torch.Tensor  # [B, T]; IGNORE on prompt and padding
+    num_tokens: int  # real (unpadded) tokens in the batch
+    num_corrupt: int  # traces in the batch with an injected error
+
+
+def encode_example(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_len: int
+) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + response + EOS, and labels that train on the response only."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (p + r)[:max_len]
+    labels = ([IGNORE] * len(p) + r)[:max_len]
+    return ids, labels
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Right-pad a list of (ids, labels) into input_ids, attention_mask, labels tensors."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for i, (x, y) in enumerate(examples):
+        ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+        labels[i, : len(y)] = torch.tensor(y)
+    return ids, mask, labels
+
+
+def sft_batches(
+    task: Task, tokenizer: PreTrainedTokenizerBase, cfg: ArborConfig, exclude_keys: set[str]
+) -> Iterator[SFTBatch]:
+    """An endless stream of training batches; problems whose content is held out are skipped."""
+    rng = random.Random(cfg.sft.seed)
+    index = cfg.sft.seed * 1_000_003  # different seeds read different stretches of the training seed range
+    while True:
+        examples, corrupt = [], 0
+        while len(examples) < cfg.sft.batch_size:
+            problem = task.train_problem(index, cfg.sft.difficulty_mix)
+            index += 1
+            if problem.key in exclude_keys or problem.solution is None:
+                continue
+            trace = problem.solution
+            if rng.random() < cfg.sft.corrupt_fraction:
+                trace = task.corrupt(trace, rng)
+                corrupt += 1
+            examples.append(encode_example(tokenizer, problem.prompt, trace, cfg.model.max_seq_len))
+        ids, mask, labels = collate(examples, tokenizer.pad_token_id)
+        yield SFTBatch(ids, mask, labels, int(mask.sum()), corrupt)
+
+
+def train_sft(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    cfg: ArborConfig,
+    exclude_keys: set[str],
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> PreTrainedModel:
+    """Run ``cfg.sft.steps`` updates on solver traces; returns the trained model (same object)."""
+    s = cfg.sft
+    optim = OptimConfig(s.lr, s.weight_decay, s.grad_clip, s.warmup_steps, s.steps, s.min_lr_ratio)
+    engine = build_engine(model, s.engine, optim, batch_size=s.batch_size, zero_stage=s.zero_stage)
+    engine.module.train()
+    batches = sft_batches(task, tokenizer, cfg, exclude_keys)
+    for step in range(1, s.steps + 1):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        out = engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
+        loss = out.loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"SFT loss is {loss.item()} at step {step}; lower sft.lr")
+        grad_norm = engine.step(loss)
+        dt = time.perf_counter() - t0
+        if on_step is not None:
+            on_step(
+                step,
+                {
+                    "sft/loss": float(loss.detach()),
+                    "sft/lr": engine.lr,
+                    "sft/grad_norm": grad_norm,
+                    "sft/tokens_per_s": batch.num_tokens / dt,
+                    "sft/corrupt_share": batch.num_corrupt / s.batch_size,
+                },
+            )
+    engine.module.eval()
+    return engine.module
