@@ -50,9 +50,10 @@ def run_sft(cfg: ArborConfig) -> dict:
             job = bar.add_task("sft", total=cfg.sft.steps, info="")
 
             def on_step(step: int, metrics: dict[str, float]) -> None:
-                bar.update(
-                    job, advance=1, info=f"loss {metrics['sft/loss']:.3f} {metrics['sft/tokens_per_s']:.0f} tok/s"
-                )
+                info = f"loss {metrics['sft/loss']:.3f} {metrics['sft/tokens_per_s']:.0f} tok/s"
+                bar.update(job, advance=1, info=info)
+                if not console.is_terminal and step % max(1, cfg.sft.steps // 10) == 0:
+                    console.print(f"sft step {step}/{cfg.sft.steps} {info}")  # logs and CI get progress too
                 if step % 10 == 0 or step == cfg.sft.steps:
                     logger.log(metrics, step=step)
 

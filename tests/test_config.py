@@ -1,0 +1,93 @@
+"""Config: every shipped recipe loads; overrides apply; bad keys and types are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.config import ArborConfig, load_config, to_yaml
+from core.errors import ConfigError
+from tests.conftest import DEFAULT_CONFIG, REPO
+
+RECIPES = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_recipes_exist():
+    names = {p.name for p in RECIPES}
+    assert {"countdown_tiny.yaml", "arith_tiny.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_loads(path: Path):
+    cfg = load_config(path)
+    assert isinstance(cfg, ArborConfig)
+    assert cfg.task.name in ("countdown", "arith", "gsm8k", "math")
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config(DEFAULT_CONFIG, ["sft.steps=7", "sft.lr=0.5", "eval.ks=[1,2,8]", "model.path=/x"])
+    assert cfg.sft.steps == 7 and isinstance(cfg.sft.steps, int)
+    assert cfg.sft.lr == 0.5
+    assert cfg.eval.ks == [1, 2, 8]
+    assert cfg.model.path == "/x"
+
+
+def test_recipe_values_override_defaults(tmp_path: Path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task:\n  countdown:\n    max_operand: 9\n")
+    assert load_config(recipe).task.countdown.max_operand == 9
+    assert load_config(recipe, ["task.countdown.max_operand=11"]).task.countdown.max_operand == 11
+
+
+def test_unknown_override_names_full_dotted_key():
+    with pytest.raises(ConfigError, match=r"no_such\.key"):
+        load_config(DEFAULT_CONFIG, ["no_such.key=1"])
+    with pytest.raises(ConfigError, match=r"sft\.no_such"):
+        load_config(DEFAULT_CONFIG, ["sft.no_such=1"])
+
+
+def test_unknown_key_in_yaml_names_file_and_key(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sft:\n  steps: 3\n  nested:\n    typo: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert "sft.nested.typo" in str(err.value) and "bad.yaml" in str(err.value)
+
+
+def test_type_mismatch_names_key_and_expected_type():
+    with pytest.raises(ConfigError) as err:
+        load_config(DEFAULT_CONFIG, ["sft.steps=many"])
+    assert "sft.steps" in str(err.value) and "int" in str(err.value)
+    with pytest.raises(ConfigError, match=r"sft\.lr.*float"):
+        load_config(DEFAULT_CONFIG, ["sft.lr=fast"])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("sft.engine=jax", "sft.engine"),
+        ("model.arch=gpt2", "model.arch"),
+        ("sft.zero_stage=3", "sft.zero_stage"),
+        ("sft.corrupt_fraction=1.5", "sft.corrupt_fraction"),
+        ("model.hidden_size=0", "model.hidden_size"),
+        ("task.name=gsm8k", "task.data.path"),
+    ],
+)
+def test_semantic_checks_name_the_key(override: str, key: str):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(DEFAULT_CONFIG, [override])
+
+
+def test_malformed_override_and_missing_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(DEFAULT_CONFIG, ["sft.steps"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_resolved_yaml_round_trips(tmp_path: Path):
+    cfg = load_config(DEFAULT_CONFIG, ["sft.steps=11"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(to_yaml(cfg))
+    assert load_config(path) == cfg
