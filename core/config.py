@@ -110,6 +110,31 @@ class RunConfig:
 
 
 @dataclass
+class SearchConfig:
+    kind: str = "mcts"  # mcts | beam | best_of_n | greedy: how a tree over reasoning steps is grown
+    simulations: int = 16  # MCTS simulations per tree (leaf expansions plus terminal revisits)
+    children: int = 4  # steps sampled per expansion (MCTS; beam search's M); duplicates merge in MCTS
+    beam_width: int = 8  # beam search: candidates per round N; the top N / children are kept and expanded
+    num_samples: int = 8  # best-of-N: independent chains per problem
+    c_puct: float = 1.5  # PUCT exploration constant (Silver et al. 2017)
+    dirichlet_alpha: float = 0.3  # concentration of the Dirichlet noise mixed into the root priors
+    dirichlet_eps: float = 0.25  # weight of that noise; 0 disables it (evaluation)
+    virtual_loss: float = 1.0  # visits of value 0 added along a selected path while its leaf is pending
+    leaves_per_round: int = 4  # MCTS leaves one tree may add to one batched model call
+    temperature: float = 1.0  # sampling temperature of the behaviour policy; 0 is greedy
+    max_depth: int = 8  # steps per response before a node counts as terminal
+    max_step_tokens: int = 48  # tokens per step before it is cut (and counted terminal)
+    max_response_tokens: int = 96  # tokens per response (all steps); must allow one full step
+    leaf_value: str = "value_head"  # value_head | prm: what values a non-terminal leaf
+    terminal_value: str = "verifier"  # verifier (training) | value_head (evaluation: never sees the answer)
+    answer_by: str = "visits"  # visits | value | vote | value_vote: how a tree picks its final answer
+    trees_in_flight: int = 16  # trees the driver advances together, one batched model call per round
+    max_batch_rows: int = 256  # sequences per model call; larger rounds are split
+    budgets: list[int] = field(default_factory=lambda: [1, 4, 16, 64])  # search budgets for test-time scaling
+    seed: int = 0  # sampling and Dirichlet-noise seed
+
+
+@dataclass
 class ArborConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -117,6 +142,7 @@ class ArborConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
 
@@ -242,6 +268,45 @@ def validate(cfg: ArborConfig) -> None:
         raise ConfigError("config keys 'task.arith.min_ops' <= 'task.arith.max_ops' must be >= 1")
     if cfg.task.name in ("gsm8k", "math") and not cfg.task.data.path:
         raise ConfigError(f"task.name={cfg.task.name} needs config key 'task.data.path' (a JSONL file)")
+    validate_search(cfg.search)
+
+
+def validate_search(s: SearchConfig) -> None:
+    """Checks on the ``search`` section; each error names its dotted key."""
+    _choice("search.kind", s.kind, ("mcts", "beam", "best_of_n", "greedy"))
+    _choice("search.leaf_value", s.leaf_value, ("value_head", "prm"))
+    _choice("search.terminal_value", s.terminal_value, ("verifier", "value_head"))
+    _choice("search.answer_by", s.answer_by, ("visits", "value", "vote", "value_vote"))
+    for name in (
+        "simulations",
+        "children",
+        "beam_width",
+        "num_samples",
+        "c_puct",
+        "dirichlet_alpha",
+        "leaves_per_round",
+        "max_depth",
+        "max_step_tokens",
+        "max_response_tokens",
+        "trees_in_flight",
+        "max_batch_rows",
+    ):
+        _positive(f"search.{name}", getattr(s, name))
+    _positive("search.virtual_loss", s.virtual_loss, allow_zero=True)
+    _positive("search.temperature", s.temperature, allow_zero=True)
+    if not 0.0 <= s.dirichlet_eps <= 1.0:
+        raise ConfigError(f"config key 'search.dirichlet_eps' must lie in [0, 1]; got {s.dirichlet_eps}")
+    if s.beam_width < s.children:
+        raise ConfigError(
+            f"config key 'search.beam_width' must be >= 'search.children' ({s.children}); got {s.beam_width}"
+        )
+    if s.max_response_tokens < s.max_step_tokens:
+        raise ConfigError(
+            "config key 'search.max_response_tokens' is below one step "
+            f"('search.max_step_tokens' = {s.max_step_tokens}); got {s.max_response_tokens}"
+        )
+    if not s.budgets or any(b < 1 for b in s.budgets):
+        raise ConfigError(f"config key 'search.budgets' must hold budgets >= 1 (one step at least); got {s.budgets}")
 
 
 def to_yaml(cfg: ArborConfig) -> str:

@@ -17,9 +17,19 @@ from launch.report import console, progress_bar, results_table
 from learner.sft import train_sft
 
 
-def _setup(cfg: ArborConfig) -> None:
+def _prepare(cfg: ArborConfig, command: str):
+    """Everything a command starts from: task, held-out set, policy, run directory and logger.
+
+    Inputs are checked (task data, model directory) before the run directory is created, so bad
+    input leaves nothing behind.
+    """
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    task = build_task(cfg.task)
+    held_out = task.eval_problems()
+    model, tokenizer = build_policy(cfg.model)
+    run_dir = make_run_dir(cfg, command)
+    return task, held_out, model, tokenizer, run_dir, RunLogger(run_dir, cfg, command)
 
 
 def _write_eval(run_dir: Path, name: str, result: EvalResult) -> Path:
@@ -30,12 +40,7 @@ def _write_eval(run_dir: Path, name: str, result: EvalResult) -> Path:
 
 def run_sft(cfg: ArborConfig) -> dict:
     """SFT warm start on solver traces, with held-out evaluation of the init and of the result."""
-    _setup(cfg)
-    task = build_task(cfg.task)
-    held_out = task.eval_problems()
-    model, tokenizer = build_policy(cfg.model)
-    run_dir = make_run_dir(cfg, "sft")
-    logger = RunLogger(run_dir, cfg, "sft")
+    task, held_out, model, tokenizer, run_dir, logger = _prepare(cfg, "sft")
     n_params = sum(p.numel() for p in model.parameters())
     console.print(f"[bold]arbor sft[/] task={cfg.task.name} params={n_params / 1e6:.2f}M run={run_dir}")
     results: dict[str, EvalResult] = {}
@@ -79,12 +84,7 @@ def run_sft(cfg: ArborConfig) -> dict:
 
 def run_eval(cfg: ArborConfig) -> EvalResult:
     """Evaluate ``model.path`` (or the untrained default model) on the held-out set."""
-    _setup(cfg)
-    task = build_task(cfg.task)
-    held_out = task.eval_problems()
-    model, tokenizer = build_policy(cfg.model)
-    run_dir = make_run_dir(cfg, "eval")
-    logger = RunLogger(run_dir, cfg, "eval")
+    _, held_out, model, tokenizer, run_dir, logger = _prepare(cfg, "eval")
     try:
         with console.status(f"evaluating {cfg.model.path or 'the untrained default model'}"):
             result = evaluate(model, tokenizer, held_out, cfg.eval)

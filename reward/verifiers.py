@@ -49,6 +49,16 @@ def _parse_step(line: str) -> tuple[int, tuple[int, ...], int]:
     return evaluation.value, evaluation.literals, parse_int(rhs)
 
 
+def _int_answer(answer: str | None) -> int | Verdict:
+    """The answer line's integer, or the failing Verdict when it is missing or not an integer."""
+    if answer is None:
+        return Verdict(False, "no answer line", None)
+    try:
+        return parse_int(answer)
+    except ParseError as exc:
+        return Verdict(False, f"answer: {exc}", answer)
+
+
 def _check_countdown(response: str, reference: dict[str, Any]) -> Verdict:
     steps, answer = _split_response(response)
     pool = Counter(int(n) for n in reference["numbers"])
@@ -69,12 +79,9 @@ def _check_countdown(response: str, reference: dict[str, Any]) -> Verdict:
             return Verdict(False, f"step {i} '{line}': left side equals {value}", None)
         pool = pool - used
         pool[claimed] += 1
-    if answer is None:
-        return Verdict(False, "no answer line", None)
-    try:
-        final = parse_int(answer)
-    except ParseError as exc:
-        return Verdict(False, f"answer: {exc}", answer)
+    final = _int_answer(answer)
+    if isinstance(final, Verdict):
+        return final
     target = int(reference["target"])
     if final != target:
         return Verdict(False, f"answer {final} is not the target {target}", str(final))
@@ -92,12 +99,9 @@ def _check_arith(response: str, reference: dict[str, Any]) -> Verdict:
             return Verdict(False, f"step {i} '{line}': {exc}", None)
         if value != claimed:
             return Verdict(False, f"step {i} '{line}': left side equals {value}", None)
-    if answer is None:
-        return Verdict(False, "no answer line", None)
-    try:
-        final = parse_int(answer)
-    except ParseError as exc:
-        return Verdict(False, f"answer: {exc}", answer)
+    final = _int_answer(answer)
+    if isinstance(final, Verdict):
+        return final
     expected = int(reference["answer"])
     if final != expected:
         return Verdict(False, f"answer {final} is not {expected}", str(final))

@@ -12,17 +12,13 @@ Prompt and gold trace (every ``x`` first, left to right, then ``+``/``-`` left t
 from __future__ import annotations
 
 import random
-from functools import cached_property
 
 from core.config import ArithConfig
 from core.tasks.base import (
     ANSWER_PREFIX,
     STEP_SEP,
+    GeneratedTask,
     Problem,
-    check_train_index,
-    corrupt_equation_trace,
-    held_out_problems,
-    seeded_problem,
 )
 
 NAME = "arith"
@@ -55,10 +51,11 @@ def expression(operands: list[int], ops: list[str]) -> str:
     return "".join(f"{a}{op}" for a, op in zip(operands[:-1], ops, strict=True)) + str(operands[-1])
 
 
-class Arith:
+class Arith(GeneratedTask):
     """Arithmetic chains from a seed; level L has ``min_ops + L`` operators."""
 
     name = NAME
+    negative_values = True
 
     def __init__(
         self, cfg: ArithConfig, eval_size: int = 200, eval_seed: int = 0, eval_mix: list[float] | None = None
@@ -67,9 +64,7 @@ class Arith:
             raise ValueError(f"arith needs 1 <= min_ops <= max_ops and max_operand >= 1; got {cfg}")
         self.cfg = cfg
         self.num_levels = cfg.max_ops - cfg.min_ops + 1
-        self.eval_size = eval_size
-        self.eval_seed = eval_seed
-        self.eval_mix = eval_mix
+        super().__init__(eval_size, eval_seed, eval_mix)
 
     def generate(self, rng: random.Random, level: int, uid: str) -> Problem:
         """One chain with ``min_ops + level`` operators drawn from ``rng``."""
@@ -87,24 +82,3 @@ class Arith:
             solution=STEP_SEP.join([*steps, f"{ANSWER_PREFIX}{answer}"]),
             level=level,
         )
-
-    @cached_property
-    def _eval(self) -> list[Problem]:
-        return held_out_problems(self.generate, NAME, self.num_levels, self.eval_size, self.eval_seed, self.eval_mix)
-
-    @cached_property
-    def _eval_keys(self) -> frozenset[str]:
-        return frozenset(p.key for p in self._eval)
-
-    def train_problem(self, index: int, level_mix: list[float] | None = None) -> Problem:
-        """The index-th training problem; never one of the held-out problems."""
-        seed = check_train_index(index)
-        return seeded_problem(self.generate, f"{NAME}/train/{index}", seed, self.num_levels, level_mix, self._eval_keys)
-
-    def eval_problems(self) -> list[Problem]:
-        """The fixed held-out set (seeds from EVAL_SEED_OFFSET + eval_seed)."""
-        return list(self._eval)
-
-    def corrupt(self, solution: str, rng: random.Random) -> str:
-        """The trace with one wrong step result, one wrong operand or a wrong final answer."""
-        return corrupt_equation_trace(solution, rng, allow_negative=True)

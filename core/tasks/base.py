@@ -13,6 +13,7 @@ import random
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 STEP_SEP = "\n"
@@ -146,3 +147,46 @@ def corrupt_equation_trace(solution: str, rng: random.Random, *, allow_negative:
     x, y = rng.choice(options)
     lines[i] = f"{x}{op}{y}={c}"
     return STEP_SEP.join(lines)
+
+
+class GeneratedTask:
+    """Plumbing shared by tasks generated from seeds: the held-out set, the training stream, corruption.
+
+    A subclass sets ``name`` and ``num_levels`` and implements ``generate(rng, level, uid)``.
+    """
+
+    name: str
+    num_levels: int
+    negative_values = False  # whether a corrupted step may show a negative number
+
+    def __init__(self, eval_size: int = 200, eval_seed: int = 0, eval_mix: list[float] | None = None) -> None:
+        self.eval_size = eval_size
+        self.eval_seed = eval_seed
+        self.eval_mix = eval_mix
+
+    def generate(self, rng: random.Random, level: int, uid: str) -> Problem:
+        raise NotImplementedError
+
+    @cached_property
+    def _eval(self) -> list[Problem]:
+        return held_out_problems(
+            self.generate, self.name, self.num_levels, self.eval_size, self.eval_seed, self.eval_mix
+        )
+
+    @cached_property
+    def _eval_keys(self) -> frozenset[str]:
+        return frozenset(p.key for p in self._eval)
+
+    def train_problem(self, index: int, level_mix: list[float] | None = None) -> Problem:
+        """The index-th training problem; never one of the held-out problems."""
+        seed = check_train_index(index)
+        uid = f"{self.name}/train/{index}"
+        return seeded_problem(self.generate, uid, seed, self.num_levels, level_mix, self._eval_keys)
+
+    def eval_problems(self) -> list[Problem]:
+        """The fixed held-out set (seeds from EVAL_SEED_OFFSET + eval_seed)."""
+        return list(self._eval)
+
+    def corrupt(self, solution: str, rng: random.Random) -> str:
+        """The trace with one wrong step result, one wrong operand or a wrong final answer."""
+        return corrupt_equation_trace(solution, rng, allow_negative=self.negative_values)

@@ -17,18 +17,15 @@ them has a shorter tree with the same value, so shortest solutions are unaffecte
 from __future__ import annotations
 
 import random
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from itertools import combinations
 
 from core.config import CountdownConfig
 from core.tasks.base import (
     ANSWER_PREFIX,
     STEP_SEP,
+    GeneratedTask,
     Problem,
-    check_train_index,
-    corrupt_equation_trace,
-    held_out_problems,
-    seeded_problem,
 )
 
 NAME = "countdown"
@@ -156,7 +153,7 @@ def problem_key(numbers: list[int], target: int) -> str:
     return f"{NAME}:{','.join(map(str, sorted(numbers)))}->{target}"
 
 
-class Countdown:
+class Countdown(GeneratedTask):
     """Countdown problems from a seed; level L gives ``min_numbers + L`` numbers."""
 
     name = NAME
@@ -170,9 +167,7 @@ class Countdown:
             raise ValueError(f"countdown needs max_operand >= 1 and max_target >= 1; got {cfg}")
         self.cfg = cfg
         self.num_levels = cfg.max_numbers - cfg.min_numbers + 1
-        self.eval_size = eval_size
-        self.eval_seed = eval_seed
-        self.eval_mix = eval_mix
+        super().__init__(eval_size, eval_seed, eval_mix)
 
     def generate(self, rng: random.Random, level: int, uid: str) -> Problem:
         """One problem at ``level`` drawn from ``rng``: numbers first, then a target among those that qualify."""
@@ -202,24 +197,3 @@ class Countdown:
             level=level,
             meta={"min_steps": len(steps)},
         )
-
-    @cached_property
-    def _eval(self) -> list[Problem]:
-        return held_out_problems(self.generate, NAME, self.num_levels, self.eval_size, self.eval_seed, self.eval_mix)
-
-    @cached_property
-    def _eval_keys(self) -> frozenset[str]:
-        return frozenset(p.key for p in self._eval)
-
-    def train_problem(self, index: int, level_mix: list[float] | None = None) -> Problem:
-        """The index-th training problem; never one of the held-out problems."""
-        seed = check_train_index(index)
-        return seeded_problem(self.generate, f"{NAME}/train/{index}", seed, self.num_levels, level_mix, self._eval_keys)
-
-    def eval_problems(self) -> list[Problem]:
-        """The fixed held-out set (seeds from EVAL_SEED_OFFSET + eval_seed)."""
-        return list(self._eval)
-
-    def corrupt(self, solution: str, rng: random.Random) -> str:
-        """The trace with one wrong step result, one wrong operand or a wrong final answer."""
-        return corrupt_equation_trace(solution, rng, allow_negative=False)
