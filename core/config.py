@@ -22,11 +22,11 @@ from core.errors import ConfigError
 class ModelConfig:
     path: str | None = None  # local HF checkpoint dir to load; None builds the tiny model below from scratch
     arch: str = "llama"  # architecture of the from-scratch model: llama | qwen2
-    hidden_size: int = 256  # width of the from-scratch model
+    hidden_size: int = 192  # width of the from-scratch model
     num_layers: int = 4  # transformer blocks
     num_heads: int = 4  # attention heads (key/value heads equal heads)
-    intermediate_size: int = 688  # MLP width
-    max_seq_len: int = 256  # longest prompt + response in tokens
+    intermediate_size: int = 512  # MLP width
+    max_seq_len: int = 128  # longest prompt + response in tokens
     init_seed: int = 0  # seed for the from-scratch weights
 
 
@@ -34,8 +34,8 @@ class ModelConfig:
 class CountdownConfig:
     min_numbers: int = 3  # numbers given at difficulty level 0
     max_numbers: int = 4  # numbers given at the hardest level (levels = max - min + 1)
-    max_operand: int = 25  # given numbers are drawn from 1..max_operand
-    max_target: int = 100  # targets lie in 1..max_target
+    max_operand: int = 8  # given numbers are drawn from 1..max_operand
+    max_target: int = 30  # targets lie in 1..max_target
     min_steps: int = 2  # the shortest solution needs at least this many steps
 
 
@@ -69,9 +69,9 @@ class TaskConfig:
 
 @dataclass
 class SFTConfig:
-    steps: int = 1200  # optimizer steps
+    steps: int = 700  # optimizer steps
     batch_size: int = 64  # sequences per step
-    lr: float = 2e-3  # peak learning rate (AdamW)
+    lr: float = 3e-3  # peak learning rate (AdamW)
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = 50  # linear warm-up steps
     weight_decay: float = 0.01  # AdamW weight decay
@@ -87,7 +87,7 @@ class SFTConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 100  # problems per generation batch
-    max_new_tokens: int = 96  # response length limit in tokens
+    max_new_tokens: int = 64  # response length limit in tokens
     num_samples: int = 4  # sampled responses per problem for pass@k / maj@k (0 disables sampling)
     temperature: float = 1.0  # sampling temperature for pass@k / maj@k
     top_p: float = 1.0  # nucleus sampling threshold
@@ -131,6 +131,7 @@ class SearchConfig:
     trees_in_flight: int = 16  # trees the driver advances together, one batched model call per round
     max_batch_rows: int = 256  # sequences per model call; larger rounds are split
     budgets: list[int] = field(default_factory=lambda: [1, 4, 16, 64])  # search budgets for test-time scaling
+    token_budget: int = 0  # MCTS stops once its tree has generated this many tokens; 0: simulations alone decide
     seed: int = 0  # sampling and Dirichlet-noise seed
 
 
@@ -293,6 +294,7 @@ def validate_search(s: SearchConfig) -> None:
     ):
         _positive(f"search.{name}", getattr(s, name))
     _positive("search.virtual_loss", s.virtual_loss, allow_zero=True)
+    _positive("search.token_budget", s.token_budget, allow_zero=True)
     _positive("search.temperature", s.temperature, allow_zero=True)
     if not 0.0 <= s.dirichlet_eps <= 1.0:
         raise ConfigError(f"config key 'search.dirichlet_eps' must lie in [0, 1]; got {s.dirichlet_eps}")
