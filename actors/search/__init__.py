@@ -1,0 +1,36 @@
+"""Tree search over reasoning steps: MCTS (PUCT), value-guided beam search and best-of-N.
+
+Every search fills the same :class:`SearchTree` record; ``run_searches`` batches many trees into one
+model call per round through a :class:`StepBackend` ("continue these prefixes by one step"), whose HF
+implementation reuses each node's prefix KV. ``tree_to_samples`` turns a tree into learner samples.
+"""
+
+from actors.search.answer import choose_answer
+from actors.search.backend import StepBackend, StepOutput, StepRequest, StepResult
+from actors.search.driver import evaluation_scorers, make_search, run_searches, training_scorers
+from actors.search.expand import Scorers
+from actors.search.hf_backend import HFStepBackend
+from actors.search.scaling import ScalingPoint, scaling_curve, scaling_table
+from actors.search.tree import Node, SearchTree, compute_mc_values, search_stats, tree_to_samples
+
+__all__ = [
+    "HFStepBackend",
+    "Node",
+    "ScalingPoint",
+    "Scorers",
+    "SearchTree",
+    "StepBackend",
+    "StepOutput",
+    "StepRequest",
+    "StepResult",
+    "choose_answer",
+    "compute_mc_values",
+    "evaluation_scorers",
+    "make_search",
+    "run_searches",
+    "scaling_curve",
+    "scaling_table",
+    "search_stats",
+    "training_scorers",
+    "tree_to_samples",
+]

@@ -1,0 +1,131 @@
+"""The driver: advance many search trees together, one batched backend call per round.
+
+Every search algorithm is a generator that yields the step requests it needs (MCTS yields several
+leaves per tree, kept apart by virtual loss). Each round the driver gathers the requests of all trees in
+flight, makes one ``continue_steps`` call, hands every tree its results and books the tree's cost
+(tokens forwarded, tokens generated, model calls). A finished tree gets its Monte-Carlo values and
+its answer, and the next problem takes its place (continuous batching).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from actors.search.answer import AnswerExtractor, choose_answer
+from actors.search.backend import StepBackend, StepRequest
+from actors.search.beam import beam_search
+from actors.search.best_of_n import best_of_n
+from actors.search.expand import Scorers, SearchProc
+from actors.search.mcts import mcts
+from actors.search.tree import SearchTree, compute_mc_values
+from core.config import SearchConfig
+from core.tasks.base import Problem
+from reward import extract_answer, verify
+
+
+def training_scorers(problem: Problem) -> Scorers:
+    """Training rollouts score terminal responses with the verifier (the reference answer is known)."""
+    return Scorers(terminal=lambda response: float(verify(problem.task, response, problem.reference)))
+
+
+def evaluation_scorers(problem: Problem) -> Scorers:
+    """Evaluation never sees the reference: terminal responses are valued by the value head."""
+    return Scorers()
+
+
+def make_search(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, rng: random.Random) -> SearchProc:
+    """The search generator ``cfg.kind`` names, over ``tree``."""
+    if cfg.kind == "mcts":
+        return mcts(tree, cfg, scorers, rng)
+    if cfg.kind == "beam":
+        return beam_search(tree, cfg, scorers)
+    if cfg.kind == "best_of_n":
+        return best_of_n(tree, cfg, scorers, cfg.num_samples, cfg.temperature)
+    if cfg.kind == "greedy":
+        return best_of_n(tree, cfg, scorers, 1, 0.0)
+    raise ValueError(f"unknown search kind '{cfg.kind}'")
+
+
+@dataclass
+class _Flight:
+    index: int  # position of the problem in the input
+    tree: SearchTree
+    proc: SearchProc
+    requests: list[StepRequest]
+    extract: AnswerExtractor
+
+
+def scorers_by_config(cfg: SearchConfig, scorers: Scorers) -> Scorers:
+    """Enforce the config on the value sources: with ``terminal_value=value_head`` no terminal scorer (and so
+    no reference answer) reaches the search; ``leaf_value=prm`` requires a PRM."""
+    if cfg.terminal_value == "value_head":
+        scorers = dataclasses.replace(scorers, terminal=None)
+    if cfg.leaf_value == "prm" and scorers.prm is None:
+        raise ValueError("search.leaf_value=prm needs a process reward model (Scorers.prm)")
+    return scorers
+
+
+def run_searches(
+    backend: StepBackend,
+    problems: Sequence[Problem],
+    cfg: SearchConfig,
+    scorers_for: Callable[[Problem], Scorers] = training_scorers,
+    between_rounds: Callable[[], None] | None = None,
+) -> list[SearchTree]:
+    """Search every problem with ``cfg.kind``, ``cfg.trees_in_flight`` trees at a time; trees in input order.
+
+    ``scorers_for`` gives each problem its value sources (the verifier by default, for training rollouts);
+    ``cfg.terminal_value=value_head`` overrides it so that evaluation never sees the reference.
+    ``between_rounds`` runs before every batched call: where a rollout actor pulls new weights into the
+    backend, so a long search picks them up without stopping (each node records the version it came from).
+    """
+    queue = deque(enumerate(problems))
+    flying: list[_Flight] = []
+    out: list[SearchTree | None] = [None] * len(problems)
+
+    def finish(f: _Flight) -> None:
+        compute_mc_values(f.tree)
+        chosen = choose_answer(f.tree, cfg.answer_by, f.extract)
+        f.tree.answer_node = chosen.id if chosen is not None else None
+        out[f.index] = f.tree
+        prompt = tuple(f.tree.prompt_tokens)
+        if not any(tuple(g.tree.prompt_tokens) == prompt for g in flying if g is not f):
+            backend.release(prompt)
+
+    def launch(index: int, problem: Problem) -> None:
+        tree = SearchTree(problem.uid, problem.prompt, backend.encode(problem.prompt))
+        rng = random.Random(f"{cfg.seed}/{problem.uid}")
+        proc = make_search(tree, cfg, scorers_by_config(cfg, scorers_for(problem)), rng)
+        f = _Flight(index, tree, proc, [], lambda response, kind=problem.task: extract_answer(kind, response))
+        try:
+            f.requests = next(proc)
+        except StopIteration:
+            finish(f)
+            return
+        flying.append(f)
+
+    while queue or flying:
+        while queue and len(flying) < cfg.trees_in_flight:
+            launch(*queue.popleft())
+        if not flying:
+            continue
+        if between_rounds is not None:
+            between_rounds()
+        results = backend.continue_steps([r for f in flying for r in f.requests])
+        start = 0
+        for f in list(flying):
+            mine = results[start : start + len(f.requests)]
+            start += len(f.requests)
+            f.tree.tokens_forwarded += sum(r.tokens_forwarded for r in mine)
+            f.tree.tokens_generated += sum(r.tokens_generated for r in mine)
+            f.tree.model_calls += max(r.model_calls for r in mine)
+            try:
+                f.requests = f.proc.send(mine)
+            except StopIteration:
+                flying.remove(f)
+                finish(f)
+    return [t for t in out if t is not None]

@@ -1,0 +1,266 @@
+"""HF transformers implementation of the step backend, with prefix KV reuse (CPU or GPU).
+
+How one ``continue_steps`` call runs:
+
+1. Prefill: prefixes not in the :class:`PrefixCache` (new prompts, or everything after a weight update)
+   are forwarded once, left-padded in one batch, and split into one cache entry per segment.
+2. Decode: each sample is a row whose past is its prefix's cached KV (concatenated segments, left-padded
+   with zeros under a 0 attention mask). The first token is sampled from the cached next-token logits,
+   so a node's prefix is never forwarded again; then every active row forwards only its newest token.
+   The step's last token (the separator) is forwarded too, which yields the child's value estimate, the
+   logits its own children will start from and its complete KV, stored as a new cache entry.
+
+So every token in a tree is forwarded once: tokens forwarded per generated token is 1 plus the prompt's
+share. Finished rows leave the batch (``DynamicCache.batch_select_indices``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from actors.search.backend import Segments, StepOutput, StepRequest, StepResult
+from actors.search.kv_cache import CacheEntry, PrefixCache, prefix_kv
+from core.model import ValueHead, forward_with_hidden
+from core.tasks.base import STEP_SEP
+
+
+def sample_tokens(
+    logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row and return (tokens [A], behaviour log-probs [A]).
+
+    logits [A, V], temperature [A]: rows with T > 0 sample from softmax(logits / T) and report that
+    distribution's log-prob; rows with T = 0 take the argmax and report log softmax(logits).
+    """
+    greedy = temperature <= 0
+    scale = torch.where(greedy, torch.ones_like(temperature), temperature)
+    logp = torch.log_softmax(logits.float() / scale[:, None], dim=-1)  # [A, V]
+    drawn = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # [A]
+    tokens = torch.where(greedy, logits.argmax(-1), drawn)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def left_pad(prefixes: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Stack per-sequence [H, L_i, D] tensors into [N, H, width, D], zeros on the left (masked out)."""
+    first = prefixes[0]
+    out = first.new_zeros(len(prefixes), first.shape[0], width, first.shape[2])
+    for i, t in enumerate(prefixes):
+        out[i, :, width - t.shape[1] :] = t
+    return out
+
+
+@dataclass
+class _Row:
+    request: int  # index into the chunk's requests
+    temperature: float
+    max_tokens: int
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish: str = ""  # set once the last sampled token ends the step
+
+
+class HFStepBackend:
+    """Continues prefixes by one step with a HF causal LM (+ optional value head), reusing prefix KV."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        value_head: ValueHead | None = None,
+        *,
+        policy_version: int = 0,
+        seed: int = 0,
+        max_batch_rows: int = 256,
+        reuse_prefixes: bool = True,
+        step_sep: str = STEP_SEP,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.value_head = value_head.eval() if value_head is not None else None
+        self.cache = PrefixCache(policy_version)
+        self.max_batch_rows = max_batch_rows
+        self.reuse_prefixes = reuse_prefixes  # False: every call prefills its prefixes anew (the no-reuse baseline)
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        self.step_end = torch.tensor([step_sep in t for t in texts], device=self.device)  # [V] bool
+        self.eos_id = tokenizer.eos_token_id
+        self.tokens_forwarded = 0  # totals over the backend's life
+        self.tokens_generated = 0
+        self.model_calls = 0
+
+    @property
+    def policy_version(self) -> int:
+        return self.cache.version
+
+    def set_policy_version(self, version: int) -> None:
+        """Weights changed (loaded by the caller): drop every cached prefix computed with the old ones."""
+        self.cache.set_version(version)
+
+    def load_weights(self, version: int, model_state: dict, value_head_state: dict | None = None) -> None:
+        """Load new policy (and value head) weights tagged ``version``; the prefix cache is dropped."""
+        self.model.load_state_dict(model_state)
+        if value_head_state is not None and self.value_head is not None:
+            self.value_head.load_state_dict(value_head_state)
+        self.set_policy_version(version)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def release(self, prompt: tuple[int, ...]) -> None:
+        self.cache.release(prompt)
+
+    @torch.no_grad()
+    def continue_steps(self, requests: Sequence[StepRequest]) -> list[StepResult]:
+        if not self.reuse_prefixes:
+            self.cache.clear()
+        results = [StepResult(prefix_value=None, policy_version=self.policy_version) for _ in requests]
+        chunk: list[int] = []
+        rows = 0
+        for i, req in enumerate(requests):
+            if chunk and rows + max(1, req.num_samples) > self.max_batch_rows:
+                self._run([requests[j] for j in chunk], [results[j] for j in chunk])
+                chunk, rows = [], 0
+            chunk.append(i)
+            rows += max(1, req.num_samples)
+        if chunk:
+            self._run([requests[j] for j in chunk], [results[j] for j in chunk])
+        for r in results:
+            self.tokens_forwarded += r.tokens_forwarded
+            self.tokens_generated += r.tokens_generated
+        return results
+
+    def _run(self, requests: list[StepRequest], results: list[StepResult]) -> None:
+        self._prefill(requests, results)
+        for req, res in zip(requests, results):
+            res.prefix_value = self.cache.lookup(req.segments)[-1].value
+        if any(r.num_samples for r in requests):
+            self._decode(requests, results)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past=None):
+        """One model pass: (logits [B,T,V], values [B,T] or None, cache)."""
+        self.model_calls += 1
+        logits, hidden, cache = forward_with_hidden(
+            self.model, input_ids, attention_mask, position_ids=position_ids, past_key_values=past, use_cache=True
+        )
+        values = self.value_head(hidden) if self.value_head is not None else None
+        return logits, values, cache
+
+    def _prefill(self, requests: list[StepRequest], results: list[StepResult]) -> None:
+        """Forward every distinct uncached prefix once and cache each of its segments."""
+        missing: dict[Segments, int] = {}  # prefix -> first request that needs it (it pays the tokens)
+        for i, req in enumerate(requests):
+            if len(self.cache.lookup(req.segments)) < len(req.segments):
+                missing.setdefault(req.segments, i)
+        if not missing:
+            return
+        prefixes = list(missing)
+        flat = [[t for seg in p for t in seg] for p in prefixes]
+        width = max(len(f) for f in flat)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([[pad] * (width - len(f)) + f for f in flat], device=self.device)  # [P, W]
+        mask = torch.tensor([[0] * (width - len(f)) + [1] * len(f) for f in flat], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, values, cache = self._forward(ids, mask, positions)
+        for p, (segments, f) in enumerate(zip(prefixes, flat)):
+            owner = results[missing[segments]]
+            owner.tokens_forwarded += len(f)
+            owner.model_calls += 1
+            end = width - len(f)
+            for j, seg in enumerate(segments):
+                start, end = end, end + len(seg)
+                entry = CacheEntry(
+                    keys=[layer.keys[p, :, start:end].clone() for layer in cache.layers],
+                    values=[layer.values[p, :, start:end].clone() for layer in cache.layers],
+                    next_logits=logits[p, end - 1].clone(),
+                    value=float(values[p, end - 1]) if values is not None else None,
+                    version=self.policy_version,
+                )
+                self.cache.insert(segments[: j + 1], entry)
+
+    def _decode(self, requests: list[StepRequest], results: list[StepResult]) -> None:
+        """Sample every request's steps as rows of one batch, forwarding only new tokens."""
+        rows = [_Row(i, r.temperature, r.max_tokens) for i, r in enumerate(requests) for _ in range(r.num_samples)]
+        entries = [self.cache.lookup(r.segments) for r in requests]
+        kv = [prefix_kv(e) for e in entries]  # per request: per-layer keys, values [H, L_r, D]
+        by_row = torch.tensor([r.request for r in rows], device=self.device)  # [R]
+        lengths = torch.tensor([k[0].shape[1] for k, _ in kv], device=self.device)[by_row]  # [R]
+        width = int(lengths.max())
+        past = [
+            (left_pad([k[i] for k, _ in kv], width)[by_row], left_pad([v[i] for _, v in kv], width)[by_row])
+            for i in range(len(kv[0][0]))
+        ]  # per layer: keys, values [R, H, W, D]
+        cache = DynamicCache(ddp_cache_data=past)
+        mask = (torch.arange(width, device=self.device)[None, :] >= (width - lengths)[:, None]).long()  # [R, W]
+        temps = torch.tensor([r.temperature for r in rows], device=self.device)
+        first = torch.stack([entries[r.request][-1].next_logits for r in rows])  # [R, V]
+        self._take(rows, list(range(len(rows))), *sample_tokens(first, temps, self.generator))
+
+        active = list(range(len(rows)))  # rows still in the batch, in batch order
+        positions = lengths.clone()
+        outputs: dict[int, StepOutput] = {}
+        while active:
+            last = torch.tensor([[rows[i].tokens[-1]] for i in active], device=self.device)  # [A, 1]
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+            logits, values, cache = self._forward(last, mask, positions[active].unsqueeze(1), past=cache)
+            positions[active] += 1
+            for r in {rows[i].request for i in active}:
+                results[r].model_calls += 1
+            going = [b for b, i in enumerate(active) if not rows[i].finish]
+            for b, i in enumerate(active):
+                if rows[i].finish:
+                    value = float(values[b, -1]) if values is not None else None
+                    outputs[i] = self._finish(requests[rows[i].request], rows[i], cache, b, width, logits[b, -1], value)
+            if going:
+                sel = torch.tensor(going, device=self.device)
+                tokens, logp = sample_tokens(logits[sel, -1], temps[[active[b] for b in going]], self.generator)
+                self._take(rows, [active[b] for b in going], tokens, logp)
+                if len(going) < len(active):
+                    cache.batch_select_indices(sel)
+                    mask = mask[sel]
+            active = [active[b] for b in going]
+        for i, row in enumerate(rows):  # outputs in sampling order, whatever order the rows finished in
+            res = results[row.request]
+            res.steps.append(outputs[i])
+            res.tokens_forwarded += len(row.tokens)
+            res.tokens_generated += len(row.tokens)
+
+    def _take(self, rows: list[_Row], which: list[int], tokens: torch.Tensor, logp: torch.Tensor) -> None:
+        """Append one sampled token to each of ``which`` rows and mark rows whose step just ended."""
+        ends = self.step_end[tokens].tolist()
+        for i, tok, lp, end in zip(which, tokens.tolist(), logp.tolist(), ends):
+            row = rows[i]
+            row.tokens.append(tok)
+            row.logprobs.append(lp)
+            if tok == self.eos_id:
+                row.finish = "eos"
+            elif end:
+                row.finish = "step"
+            elif len(row.tokens) >= row.max_tokens:
+                row.finish = "length"
+
+    def _finish(
+        self,
+        request: StepRequest,
+        row: _Row,
+        cache: DynamicCache,
+        b: int,
+        width: int,
+        next_logits: torch.Tensor,
+        value: float | None,
+    ) -> StepOutput:
+        """A finished row (its step's last token just forwarded, so its KV is complete): cache it, describe it."""
+        entry = CacheEntry(
+            keys=[layer.keys[b, :, width:].clone() for layer in cache.layers],  # [H, len(step), D]
+            values=[layer.values[b, :, width:].clone() for layer in cache.layers],
+            next_logits=next_logits.clone(),
+            value=value,
+            version=self.policy_version,
+        )
+        self.cache.insert(request.segments + (tuple(row.tokens),), entry)
+        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        return StepOutput(list(row.tokens), list(row.logprobs), text, row.finish, value)

@@ -1,0 +1,87 @@
+"""A fixed-logit policy over a toy step task whose best first step is known, behind the StepBackend Protocol.
+
+Each step is one token from a five-step vocabulary. At the root the policy prefers ``bad`` (p 0.58)
+over ``good`` and ``meh`` (p 0.21 each); only ``good`` can be followed by the right answer
+(``Answer: 1``, p 0.73), the others lead to ``Answer: 0`` only. So the best first step is ``good``
+with true value 0.73 under the policy and 1 under a maximising search, the others 0. It is a real
+sampler with seeded randomness, used here in place of a language model (not a mock of the search).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+from actors.search.backend import StepOutput, StepRequest, StepResult
+
+STEPS = ["good\n", "bad\n", "meh\n", "Answer: 1\n", "Answer: 0\n"]
+GOOD, BAD, MEH, RIGHT, WRONG = range(5)
+NEG = -math.inf
+PROMPT = "Pick a path.\n"
+
+
+def logits(state: tuple[int, ...]) -> list[float]:
+    """Fixed logits over STEPS after the steps in ``state``."""
+    if not state:
+        return [0.0, 1.0, 0.0, NEG, NEG]
+    if state == (GOOD,):
+        return [NEG, NEG, NEG, 1.0, 0.0]
+    return [NEG, NEG, NEG, NEG, 0.0]
+
+
+def true_value(state: tuple[int, ...]) -> float:
+    """Probability that the policy, continuing from ``state``, answers right."""
+    if state and state[-1] in (RIGHT, WRONG):
+        return 1.0 if state[-1] == RIGHT else 0.0
+    if not state:
+        return sum(p * true_value((a,)) for a, p in enumerate(softmax(logits(()))))
+    return softmax(logits(state))[RIGHT]
+
+
+def softmax(xs: Sequence[float], temperature: float = 1.0) -> list[float]:
+    top = max(xs)
+    ws = [math.exp((x - top) / temperature) if x > NEG else 0.0 for x in xs]
+    total = sum(ws)
+    return [w / total for w in ws]
+
+
+def outcome(response: str) -> float:
+    """The toy verifier: right iff the response ends with the right answer."""
+    return 1.0 if response.endswith(STEPS[RIGHT]) else 0.0
+
+
+class FixedLogitPolicy:
+    """StepBackend: samples steps from :func:`logits`; value estimates are constant or the true values."""
+
+    def __init__(self, seed: int = 0, informative_values: bool = False):
+        self.rng = random.Random(seed)
+        self.informative_values = informative_values
+        self.policy_version = 0
+        self.calls: list[int] = []  # requests per continue_steps call
+
+    def encode(self, text: str) -> list[int]:
+        return [100 + ord(c) for c in text]  # prompt ids never collide with step ids 0..4
+
+    def release(self, prompt: tuple[int, ...]) -> None:
+        """Nothing is cached."""
+
+    def _value(self, state: tuple[int, ...]) -> float:
+        return true_value(state) if self.informative_values else 0.5
+
+    def continue_steps(self, requests: Sequence[StepRequest]) -> list[StepResult]:
+        self.calls.append(len(requests))
+        results = []
+        for req in requests:
+            state = tuple(seg[0] for seg in req.segments[1:])
+            probs = softmax(logits(state), req.temperature or 1.0)
+            steps = []
+            for _ in range(req.num_samples):
+                if req.temperature == 0:
+                    a = max(range(len(probs)), key=probs.__getitem__)
+                else:
+                    a = self.rng.choices(range(len(probs)), weights=probs)[0]
+                steps.append(StepOutput([a], [math.log(probs[a])], STEPS[a], "step", self._value(state + (a,))))
+            n = len(steps)
+            results.append(StepResult(self._value(state), steps, self.policy_version, n, n, 1))
+        return results

@@ -1,0 +1,190 @@
+"""The HF step backend with a real tiny model: KV reuse is exact, versioned, and counted.
+
+The 2-layer, 64-wide Llama is first fitted for a few seconds on gold Countdown traces, so that it ends
+steps with newlines and trees grow several levels deep (a random init almost never emits one).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from actors.search.backend import StepRequest
+from actors.search.driver import run_searches, training_scorers
+from actors.search.hf_backend import HFStepBackend
+from actors.search.kv_cache import CacheEntry, PrefixCache
+from actors.search.tree import SearchTree
+from core.config import ModelConfig, SearchConfig, TaskConfig
+from core.model import ValueHead, build_policy, hidden_size_of
+from core.tasks import build_task
+from core.tasks.base import Problem
+
+TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_seq_len=128)
+SEARCH = dataclasses.replace(
+    SearchConfig(), simulations=6, children=3, leaves_per_round=2, max_step_tokens=12, max_response_tokens=40
+)
+
+
+def _fit_briefly(model, tokenizer, problems: list[Problem], steps: int = 60) -> None:
+    """A few plain next-token steps on gold traces: enough to learn the line structure."""
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    texts = [p.prompt + p.solution + tokenizer.eos_token for p in problems]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="right")
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(texts), (32,))
+        batch = {"input_ids": enc["input_ids"][idx], "attention_mask": enc["attention_mask"][idx]}
+        loss = model(**batch, labels=labels[idx]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+@pytest.fixture(scope="module")
+def policy():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread avoids oversubscribing a shared 2-core machine
+    task = build_task(TaskConfig(eval_size=8))
+    model, tokenizer = build_policy(TINY)
+    _fit_briefly(model, tokenizer, [task.train_problem(i) for i in range(256)])
+    head = ValueHead(hidden_size_of(model))
+    with torch.no_grad():  # a random head, so value estimates differ between states
+        head.proj.weight.normal_(0, 0.3)
+    yield model, tokenizer, head, task.eval_problems()
+    torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def _recompute(model, head, segments, temperature: float = 1.0) -> tuple[list[list[float]], list[float]]:
+    """No-cache reference: one full unpadded forward of the whole prefix; per-segment log-probs and values."""
+    ids = [t for seg in segments for t in seg]
+    out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    logp = torch.log_softmax(out.logits[0].float() / temperature, dim=-1)  # [T, V]
+    values = head(out.hidden_states[-1])[0]  # [T]
+    per_seg, vals, start = [], [], 0
+    for seg in segments:
+        per_seg.append([float(logp[start + j - 1, t]) for j, t in enumerate(seg)] if start else [])
+        start += len(seg)
+        vals.append(float(values[start - 1]))
+    return per_seg, vals
+
+
+def _check_tree_against_recomputation(tree: SearchTree, model, head) -> float:
+    worst = 0.0
+    for node in tree.nodes[1:]:
+        logps, values = _recompute(model, head, tree.segments(node))
+        assert len(logps[-1]) == len(node.logprobs)
+        worst = max(worst, max(abs(a - b) for a, b in zip(logps[-1], node.logprobs)))
+        worst = max(worst, abs(values[-1] - node.value_estimate))
+    root_values = _recompute(model, head, tree.segments(tree.root))[1]
+    return max(worst, abs(root_values[-1] - tree.root.value_estimate))
+
+
+def test_kv_reusing_search_matches_no_cache_recomputation(policy):
+    model, tokenizer, head, problems = policy
+    backend = HFStepBackend(model, tokenizer, head, seed=0)
+    trees = run_searches(backend, problems[:3], SEARCH, training_scorers)
+    assert max(n.depth for t in trees for n in t.nodes) >= 2  # children were forwarded on top of cached parents
+    for tree in trees:
+        assert _check_tree_against_recomputation(tree, model, head) < 1e-4
+        # every token is forwarded once: the prompt, then each generated token (the step's last one included)
+        assert tree.tokens_forwarded == len(tree.prompt_tokens) + tree.tokens_generated
+        assert tree.tokens_generated >= sum(len(n.token_ids) for n in tree.nodes[1:])  # merged duplicates count too
+    assert backend.tokens_forwarded == sum(t.tokens_forwarded for t in trees)
+
+
+def test_reuse_changes_cost_not_results(policy):
+    model, tokenizer, head, problems = policy
+    runs = {}
+    for reuse in (True, False):
+        backend = HFStepBackend(model, tokenizer, head, seed=1, reuse_prefixes=reuse)
+        runs[reuse] = run_searches(backend, problems[3:5], SEARCH, training_scorers)
+    for a, b in zip(runs[True], runs[False]):
+        assert [n.token_ids for n in a.nodes] == [n.token_ids for n in b.nodes]
+        flat_a, flat_b = ([lp for n in t.nodes for lp in n.logprobs] for t in (a, b))
+        assert flat_a == pytest.approx(flat_b, abs=1e-4)
+        assert a.tokens_generated == b.tokens_generated
+        assert b.tokens_forwarded > a.tokens_forwarded  # without reuse every expansion re-reads its prefix
+
+
+def test_greedy_search_reproduces_hf_generate(policy):
+    model, tokenizer, head, problems = policy
+    backend = HFStepBackend(model, tokenizer, head)
+    cfg = dataclasses.replace(SEARCH, kind="greedy", max_step_tokens=40)
+    for tree in run_searches(backend, problems[:4], cfg, training_scorers):
+        ours = [t for n in tree.path(tree.nodes[-1])[1:] for t in n.token_ids]
+        ids = torch.tensor([tree.prompt_tokens])
+        pad = tokenizer.pad_token_id
+        ref = model.generate(input_ids=ids, max_new_tokens=len(ours), do_sample=False, pad_token_id=pad)
+        assert ours == ref[0, ids.shape[1] :].tolist()
+
+
+def test_cache_is_never_reused_across_policy_versions(policy):
+    model, tokenizer, head, problems = policy
+    model = copy.deepcopy(model)  # this test changes the weights
+    backend = HFStepBackend(model, tokenizer, head, seed=2)
+    root = (tuple(backend.encode(problems[0].prompt)),)
+    first = backend.continue_steps([StepRequest(root, 2, 12)])[0]
+    child = root + (tuple(first.steps[0].token_ids),)
+    backend.continue_steps([StepRequest(child, 2, 12)])
+    stale_logits = backend.cache.lookup(child)[-1].next_logits.clone()
+    assert backend.cache.num_entries >= 4
+
+    torch.manual_seed(3)
+    new_weights = {k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()}
+    backend.load_weights(1, new_weights)
+    assert backend.policy_version == 1 and backend.cache.num_entries == 0 and backend.cache.dropped_entries >= 4
+
+    again = backend.continue_steps([StepRequest(child, 2, 12)])[0]
+    assert again.policy_version == 1
+    assert again.tokens_forwarded == sum(map(len, child)) + again.tokens_generated  # the prefix was re-read
+    for step in again.steps:  # every log-prob and value comes from the new weights
+        logps, values = _recompute(model, head, child + (tuple(step.token_ids),))
+        assert logps[-1] == pytest.approx(step.logprobs, abs=1e-4)
+        assert values[-1] == pytest.approx(step.value, abs=1e-4)
+    assert _recompute(model, head, child)[1][-1] == pytest.approx(again.prefix_value, abs=1e-4)
+    fresh = backend.cache.lookup(child)[-1].next_logits
+    assert (fresh - stale_logits).abs().max() > 1e-3  # reusing the old entry would have been visibly wrong
+    assert all(e.version == 1 for e in backend.cache.lookup(child))
+
+
+def test_weights_arriving_mid_search_are_used_from_then_on(policy):
+    old, tokenizer, head, problems = policy
+    model = copy.deepcopy(old)
+    backend = HFStepBackend(model, tokenizer, head, seed=4)
+    torch.manual_seed(5)
+    new_weights = {k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()}
+    rounds: list[int] = []
+
+    def pull_weights() -> None:  # what a rollout actor does between rounds
+        rounds.append(backend.policy_version)
+        if len(rounds) == 3:
+            backend.load_weights(1, new_weights)
+
+    trees = run_searches(backend, problems[5:7], SEARCH, training_scorers, between_rounds=pull_weights)
+    assert {n.policy_version for t in trees for n in t.nodes[1:]} == {0, 1}
+    for tree in trees:  # each step matches a no-cache recomputation under the weights that produced it
+        for node in tree.nodes[1:]:
+            logps, values = _recompute(old if node.policy_version == 0 else model, head, tree.segments(node))
+            assert logps[-1] == pytest.approx(node.logprobs, abs=1e-4)
+            assert values[-1] == pytest.approx(node.value_estimate, abs=1e-4)
+
+
+def test_prefix_cache_refuses_entries_from_another_version():
+    cache = PrefixCache(version=5)
+    kv = [torch.zeros(1, 2, 4)]
+    entry = CacheEntry(kv, kv, torch.zeros(3), None, version=5)
+    cache.insert(((1, 2),), entry)
+    assert cache.lookup(((1, 2), (3,))) == [entry] and cache.num_tokens == 2
+    with pytest.raises(ValueError, match="version 4"):
+        cache.insert(((1, 2), (3,)), CacheEntry(kv, kv, torch.zeros(3), None, version=4))
+    with pytest.raises(KeyError):
+        cache.insert(((9,), (3,)), CacheEntry(kv, kv, torch.zeros(3), None, version=5))
+    cache.set_version(6)
+    assert cache.lookup(((1, 2),)) == [] and cache.dropped_entries == 1
