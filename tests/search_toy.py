@@ -14,6 +14,7 @@ import random
 from collections.abc import Sequence
 
 from actors.search.backend import StepOutput, StepRequest, StepResult
+from actors.search.tree import SearchTree
 
 STEPS = ["good\n", "bad\n", "meh\n", "Answer: 1\n", "Answer: 0\n"]
 GOOD, BAD, MEH, RIGHT, WRONG = range(5)
@@ -85,3 +86,14 @@ class FixedLogitPolicy:
             n = len(steps)
             results.append(StepResult(self._value(state), steps, self.policy_version, n, n, 1))
         return results
+
+
+def leaf_mean(tree: SearchTree, node_id: int) -> float | None:
+    """Brute force: mean outcome of the terminal leaves reachable from node_id."""
+    outcomes, stack = [], [node_id]
+    while stack:
+        n = tree.nodes[stack.pop()]
+        if n.terminal:
+            outcomes.append(n.outcome)
+        stack += n.children
+    return sum(outcomes) / len(outcomes) if outcomes else None

@@ -15,6 +15,7 @@ from actors.search.tree import SearchTree, tree_to_samples
 from core.config import SearchConfig
 from core.tasks.base import Problem
 from tests.search_toy import BAD, GOOD, MEH, PROMPT, RIGHT, STEPS, FixedLogitPolicy, outcome, true_value
+from tests.search_toy import leaf_mean as _leaf_mean
 
 VERIFIER = Scorers(terminal=outcome)
 
@@ -30,16 +31,6 @@ def _cfg(**kw) -> SearchConfig:
 
 def _first_step(tree: SearchTree, node_id: int) -> int:
     return tree.nodes[node_id].token_ids[0]
-
-
-def _leaf_mean(tree: SearchTree, node_id: int) -> float | None:
-    outcomes, stack = [], [node_id]
-    while stack:
-        n = tree.nodes[stack.pop()]
-        if n.terminal:
-            outcomes.append(n.outcome)
-        stack += n.children
-    return sum(outcomes) / len(outcomes) if outcomes else None
 
 
 def test_mcts_concentrates_visits_on_the_best_step_against_the_prior():

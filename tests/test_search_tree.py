@@ -21,6 +21,7 @@ from core.config import load_config
 from core.errors import ConfigError
 from core.samples import StepSample
 from tests.conftest import DEFAULT_CONFIG
+from tests.search_toy import leaf_mean as _leaf_mean
 
 
 def test_puct_scores_match_hand_computation():
@@ -53,17 +54,6 @@ def _hand_tree() -> SearchTree:
     tree.add_child(root, text="Answer: 1\n", token_ids=[5], logprobs=[-0.6], terminal=True, outcome=1.0)
     tree.add_child(root, text="c\n", token_ids=[3], logprobs=[-0.7])
     return tree
-
-
-def _leaf_mean(tree: SearchTree, node_id: int) -> float | None:
-    """Brute force: mean outcome of the terminal leaves reachable from node_id."""
-    outcomes, stack = [], [node_id]
-    while stack:
-        n = tree.nodes[stack.pop()]
-        if n.terminal:
-            outcomes.append(n.outcome)
-        stack += n.children
-    return sum(outcomes) / len(outcomes) if outcomes else None
 
 
 def test_node_value_is_mean_of_its_leaves():
