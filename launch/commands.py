@@ -62,7 +62,15 @@ def run_sft(cfg: ArborConfig) -> dict:
                 if step % 10 == 0 or step == cfg.sft.steps:
                     logger.log(metrics, step=step)
 
-            model = train_sft(model, tokenizer, task, cfg, {p.key for p in held_out}, on_step=on_step)
+            try:
+                model = train_sft(model, tokenizer, task, cfg, {p.key for p in held_out}, on_step=on_step)
+            except KeyboardInterrupt:
+                # Keep what was trained: the update happens in place on `model`.
+                partial = save_checkpoint(
+                    run_dir / "checkpoints" / "sft-interrupted", model, tokenizer, meta={"command": "sft"}
+                )
+                console.print(f"interrupted; the partly trained model is at {partial}")
+                raise
         train_s = time.time() - t0
         ckpt = save_checkpoint(
             run_dir / "checkpoints" / "sft", model, tokenizer, meta={"command": "sft", "steps": cfg.sft.steps}

@@ -19,6 +19,7 @@ from core.tasks import Task
 from learner.engine import OptimConfig, build_engine
 
 IGNORE = -100  # label value the loss skips: prompt and padding positions
+MAX_CONSECUTIVE_NONFINITE = 20  # non-finite losses in a row before SFT gives up
 
 
 @dataclass
@@ -90,13 +91,19 @@ def train_sft(
     engine = build_engine(model, s.engine, optim, batch_size=s.batch_size, zero_stage=s.zero_stage)
     engine.module.train()
     batches = sft_batches(task, tokenizer, cfg, exclude_keys)
+    skipped = consecutive = 0
     for step in range(1, s.steps + 1):
         t0 = time.perf_counter()
         batch = next(batches)
         out = engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
         loss = out.loss
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"SFT loss is {loss.item()} at step {step}; lower sft.lr")
+            # Skip the update rather than corrupt the weights; only a persistent blow-up stops the run.
+            skipped, consecutive = skipped + 1, consecutive + 1
+            if consecutive >= MAX_CONSECUTIVE_NONFINITE:
+                raise FloatingPointError(f"SFT loss non-finite for {consecutive} steps up to step {step}; lower sft.lr")
+            continue
+        consecutive = 0
         grad_norm = engine.step(loss)
         dt = time.perf_counter() - t0
         if on_step is not None:
@@ -108,6 +115,7 @@ def train_sft(
                     "sft/grad_norm": grad_norm,
                     "sft/tokens_per_s": batch.num_tokens / dt,
                     "sft/corrupt_share": batch.num_corrupt / s.batch_size,
+                    "sft/skipped_nonfinite": skipped,
                 },
             )
     engine.module.eval()

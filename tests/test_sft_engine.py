@@ -88,3 +88,18 @@ def test_sft_lowers_the_loss_on_held_out_traces(tiny_cfg):
     assert len(seen) == 40 and all(m["sft/loss"] == m["sft/loss"] for m in seen)
     assert held_out_loss() < 0.6 * before
     assert not model.training
+
+
+def test_non_finite_loss_is_skipped_never_applied_and_persistent_blowup_stops(tiny_cfg):
+    """A NaN in the embedding of 'U' (every prompt starts with "Use") makes every loss NaN."""
+    tiny_cfg.sft.steps = 30
+    tiny_cfg.sft.engine = "torch"
+    task = build_task(tiny_cfg.task)
+    model, tok = build_policy(tiny_cfg.model)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[tok.convert_tokens_to_ids("U")] = float("nan")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(FloatingPointError, match="sft.lr"):
+        train_sft(model, tok, task, tiny_cfg, set())
+    after = model.state_dict()
+    assert all(torch.equal(before[k].nan_to_num(), after[k].nan_to_num()) for k in before)  # no update applied
