@@ -130,9 +130,26 @@ class SearchConfig:
     answer_by: str = "visits"  # visits | value | vote | value_vote: how a tree picks its final answer
     trees_in_flight: int = 16  # trees the driver advances together, one batched model call per round
     max_batch_rows: int = 256  # sequences per model call; larger rounds are split
-    budgets: list[int] = field(default_factory=lambda: [1, 4, 16, 64])  # search budgets for test-time scaling
+    budgets: list[int] = field(default_factory=list)  # test-time scaling budgets for `arbor eval`; [] skips it
+    kinds: list[str] = field(default_factory=lambda: ["greedy", "best_of_n", "beam", "mcts"])  # kinds on the curve
     token_budget: int = 0  # MCTS stops once its tree has generated this many tokens; 0: simulations alone decide
     seed: int = 0  # sampling and Dirichlet-noise seed
+
+
+@dataclass
+class ValueConfig:
+    problems: int = 512  # training problems the policy samples on (task.train_problem, held-out content skipped)
+    samples_per_problem: int = 8  # sampled responses per problem; each is verified and labels its step prefixes
+    temperature: float = 1.0  # sampling temperature of the policy
+    difficulty_mix: list[float] | None = None  # weight per difficulty level of the problems; None: uniform
+    holdout_fraction: float = 0.2  # share of the problems kept out of the fit to report calibration and AUC
+    steps: int = 400  # optimizer steps on the value head (the trunk stays frozen)
+    batch_size: int = 256  # labelled step prefixes per step
+    lr: float = 1e-2  # peak learning rate (AdamW, cosine decay)
+    weight_decay: float = 0.0  # AdamW weight decay on the head's weight
+    forward_batch_size: int = 64  # sequences per frozen-trunk forward when reading hidden states
+    calibration_bins: int = 10  # equal-width bins of the reliability table and the ECE
+    seed: int = 0  # problem stretch, sampling and minibatch order
 
 
 @dataclass
@@ -144,6 +161,7 @@ class ArborConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     run: RunConfig = field(default_factory=RunConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    value: ValueConfig = field(default_factory=ValueConfig)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
 
@@ -270,6 +288,7 @@ def validate(cfg: ArborConfig) -> None:
     if cfg.task.name in ("gsm8k", "math") and not cfg.task.data.path:
         raise ConfigError(f"task.name={cfg.task.name} needs config key 'task.data.path' (a JSONL file)")
     validate_search(cfg.search)
+    validate_value(cfg.value)
 
 
 def validate_search(s: SearchConfig) -> None:
@@ -307,8 +326,24 @@ def validate_search(s: SearchConfig) -> None:
             "config key 'search.max_response_tokens' is below one step "
             f"('search.max_step_tokens' = {s.max_step_tokens}); got {s.max_response_tokens}"
         )
-    if not s.budgets or any(b < 1 for b in s.budgets):
+    for kind in s.kinds:
+        _choice("search.kinds", kind, ("mcts", "beam", "best_of_n", "greedy"))
+    if any(b < 1 for b in s.budgets):
         raise ConfigError(f"config key 'search.budgets' must hold budgets >= 1 (one step at least); got {s.budgets}")
+
+
+def validate_value(v: ValueConfig) -> None:
+    """Checks on the ``value`` section; each error names its dotted key."""
+    for name in ("problems", "samples_per_problem", "steps", "batch_size", "lr", "forward_batch_size"):
+        _positive(f"value.{name}", getattr(v, name))
+    _positive("value.temperature", v.temperature, allow_zero=True)
+    _positive("value.weight_decay", v.weight_decay, allow_zero=True)
+    if v.calibration_bins < 1:
+        raise ConfigError(f"config key 'value.calibration_bins' must be >= 1; got {v.calibration_bins}")
+    if not 0.0 < v.holdout_fraction < 1.0:
+        raise ConfigError(f"config key 'value.holdout_fraction' must lie in (0, 1); got {v.holdout_fraction}")
+    if v.problems < 2:
+        raise ConfigError(f"config key 'value.problems' must be >= 2 (some to fit, some held out); got {v.problems}")
 
 
 def to_yaml(cfg: ArborConfig) -> str:

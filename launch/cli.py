@@ -1,7 +1,8 @@
 """The ``arbor`` command: ``arbor <command> CONFIG [key=value ...]``.
 
 arbor sft  configs/countdown_tiny.yaml              # SFT warm start + before/after evaluation
-arbor eval configs/countdown_tiny.yaml model.path=runs/sft-.../checkpoints/sft
+arbor value configs/countdown_tiny.yaml model.path=runs/sft-.../checkpoints/sft   # OVM value head
+arbor eval configs/countdown_tiny.yaml model.path=runs/value-.../checkpoints/value search.budgets=[1,4,16]
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import sys
 
 COMMANDS = {
     "sft": "SFT warm start on solver traces, then a before/after held-out evaluation",
-    "eval": "held-out greedy accuracy and sampled pass@k / maj@k of model.path",
+    "value": "fit the value head of model.path on its own verified samples (OVM), report calibration and AUC",
+    "eval": "held-out accuracy of model.path; with search.budgets, test-time scaling of greedy/best-of-N/beam/MCTS",
 }
 
 
@@ -36,10 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         from launch import commands
 
-        if args.command == "sft":
-            commands.run_sft(cfg)
-        elif args.command == "eval":
-            commands.run_eval(cfg)
+        run = {"sft": commands.run_sft, "value": commands.run_value, "eval": commands.run_eval}[args.command]
+        run(cfg)
     except ArborError as exc:
         print(f"arbor {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
-"""The bodies of ``arbor sft`` and ``arbor eval``; the CLI parses arguments and calls these."""
+"""The bodies of ``arbor sft``, ``arbor value`` and ``arbor eval``; the CLI parses arguments and calls these."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -9,12 +10,26 @@ from pathlib import Path
 import torch
 
 from actors.evaluate import EvalResult, evaluate
-from core.config import ArborConfig
-from core.model import build_policy, save_checkpoint
+from actors.search import HFStepBackend, SearchTree, run_searches, scaling_curve, scaling_table, training_scorers
+from core.config import ArborConfig, SearchConfig
+from core.errors import ConfigError
+from core.model import VALUE_HEAD_FILE, build_policy, load_value_head, save_checkpoint
 from core.runs import RunLogger, make_run_dir
-from core.tasks import build_task
-from launch.report import console, progress_bar, results_table
+from core.tasks import Problem, Task, build_task
+from launch.report import console, plot_scaling, progress_bar, results_table, value_table
 from learner.sft import train_sft
+from learner.value_fit import (
+    LabelledSequence,
+    fit_value_head,
+    label_chain,
+    prefix_features,
+    split_by_group,
+    value_report,
+)
+
+# The value fit samples on its own stretch of training seeds, away from the SFT stream (which starts at 0),
+# so the held-out report measures states of problems the policy was not trained on.
+VALUE_INDEX_OFFSET = 1 << 30
 
 
 def _prepare(cfg: ArborConfig, command: str):
@@ -90,17 +105,164 @@ def run_sft(cfg: ArborConfig) -> dict:
     return summary
 
 
+def value_problems(task: Task, cfg: ArborConfig, exclude_keys: set[str]) -> list[Problem]:
+    """``value.problems`` training problems for the value fit; held-out content is skipped."""
+    out: list[Problem] = []
+    index = VALUE_INDEX_OFFSET + cfg.value.seed * 1_000_003
+    while len(out) < cfg.value.problems:
+        problem = task.train_problem(index, cfg.value.difficulty_mix)
+        index += 1
+        if problem.key not in exclude_keys:
+            out.append(problem)
+    return out
+
+
+def value_sampling_config(cfg: ArborConfig) -> SearchConfig:
+    """Best-of-N chains at ``value.temperature``, verified (training rollouts may see the reference)."""
+    v = cfg.value
+    return dataclasses.replace(
+        cfg.search,
+        kind="best_of_n",
+        num_samples=v.samples_per_problem,
+        temperature=v.temperature,
+        terminal_value="verifier",
+        trees_in_flight=max(1, cfg.search.max_batch_rows // v.samples_per_problem),
+        seed=v.seed,
+    )
+
+
+def labelled_chains(tree: SearchTree) -> list[LabelledSequence]:
+    """Every sampled chain of a best-of-N tree, its step prefixes labelled with its verified outcome."""
+    return [
+        label_chain(tree.segments(leaf), leaf.outcome, tree.problem_uid)
+        for leaf in tree.terminals()
+        if leaf.outcome is not None
+    ]
+
+
+def run_value(cfg: ArborConfig) -> dict:
+    """Fit the value head of ``model.path`` the OVM way and save policy + head as a checkpoint."""
+    if not cfg.model.path:
+        raise ConfigError("arbor value needs config key 'model.path' (the policy checkpoint, e.g. an SFT one)")
+    task, held_out, model, tokenizer, run_dir, logger = _prepare(cfg, "value")
+    v = cfg.value
+    console.print(
+        f"[bold]arbor value[/] policy={cfg.model.path} problems={v.problems}x{v.samples_per_problem} run={run_dir}"
+    )
+    try:
+        problems = value_problems(task, cfg, {p.key for p in held_out})
+        sampling = value_sampling_config(cfg)
+        backend = HFStepBackend(model, tokenizer, seed=v.seed, max_batch_rows=cfg.search.max_batch_rows)
+        seqs: list[LabelledSequence] = []
+        t0 = time.time()
+        with progress_bar() as bar:
+            job = bar.add_task("sample", total=len(problems), info="")
+            chunk = sampling.trees_in_flight * 2
+            for start in range(0, len(problems), chunk):
+                trees = run_searches(backend, problems[start : start + chunk], sampling, training_scorers)
+                seqs += [s for t in trees for s in labelled_chains(t)]
+                rate = sum(s.outcome for s in seqs) / max(len(seqs), 1)
+                bar.update(job, advance=len(trees), info=f"{len(seqs)} samples, {rate:.1%} correct")
+        sample_s = time.time() - t0
+        fit, held = split_by_group(seqs, v.holdout_fraction, v.seed)
+        with console.status("reading the frozen trunk's hidden states"):
+            pad = tokenizer.pad_token_id or 0
+            fit_x = prefix_features(model, fit, v.forward_batch_size, pad)
+            held_x = prefix_features(model, held, v.forward_batch_size, pad)
+        with progress_bar() as bar:
+            job = bar.add_task("value", total=v.steps, info="")
+
+            def on_step(step: int, metrics: dict[str, float]) -> None:
+                bar.update(job, advance=1, info=f"loss {metrics['value/loss']:.4f}")
+                if not console.is_terminal and step % max(1, v.steps // 10) == 0:
+                    console.print(f"value step {step}/{v.steps} loss {metrics['value/loss']:.4f}")
+                if step % 10 == 0 or step == v.steps:
+                    logger.log(metrics, step=step)
+
+            head = fit_value_head(fit_x, v, on_step=on_step)
+        report = {
+            "fit": value_report(head, fit_x, v.calibration_bins),
+            "held_out": value_report(head, held_x, v.calibration_bins),
+            "samples": len(seqs),
+            "sample_accuracy": sum(s.outcome for s in seqs) / max(len(seqs), 1),
+            "sample_seconds": sample_s,
+        }
+        (run_dir / "value_report.json").write_text(json.dumps(report, indent=2))
+        ckpt = save_checkpoint(
+            run_dir / "checkpoints" / "value",
+            model,
+            tokenizer,
+            value_head=head,
+            meta={"command": "value", "policy": cfg.model.path, "held_out": _scalars(report["held_out"])},
+        )
+        summary = {"checkpoint": str(ckpt), "sample_accuracy": report["sample_accuracy"]}
+        summary |= {f"value_held_out/{k}": x for k, x in _scalars(report["held_out"]).items()}
+        logger.log({k: x for k, x in summary.items() if isinstance(x, float)}, step=v.steps)
+        logger.summary(summary)
+    finally:
+        logger.close()
+    console.print(value_table(report))
+    console.print(f"checkpoint: {ckpt}\nrun directory: {run_dir}")
+    return report
+
+
+def _scalars(report: dict) -> dict[str, float]:
+    return {k: float(x) for k, x in report.items() if isinstance(x, (int, float))}
+
+
+def _check_scaling_inputs(cfg: ArborConfig) -> None:
+    """Test-time scaling searches value terminals with the value head (never the reference): it must exist."""
+    if not cfg.search.budgets:
+        return
+    if not cfg.model.path or not (Path(cfg.model.path) / VALUE_HEAD_FILE).is_file():
+        raise ConfigError(
+            f"search.budgets needs a value head: config key 'model.path' ({cfg.model.path}) must be a checkpoint "
+            f"with {VALUE_HEAD_FILE}; fit one with `arbor value CONFIG model.path=DIR`"
+        )
+
+
+def run_scaling(cfg: ArborConfig, model, tokenizer, held_out: list[Problem], run_dir: Path, logger: RunLogger) -> list:
+    """Accuracy against search budget on the held-out set: table, ``scaling.json``, ``scaling.png``, wandb image."""
+    head = load_value_head(cfg.model.path, model)  # checked to exist before the run started
+    backend = HFStepBackend(model, tokenizer, head, seed=cfg.search.seed, max_batch_rows=cfg.search.max_batch_rows)
+    with console.status(f"test-time scaling: {', '.join(cfg.search.kinds)} at budgets {list(cfg.search.budgets)}"):
+        points = scaling_curve(backend, held_out, cfg.search, kinds=cfg.search.kinds)
+    console.print(scaling_table(points))
+    rows = [dataclasses.asdict(p) for p in points]
+    (run_dir / "scaling.json").write_text(json.dumps({"problems": len(held_out), "points": rows}, indent=2))
+    png = plot_scaling(points, run_dir / "scaling.png", title=f"{cfg.task.name}: held-out ({len(held_out)} problems)")
+    for budget in sorted({p.budget for p in points}):
+        logger.log(
+            {
+                f"scaling/{p.kind}/{k}": r[k]
+                for p, r in zip(points, rows)
+                if p.budget == budget
+                for k in ("accuracy", "generated_tokens", "model_calls")
+            },
+            step=budget,
+        )
+    logger.log_image("scaling/plot", png, step=max(p.budget for p in points))
+    return points
+
+
 def run_eval(cfg: ArborConfig) -> EvalResult:
-    """Evaluate ``model.path`` (or the untrained default model) on the held-out set."""
+    """Evaluate ``model.path`` (or the untrained default model) on the held-out set; with ``search.budgets``,
+    also the test-time scaling curve of every kind in ``search.kinds``."""
+    _check_scaling_inputs(cfg)
     _, held_out, model, tokenizer, run_dir, logger = _prepare(cfg, "eval")
     try:
         with console.status(f"evaluating {cfg.model.path or 'the untrained default model'}"):
             result = evaluate(model, tokenizer, held_out, cfg.eval)
         logger.log(result.metrics("eval"), step=0)
-        logger.summary(result.metrics("eval"))
+        summary = result.metrics("eval")
         path = _write_eval(run_dir, "result", result)
+        console.print(results_table(f"{cfg.task.name}: held-out ({len(held_out)} problems)", {"model": result}))
+        if cfg.search.budgets:
+            points = run_scaling(cfg, model, tokenizer, held_out, run_dir, logger)
+            summary |= {f"scaling/{p.kind}@{p.budget}": p.accuracy for p in points}
+            console.print(f"scaling: {run_dir / 'scaling.json'} {run_dir / 'scaling.png'}")
+        logger.summary(summary)
     finally:
         logger.close()
-    console.print(results_table(f"{cfg.task.name}: held-out ({len(held_out)} problems)", {"model": result}))
     console.print(f"results: {path}")
     return result

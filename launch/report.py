@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from actors.evaluate import EvalResult
+from actors.search.scaling import ScalingPoint
 
 console = Console()
 
@@ -41,3 +45,54 @@ def results_table(title: str, results: dict[str, EvalResult]) -> Table:
     for label, fmt in rows:
         table.add_row(label, *(fmt(r) for r in results.values()))
     return table
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def value_table(report: dict) -> Table:
+    """Calibration and ranking of the fitted value head, on the fitted and the held-out problems."""
+    table = Table(title=f"value head: step prefixes vs outcome ({report['samples']} samples)")
+    table.add_column("metric")
+    for name in ("fit", "held_out"):
+        table.add_column(name.replace("_", "-"), justify="right")
+    rows = [
+        ("prefixes", "d"),
+        ("base_rate", ".3f"),
+        ("mean_value", ".3f"),
+        ("auc", ".3f"),
+        ("final_auc", ".3f"),
+        ("ece", ".4f"),
+        ("brier", ".4f"),
+    ]
+    for key, spec in rows:
+        table.add_row(key.replace("_", " "), *(_fmt(report[side][key], spec) for side in ("fit", "held_out")))
+    return table
+
+
+def plot_scaling(points: Sequence[ScalingPoint], path: Path, title: str) -> Path:
+    """Held-out accuracy against generated tokens per problem, one line per search kind; written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for kind in dict.fromkeys(p.kind for p in points):  # first-seen order
+        mine = sorted((p for p in points if p.kind == kind), key=lambda p: p.generated_tokens)
+        xs, ys = [p.generated_tokens for p in mine], [p.accuracy for p in mine]
+        ax.plot(xs, ys, marker="o", label=kind)
+        for p in mine:
+            ax.annotate(str(p.budget), (p.generated_tokens, p.accuracy), textcoords="offset points", xytext=(3, 3))
+    ax.set_ylim(0.0, max(0.1, 1.15 * max(p.accuracy for p in points)))
+    ax.set_xscale("log")
+    ax.set_xlabel("generated tokens per problem (log scale; labels: budget)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -41,3 +41,23 @@ def tiny_cfg(tmp_path: Path) -> ArborConfig:
             "eval.ks=[1,2]",
         ],
     )
+
+
+# Search limits small enough that a 2-layer model's trees stay a few steps deep and fast.
+SMALL_SEARCH = ["search.max_step_tokens=12", "search.max_response_tokens=36", "search.max_depth=4"]
+
+
+@pytest.fixture(scope="session")
+def policy_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An SFT checkpoint of the tiny model (60 quick steps) and its OVM-fitted value checkpoint, via the CLI."""
+    from launch.cli import main
+
+    root = tmp_path_factory.mktemp("runs")
+    common = [*TINY, *SMALL_SEARCH, f"run.root={root}", "threads=1", "task.eval_size=4"]
+    sft = ["sft.steps=60", "sft.batch_size=32", "sft.engine=torch", "sft.lr=1e-2", "sft.warmup_steps=5"]
+    assert main(["sft", str(DEFAULT_CONFIG), *common, *sft, "sft.eval_before_after=false"]) == 0
+    (sft_ckpt,) = root.glob("sft-*/checkpoints/sft")
+    value = ["value.problems=24", "value.samples_per_problem=4", "value.steps=50"]
+    assert main(["value", str(DEFAULT_CONFIG), *common, *value, f"model.path={sft_ckpt}"]) == 0
+    (value_run,) = root.glob("value-*")
+    return {"root": root, "sft": sft_ckpt, "value_run": value_run, "value": value_run / "checkpoints" / "value"}
