@@ -195,6 +195,7 @@ def run_value(cfg: ArborConfig) -> dict:
             value_head=head,
             meta={"command": "value", "policy": cfg.model.path, "held_out": _scalars(report["held_out"])},
         )
+        report["checkpoint"] = str(ckpt)
         summary = {"checkpoint": str(ckpt), "sample_accuracy": report["sample_accuracy"]}
         summary |= {f"value_held_out/{k}": x for k, x in _scalars(report["held_out"]).items()}
         logger.log({k: x for k, x in summary.items() if isinstance(x, float)}, step=v.steps)
