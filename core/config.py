@@ -326,6 +326,8 @@ def validate_search(s: SearchConfig) -> None:
             "config key 'search.max_response_tokens' is below one step "
             f"('search.max_step_tokens' = {s.max_step_tokens}); got {s.max_response_tokens}"
         )
+    if not s.kinds:
+        raise ConfigError("config key 'search.kinds' must name at least one of mcts, beam, best_of_n, greedy")
     for kind in s.kinds:
         _choice("search.kinds", kind, ("mcts", "beam", "best_of_n", "greedy"))
     if any(b < 1 for b in s.budgets):

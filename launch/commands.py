@@ -8,9 +8,18 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from actors.evaluate import EvalResult, evaluate
-from actors.search import HFStepBackend, SearchTree, run_searches, scaling_curve, scaling_table, training_scorers
+from actors.search import (
+    HFStepBackend,
+    ScalingPoint,
+    SearchTree,
+    run_searches,
+    scaling_curve,
+    scaling_table,
+    training_scorers,
+)
 from core.config import ArborConfig, SearchConfig
 from core.errors import ConfigError
 from core.model import VALUE_HEAD_FILE, build_policy, load_value_head, save_checkpoint
@@ -222,7 +231,14 @@ def _check_scaling_inputs(cfg: ArborConfig) -> None:
         )
 
 
-def run_scaling(cfg: ArborConfig, model, tokenizer, held_out: list[Problem], run_dir: Path, logger: RunLogger) -> list:
+def run_scaling(
+    cfg: ArborConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    held_out: list[Problem],
+    run_dir: Path,
+    logger: RunLogger,
+) -> list[ScalingPoint]:
     """Accuracy against search budget on the held-out set: table, ``scaling.json``, ``scaling.png``, wandb image."""
     head = load_value_head(cfg.model.path, model)  # checked to exist before the run started
     backend = HFStepBackend(model, tokenizer, head, seed=cfg.search.seed, max_batch_rows=cfg.search.max_batch_rows)

@@ -66,4 +66,6 @@ def test_budgets_without_a_value_head_name_model_path(policy_checkpoints, tmp_pa
 def test_scaling_kinds_are_checked():
     with pytest.raises(ConfigError, match=r"search\.kinds"):
         load_config(DEFAULT_CONFIG, ["search.kinds=[mcts,sideways]"])
+    with pytest.raises(ConfigError, match=r"search\.kinds"):
+        load_config(DEFAULT_CONFIG, ["search.kinds=[]"])
     assert load_config(DEFAULT_CONFIG).search.budgets == []  # plain `arbor eval` runs no search
