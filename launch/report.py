@@ -74,6 +74,7 @@ def value_table(report: dict) -> Table:
 def plot_scaling(points: Sequence[ScalingPoint], path: Path, title: str) -> Path:
     """Held-out accuracy against generated tokens per problem, one line per search kind; written as PNG."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")  # files only: no display on servers and CI
     import matplotlib.pyplot as plt
@@ -87,6 +88,8 @@ def plot_scaling(points: Sequence[ScalingPoint], path: Path, title: str) -> Path
             ax.annotate(str(p.budget), (p.generated_tokens, p.accuracy), textcoords="offset points", xytext=(3, 3))
     ax.set_ylim(0.0, max(0.1, 1.15 * max(p.accuracy for p in points)))
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 100, not 10^2; no crowded minor labels
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("generated tokens per problem (log scale; labels: budget)")
     ax.set_ylabel("held-out accuracy")
     ax.set_title(title)
