@@ -182,9 +182,10 @@ def test_scaling_curve_compares_kinds_at_equal_token_budgets():
     assert got["greedy", 1].accuracy == 0.0  # the argmax first step is "bad"
     for b in (1, 6):
         bon, tree = got["best_of_n", b], got["mcts", b]
-        # MCTS stops at the first round that reaches best-of-N's spend (overshooting by at most one round's
-        # 2 leaves x 3 children), or earlier when this small toy tree is exhausted
-        assert 0 < tree.generated_tokens <= bon.generated_tokens + 2 * 3
+        # MCTS samples only what the rest of best-of-N's (rounded) spend affords, overshooting by at most one
+        # one-token step, or stops earlier when this small toy tree is exhausted
+        assert 0 < tree.generated_tokens <= bon.generated_tokens + 0.5 + 1
+        assert tree.accuracy > 0.0  # every capped tree answers, even at one chain's spend
     assert got["mcts", 6].accuracy > got["greedy", 1].accuracy
     assert got["best_of_n", 6].accuracy > got["best_of_n", 1].accuracy  # more chains, more chances
     assert len(scaling_table(points).splitlines()) == 1 + len(points)

@@ -6,6 +6,11 @@ leaf's value (value head or PRM), as AlphaZero backs up the network's v(s). Unvi
 from their own value estimate (first-play value), else from the parent's Q. Dirichlet noise is mixed
 into the root priors. Virtual loss lets one tree put ``leaves_per_round`` distinct leaves into one
 batched model call.
+
+With a token cap (``search.token_budget``, how the scaling curve matches best-of-N's spend) every round
+samples only the steps the rest of the cap pays for, so the cap holds to within one step instead of one
+whole round; once it is spent, a tree with no finished answer yet completes one chain along its most
+promising path, so a capped MCTS always answers (at the smallest cap it degenerates to one sampled chain).
 """
 
 from __future__ import annotations
@@ -49,15 +54,65 @@ def dirichlet(rng: random.Random, alpha: float, k: int) -> list[float]:
     return [d / total for d in draws]
 
 
+def prior_step_tokens(cfg: SearchConfig) -> float:
+    """Tokens per step assumed before a tree has generated any: a response's token allowance spread over
+    its step allowance, never more than a step may hold.
+
+    It is prompt-independent and known before anything is sampled. ``max_step_tokens`` alone would be a
+    safe upper bound but, being several times a typical step, would cut the root to one or two children at
+    moderate caps; the first real step replaces this guess, and the floor of one child plus the bounded
+    overshoot (see :func:`affordable_steps`) absorbs a guess that is too low.
+    """
+    return min(float(cfg.max_step_tokens), cfg.max_response_tokens / cfg.max_depth)
+
+
+def affordable_steps(tree: SearchTree, cfg: SearchConfig, steps_sampled: int) -> int:
+    """Steps the rest of ``cfg.token_budget`` pays for at the tree's mean tokens per sampled step so far
+    (:func:`prior_step_tokens` before the first), never below 1: a round always makes progress, and so
+    overshoots the cap by at most one step more than the estimate's error."""
+    per_step = tree.tokens_generated / steps_sampled if steps_sampled else prior_step_tokens(cfg)
+    left = cfg.token_budget - tree.tokens_generated
+    return max(1, int(left // max(per_step, 1.0)))
+
+
+def over_budget(tree: SearchTree, cfg: SearchConfig) -> bool:
+    return bool(cfg.token_budget) and tree.tokens_generated >= cfg.token_budget
+
+
+def complete_one_answer(tree: SearchTree, cfg: SearchConfig, scorers: Scorers) -> SearchProc:
+    """Grow one chain, a single sampled step per round, from the most promising leaf until it ends.
+
+    A capped search that spent its tokens before any response ended would otherwise have no answer.
+    "Most promising" is PUCT without exploration (c_puct = 0): the best Q, else first-play value, at each
+    level. The overshoot is the rest of that one chain, at most ``max_depth`` single steps.
+    """
+    path = select_path(tree, 0.0, {})
+    while not path[-1].terminal:
+        leaf = path[-1]
+        results = yield [step_request(tree, leaf, 1, cfg, cfg.temperature)]
+        children = add_steps(tree, leaf, results[0], cfg, scorers, merge_duplicates=True)
+        backup(path, leaf_value(leaf))
+        if not children:  # the backend returned no step: nothing more to grow
+            return
+        path.append(children[0])
+    backup(path, leaf_value(path[-1]))  # the simulation that reached the answer
+
+
 def mcts(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, rng: random.Random) -> SearchProc:
-    """Run ``cfg.simulations`` simulations on ``tree`` (fewer once ``cfg.token_budget`` tokens are generated),
-    yielding batches of leaf expansions."""
+    """Run ``cfg.simulations`` simulations on ``tree``, yielding batches of leaf expansions.
+
+    With ``cfg.token_budget`` each round's children and leaves shrink to what the rest of the cap affords,
+    the search stops once the cap is spent, and a tree left with no answer then completes one chain.
+    """
     tree.kind = "mcts"
     pending: dict[int, float] = {}
     done = 0
-    while done < cfg.simulations and not (cfg.token_budget and tree.tokens_generated >= cfg.token_budget):
+    steps_sampled = 0  # steps requested so far: the running tokens-per-step estimate divides by it
+    while done < cfg.simulations and not over_budget(tree, cfg):
         batch: list[list[Node]] = []
-        while done + len(batch) < cfg.simulations and len(batch) < cfg.leaves_per_round:
+        sizes: list[int] = []  # children to sample for each leaf of the batch
+        steps_left = affordable_steps(tree, cfg, steps_sampled) if cfg.token_budget else -1  # -1: uncapped
+        while done + len(batch) < cfg.simulations and len(batch) < cfg.leaves_per_round and steps_left != 0:
             path = select_path(tree, cfg.c_puct, pending)
             leaf = path[-1]
             if leaf.terminal:
@@ -68,9 +123,13 @@ def mcts(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, rng: random.Rand
                 break  # virtual loss no longer separates the paths: send what we have
             _add_virtual(pending, path, cfg.virtual_loss)
             batch.append(path)
+            sizes.append(cfg.children if steps_left < 0 else min(cfg.children, steps_left))
+            if steps_left > 0:
+                steps_left -= sizes[-1]
         if not batch:
             continue
-        results = yield [step_request(tree, p[-1], cfg.children, cfg, cfg.temperature) for p in batch]
+        results = yield [step_request(tree, p[-1], k, cfg, cfg.temperature) for p, k in zip(batch, sizes)]
+        steps_sampled += sum(sizes)
         for path, result in zip(batch, results):
             _add_virtual(pending, path, -cfg.virtual_loss)
             leaf = path[-1]
@@ -81,3 +140,5 @@ def mcts(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, rng: random.Rand
                     child.prior = p
             backup(path, leaf_value(leaf))
             done += 1
+    if cfg.token_budget and not any(n.terminal for n in tree.nodes):
+        yield from complete_one_answer(tree, cfg, scorers)

@@ -68,8 +68,8 @@ def budget_config(cfg: SearchConfig, kind: str, budget: int, token_budget: int =
         return dataclasses.replace(cfg, **common, num_samples=budget)
     if kind == "beam":
         return dataclasses.replace(cfg, **common, beam_width=budget, children=min(cfg.children, budget))
-    if kind == "mcts":  # the token budget binds; simulations only cap it
-        sims = max(cfg.simulations, budget * cfg.max_depth)
+    if kind == "mcts":  # each expansion costs >= 1 token, so the cap, not this count, ends an expanding search
+        sims = max(cfg.simulations, budget * cfg.max_depth, token_budget)
         return dataclasses.replace(cfg, **common, token_budget=token_budget, simulations=sims)
     return dataclasses.replace(cfg, **common)
 
