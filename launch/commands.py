@@ -115,13 +115,19 @@ def run_sft(cfg: ArborConfig) -> dict:
 
 
 def value_problems(task: Task, cfg: ArborConfig, exclude_keys: set[str]) -> list[Problem]:
-    """``value.problems`` training problems for the value fit; held-out content is skipped."""
+    """``value.problems`` distinct training problems for the value fit; held-out content is skipped.
+
+    Distinct by content: two seeds can draw the same problem, and a duplicate would let the fit and its
+    held-out report (split by problem) share content.
+    """
     out: list[Problem] = []
+    taken = set(exclude_keys)
     index = VALUE_INDEX_OFFSET + cfg.value.seed * 1_000_003
     while len(out) < cfg.value.problems:
         problem = task.train_problem(index, cfg.value.difficulty_mix)
         index += 1
-        if problem.key not in exclude_keys:
+        if problem.key not in taken:
+            taken.add(problem.key)
             out.append(problem)
     return out
 

@@ -188,3 +188,30 @@ def test_prefix_cache_refuses_entries_from_another_version():
         cache.insert(((9,), (3,)), CacheEntry(kv, kv, torch.zeros(3), None, version=5))
     cache.set_version(6)
     assert cache.lookup(((1, 2),)) == [] and cache.dropped_entries == 1
+
+
+def test_prefix_only_request_longer_than_the_sampled_ones_decodes(policy):
+    """A 0-sample request (value only) with the longest prefix must not break the batch's KV padding."""
+    model, tokenizer, head, problems = policy
+    backend = HFStepBackend(model, tokenizer, head, policy_version=0, seed=0)
+    long = (
+        tuple(backend.encode(problems[0].prompt)),
+        tuple(backend.encode("1+1=2\n")),
+        tuple(backend.encode("2+2=4\n")),
+    )
+    short = (tuple(backend.encode(problems[1].prompt)),)
+    results = backend.continue_steps([StepRequest(long, 0, 8), StepRequest(short, 2, 8)])
+    assert results[0].steps == [] and results[0].prefix_value is not None
+    assert len(results[1].steps) == 2
+    assert all(len(s.token_ids) == len(s.logprobs) > 0 for s in results[1].steps)
+
+
+def test_padded_output_rows_beyond_the_tokenizer_are_never_sampled():
+    from actors.search.hf_backend import sample_tokens
+
+    logits = torch.zeros(64, 12)
+    logits[:, 10:] = 50.0  # padded rows would win every draw if they were allowed
+    gen = torch.Generator().manual_seed(0)
+    tokens, logp = sample_tokens(logits, torch.ones(64), gen, vocab_size=10)
+    assert int(tokens.max()) < 10
+    assert torch.allclose(logp, torch.full((64,), -torch.log(torch.tensor(10.0))))  # uniform over the real 10

@@ -120,3 +120,17 @@ def test_value_needs_a_policy_and_checks_its_section(tmp_path: Path, capsys):
     ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(DEFAULT_CONFIG, [override])
+
+
+def test_value_problems_are_distinct_by_content():
+    """Seeds can repeat a problem; the fit and its held-out report split by problem, so content must not repeat."""
+    from core.tasks import build_task
+    from launch.commands import value_problems
+
+    cfg = load_config(DEFAULT_CONFIG, ["value.problems=512"])
+    task = build_task(cfg.task)
+    held = {p.key for p in task.eval_problems()}
+    problems = value_problems(task, cfg, held)
+    keys = [p.key for p in problems]
+    assert len(problems) == 512 and len(set(keys)) == 512
+    assert not set(keys) & held

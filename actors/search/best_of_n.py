@@ -25,4 +25,5 @@ def best_of_n(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, n: int, tem
         if not open_:
             return
         results = yield [step_request(tree, node, 1, cfg, temperature) for node in open_]
-        open_ = [add_steps(tree, node, r, cfg, scorers, merge_duplicates=False)[0] for node, r in zip(open_, results)]
+        grown = [add_steps(tree, node, r, cfg, scorers, merge_duplicates=False) for node, r in zip(open_, results)]
+        open_ = [children[0] for children in grown if children]  # no step back: that chain ends unscored

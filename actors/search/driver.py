@@ -122,10 +122,13 @@ def run_searches(
             start += len(f.requests)
             f.tree.tokens_forwarded += sum(r.tokens_forwarded for r in mine)
             f.tree.tokens_generated += sum(r.tokens_generated for r in mine)
-            f.tree.model_calls += max(r.model_calls for r in mine)
+            f.tree.model_calls += max((r.model_calls for r in mine), default=0)
             try:
                 f.requests = f.proc.send(mine)
             except StopIteration:
                 flying.remove(f)
                 finish(f)
-    return [t for t in out if t is not None]
+    missing = [i for i, t in enumerate(out) if t is None]
+    if missing:  # callers pair trees with problems by position; a gap would misalign every score after it
+        raise RuntimeError(f"search finished without a tree for problems {missing[:10]}")
+    return out  # type: ignore[return-value]

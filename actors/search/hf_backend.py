@@ -29,13 +29,16 @@ from core.tasks.base import STEP_SEP
 
 
 def sample_tokens(
-    logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator | None
+    logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator | None, vocab_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row and return (tokens [A], behaviour log-probs [A]).
 
     logits [A, V], temperature [A]: rows with T > 0 sample from softmax(logits / T) and report that
     distribution's log-prob; rows with T = 0 take the argmax and report log softmax(logits).
     """
+    if vocab_size is not None and vocab_size < logits.shape[-1]:
+        logits = logits.clone()
+        logits[:, vocab_size:] = float("-inf")  # padded output rows: no token, never sampled
     greedy = temperature <= 0
     scale = torch.where(greedy, torch.ones_like(temperature), temperature)
     logp = torch.log_softmax(logits.float() / scale[:, None], dim=-1)  # [A, V]
@@ -87,7 +90,12 @@ class HFStepBackend:
         self.device = next(model.parameters()).device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        self.step_end = torch.tensor([step_sep in t for t in texts], device=self.device)  # [V] bool
+        # Models often pad the output layer past the tokenizer (Qwen2: 151936 vs 151665); those ids are
+        # never sampled (see _logits) and count as ending nothing.
+        width = model.get_output_embeddings().out_features
+        ends = [step_sep in t for t in texts] + [False] * max(0, width - len(texts))
+        self.step_end = torch.tensor(ends, device=self.device)  # [V] bool
+        self.vocab_size = len(tokenizer)
         self.eos_id = tokenizer.eos_token_id
         self.tokens_forwarded = 0  # totals over the backend's life
         self.tokens_generated = 0
@@ -185,11 +193,14 @@ class HFStepBackend:
     def _decode(self, requests: list[StepRequest], results: list[StepResult]) -> None:
         """Sample every request's steps as rows of one batch, forwarding only new tokens."""
         rows = [_Row(i, r.temperature, r.max_tokens) for i, r in enumerate(requests) for _ in range(r.num_samples)]
+        if not rows:  # every request only evaluates its prefix
+            return
         entries = [self.cache.lookup(r.segments) for r in requests]
         kv = [prefix_kv(e) for e in entries]  # per request: per-layer keys, values [H, L_r, D]
         by_row = torch.tensor([r.request for r in rows], device=self.device)  # [R]
         lengths = torch.tensor([k[0].shape[1] for k, _ in kv], device=self.device)[by_row]  # [R]
-        width = int(lengths.max())
+        # Every request's KV is padded to this width (left_pad), so it spans all of them, not just sampled rows.
+        width = max(k[0].shape[1] for k, _ in kv)
         past = [
             (left_pad([k[i] for k, _ in kv], width)[by_row], left_pad([v[i] for _, v in kv], width)[by_row])
             for i in range(len(kv[0][0]))
@@ -198,7 +209,7 @@ class HFStepBackend:
         mask = (torch.arange(width, device=self.device)[None, :] >= (width - lengths)[:, None]).long()  # [R, W]
         temps = torch.tensor([r.temperature for r in rows], device=self.device)
         first = torch.stack([entries[r.request][-1].next_logits for r in rows])  # [R, V]
-        self._take(rows, list(range(len(rows))), *sample_tokens(first, temps, self.generator))
+        self._take(rows, list(range(len(rows))), *sample_tokens(first, temps, self.generator, self.vocab_size))
 
         active = list(range(len(rows)))  # rows still in the batch, in batch order
         positions = lengths.clone()
@@ -217,7 +228,9 @@ class HFStepBackend:
                     outputs[i] = self._finish(requests[rows[i].request], rows[i], cache, b, width, logits[b, -1], value)
             if going:
                 sel = torch.tensor(going, device=self.device)
-                tokens, logp = sample_tokens(logits[sel, -1], temps[[active[b] for b in going]], self.generator)
+                tokens, logp = sample_tokens(
+                    logits[sel, -1], temps[[active[b] for b in going]], self.generator, self.vocab_size
+                )
                 self._take(rows, [active[b] for b in going], tokens, logp)
                 if len(going) < len(active):
                     cache.batch_select_indices(sel)
