@@ -1,0 +1,342 @@
+"""The replay buffer between rollout actors and the learner, as a plain in-process object.
+
+A Ray actor wraps it later (STYLE: Ray at the edges): the wrapper turns ``False`` / ``None`` from
+``try_insert`` / ``try_sample`` into an await, so backpressure never drops data. Semantics:
+
+- Every item carries its policy version; ``try_sample(n, current_version)`` first evicts, and counts,
+  items older than ``current_version - max_policy_lag``, so a stale item is never returned.
+- Rate limiting follows Reverb's SampleToInsertRatio (Cassirer et al. 2021, "Reverb: A Framework for
+  Experience Replay"): inserts block when the learner falls behind, samples block when data is short.
+- Capacity: a full buffer evicts its oldest items that were already sampled at least once; if that
+  does not free enough room the insert is refused (blocks) rather than discarding unseen data.
+- ``snapshot`` / ``restore`` write JSON (no pickle) including the RNG state, so a restored buffer
+  returns the same items for the same calls.
+
+Accounting invariant (tested): ``inserted == size + released + evicted_stale + evicted_capacity``,
+where ``released`` counts FIFO items handed to the learner (each exactly once).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from core.errors import DataError
+from core.samples import StepSample
+
+SNAPSHOT_FORMAT = "arbor.replay/1"
+DEMO_FLAG = "demonstration"  # meta key set on off-policy traces inserted with insert_demonstrations
+
+
+class RateLimiter:
+    """Reverb's SampleToInsertRatio: keep ``inserts * samples_per_insert - samples`` inside a window.
+
+    The window is ``samples_per_insert * min_size_to_sample +/- error_buffer``. Until the buffer holds
+    ``min_size_to_sample`` items inserts are free and samples are refused. ``deletes`` counts items that
+    left the buffer (released, evicted), so ``size = inserts - deletes``; a buffer emptied by stale
+    evictions therefore accepts inserts again instead of deadlocking. A batch of ``n`` inserts (``k``
+    samples) can always eventually pass only if ``n * samples_per_insert`` (``k``) fits in the window
+    width ``2 * error_buffer``: size batches accordingly.
+    """
+
+    def __init__(self, min_size_to_sample: int = 1, samples_per_insert: float = 1.0, error_buffer: float = 1.0):
+        if min_size_to_sample < 1:
+            raise ValueError(f"min_size_to_sample must be >= 1, got {min_size_to_sample}")
+        if samples_per_insert <= 0:
+            raise ValueError(f"samples_per_insert must be > 0, got {samples_per_insert}")
+        # Smaller windows deadlock even single inserts or samples (Reverb applies the same bound).
+        if error_buffer < max(1.0, samples_per_insert) / 2:
+            raise ValueError(
+                f"error_buffer must be >= max(1, samples_per_insert) / 2 = {max(1.0, samples_per_insert) / 2}, "
+                f"got {error_buffer}"
+            )
+        self.min_size_to_sample = min_size_to_sample
+        self.samples_per_insert = float(samples_per_insert)
+        self.error_buffer = float(error_buffer)
+        offset = self.samples_per_insert * min_size_to_sample
+        self.min_diff = offset - self.error_buffer
+        self.max_diff = offset + self.error_buffer
+        self.inserts = 0
+        self.samples = 0
+        self.deletes = 0
+
+    @property
+    def size(self) -> int:
+        return self.inserts - self.deletes
+
+    def can_insert(self, n: int = 1) -> bool:
+        """Whether ``n`` inserts may proceed now (no state change)."""
+        if self.size + n <= self.min_size_to_sample:
+            return True
+        return (self.inserts + n) * self.samples_per_insert - self.samples <= self.max_diff
+
+    def can_sample(self, n: int = 1) -> bool:
+        """Whether ``n`` samples may proceed now (no state change)."""
+        if self.size < self.min_size_to_sample:
+            return False
+        return self.inserts * self.samples_per_insert - self.samples - n >= self.min_diff
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "min_size_to_sample": self.min_size_to_sample,
+            "samples_per_insert": self.samples_per_insert,
+            "error_buffer": self.error_buffer,
+            "inserts": self.inserts,
+            "samples": self.samples,
+            "deletes": self.deletes,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RateLimiter:
+        limiter = cls(data["min_size_to_sample"], data["samples_per_insert"], data["error_buffer"])
+        limiter.inserts, limiter.samples, limiter.deletes = data["inserts"], data["samples"], data["deletes"]
+        return limiter
+
+
+@dataclass
+class _Item:
+    key: int
+    sample: StepSample
+    priority: float
+    times_sampled: int = 0
+
+    @property
+    def is_demo(self) -> bool:
+        return bool(self.sample.meta.get(DEMO_FLAG, False))
+
+
+class ReplayBuffer:
+    """Bounded, versioned, rate-limited replay of ``StepSample``s; see the module docstring."""
+
+    def __init__(
+        self,
+        capacity: int,
+        sampler: Literal["fifo", "prioritized"] = "fifo",
+        max_policy_lag: int = 1,
+        rate_limiter: RateLimiter | None = None,
+        seed: int = 0,
+        priority_eps: float = 1e-3,
+    ):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if sampler not in ("fifo", "prioritized"):
+            raise ValueError(f"sampler must be 'fifo' or 'prioritized', got {sampler!r}")
+        if max_policy_lag < 0:
+            raise ValueError(f"max_policy_lag must be >= 0, got {max_policy_lag}")
+        self.capacity = capacity
+        self.sampler = sampler
+        self.max_policy_lag = max_policy_lag
+        self.rate_limiter = rate_limiter or RateLimiter()
+        self.seed = seed
+        self.priority_eps = priority_eps
+        self._rng = random.Random(seed)
+        self._items: dict[int, _Item] = {}  # insertion order == age, oldest first
+        self._next_key = 0
+        self._counters = dict.fromkeys(
+            (
+                "inserted",
+                "sampled",
+                "released",
+                "evicted_stale",
+                "evicted_capacity",
+                "blocked_inserts",
+                "blocked_samples",
+                "demonstrations",
+            ),
+            0,
+        )
+        self._last_lags: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    # ---- insert -------------------------------------------------------------------------------
+
+    def try_insert(self, samples: list[StepSample]) -> bool:
+        """Insert all of ``samples`` or none; ``False`` means "would block, retry later", nothing changed."""
+        if len(samples) > self.capacity:
+            raise ValueError(f"cannot insert {len(samples)} samples into a buffer of capacity {self.capacity}")
+        if not samples:
+            return True
+        n = len(samples)
+        free = self.capacity - len(self._items)
+        evictable = [k for k, it in self._items.items() if it.times_sampled > 0] if free < n else []
+        if not self.rate_limiter.can_insert(n) or free + len(evictable) < n:
+            self._counters["blocked_inserts"] += 1
+            return False
+        for key in evictable[: max(0, n - free)]:
+            del self._items[key]
+            self._counters["evicted_capacity"] += 1
+            self.rate_limiter.deletes += 1
+        for sample in samples:
+            self._items[self._next_key] = _Item(self._next_key, sample, self.default_priority(sample))
+            self._next_key += 1
+        self.rate_limiter.inserts += n
+        self._counters["inserted"] += n
+        return True
+
+    def insert_demonstrations(self, samples: list[StepSample]) -> bool:
+        """Insert off-policy traces (e.g. distilled reasoning from JSONL), flagged ``meta["demonstration"]``.
+
+        Same blocking rules as ``try_insert``. Demonstrations come from outside the policy lineage, so
+        their ``policy_version`` is not compared with the current one: they are exempt from lag
+        eviction and leave only by sampling (FIFO) or capacity eviction.
+        """
+        flagged = [replace(s, meta={**s.meta, DEMO_FLAG: True}) for s in samples]
+        ok = self.try_insert(flagged)
+        if ok:
+            self._counters["demonstrations"] += len(flagged)
+        return ok
+
+    def default_priority(self, sample: StepSample) -> float:
+        return abs(sample.advantage) + self.priority_eps
+
+    # ---- sample -------------------------------------------------------------------------------
+
+    def evict_stale(self, current_version: int) -> int:
+        """Evict and count non-demonstration items older than ``current_version - max_policy_lag``."""
+        oldest_ok = current_version - self.max_policy_lag
+        stale = [k for k, it in self._items.items() if not it.is_demo and it.sample.policy_version < oldest_ok]
+        for key in stale:
+            del self._items[key]
+        self._counters["evicted_stale"] += len(stale)
+        self.rate_limiter.deletes += len(stale)
+        return len(stale)
+
+    def try_sample_keyed(self, n: int, current_version: int) -> list[tuple[int, StepSample]] | None:
+        """Like ``try_sample`` but returns ``(key, sample)`` pairs, the keys for ``update_priorities``."""
+        if n < 1 or (self.sampler == "fifo" and n > self.capacity):
+            raise ValueError(f"cannot sample {n} items from a {self.sampler} buffer of capacity {self.capacity}")
+        self.evict_stale(current_version)
+        # FIFO needs n distinct items; prioritized samples with replacement and needs only one.
+        enough = len(self._items) >= (n if self.sampler == "fifo" else 1)
+        if not enough or not self.rate_limiter.can_sample(n):
+            self._counters["blocked_samples"] += 1
+            return None
+        if self.sampler == "fifo":
+            chosen = [self._items.pop(k) for k in list(self._items)[:n]]
+            self.rate_limiter.deletes += n
+            self._counters["released"] += n
+        else:
+            items = list(self._items.values())
+            chosen = self._rng.choices(items, weights=[it.priority for it in items], k=n)
+        for it in chosen:
+            it.times_sampled += 1
+        self.rate_limiter.samples += n
+        self._counters["sampled"] += n
+        self._last_lags = dict(Counter(current_version - it.sample.policy_version for it in chosen if not it.is_demo))
+        return [(it.key, it.sample) for it in chosen]
+
+    def try_sample(self, n: int, current_version: int) -> list[StepSample] | None:
+        """Sample ``n`` items trained on by policy ``current_version``; ``None`` means "would block".
+
+        FIFO hands out the oldest items, each exactly once; prioritized draws with replacement with
+        probability proportional to priority (default ``|advantage| + eps``). Never returns an item
+        more than ``max_policy_lag`` versions behind ``current_version``.
+        """
+        keyed = self.try_sample_keyed(n, current_version)
+        return None if keyed is None else [s for _, s in keyed]
+
+    def update_priorities(self, priorities: dict[int, float]) -> None:
+        """Set new priorities by key; keys of items already gone (released, evicted) are ignored."""
+        for key, priority in priorities.items():
+            # Strictly positive so the proportional draw always has mass (add eps to |td| upstream).
+            if not (math.isfinite(priority) and priority > 0):
+                raise ValueError(f"priority for key {key} must be finite and > 0, got {priority}")
+            if key in self._items:
+                self._items[key].priority = float(priority)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for dashboards; ``lag_histogram`` maps lag -> count over the last sample (no demos)."""
+        return {"size": len(self._items), **self._counters, "lag_histogram": dict(self._last_lags)}
+
+    # ---- snapshot -----------------------------------------------------------------------------
+
+    def snapshot(self, path: str | os.PathLike[str]) -> None:
+        """Write the whole state as JSON, atomically (a crash leaves the old snapshot intact)."""
+        path = Path(path)
+        version, internal, gauss_next = self._rng.getstate()
+        state = {
+            "format": SNAPSHOT_FORMAT,
+            "config": {
+                "capacity": self.capacity,
+                "sampler": self.sampler,
+                "max_policy_lag": self.max_policy_lag,
+                "seed": self.seed,
+                "priority_eps": self.priority_eps,
+            },
+            "rate_limiter": self.rate_limiter.to_json(),
+            "counters": self._counters,
+            "last_lags": [[lag, c] for lag, c in self._last_lags.items()],
+            "next_key": self._next_key,
+            "rng_state": [version, list(internal), gauss_next],
+            "items": [
+                {
+                    "key": it.key,
+                    "priority": it.priority,
+                    "times_sampled": it.times_sampled,
+                    "sample": it.sample.to_json(),
+                }
+                for it in self._items.values()
+            ],
+        }
+        tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def restore(cls, path: str | os.PathLike[str]) -> ReplayBuffer:
+        """Rebuild a buffer from ``snapshot``; a missing, truncated or malformed file raises ``DataError``."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise DataError(f"{path}: cannot read replay snapshot ({e.strerror})") from e
+        try:
+            state = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path}: replay snapshot is not valid JSON (truncated or corrupt?): {e.msg} at line {e.lineno} "
+                f"column {e.colno}"
+            ) from e
+        if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise DataError(f"{path}: not a replay snapshot: expected format {SNAPSHOT_FORMAT!r}, found {found!r}")
+        field = "config"
+        try:
+            buf = cls(**state["config"])
+            field = "rate_limiter"
+            buf.rate_limiter = RateLimiter.from_json(state["rate_limiter"])
+            field = "counters"
+            missing = set(buf._counters) - set(state["counters"])
+            if missing:
+                raise KeyError(sorted(missing)[0])
+            buf._counters = {k: int(state["counters"][k]) for k in buf._counters}
+            field = "last_lags"
+            buf._last_lags = {int(lag): int(c) for lag, c in state["last_lags"]}
+            field = "next_key"
+            buf._next_key = int(state["next_key"])
+            field = "rng_state"
+            version, internal, gauss_next = state["rng_state"]
+            buf._rng.setstate((version, tuple(internal), gauss_next))
+            for i, raw in enumerate(state["items"]):
+                field = f"items[{i}]"
+                item = _Item(raw["key"], StepSample.from_json(raw["sample"]), raw["priority"], raw["times_sampled"])
+                buf._items[item.key] = item
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{path}: replay snapshot field {field!r} is malformed: {type(e).__name__}: {e}") from e
+        if len(buf._items) != buf.rate_limiter.size or len(buf._items) > buf.capacity:
+            raise DataError(
+                f"{path}: replay snapshot holds {len(buf._items)} items but its rate limiter counts "
+                f"{buf.rate_limiter.size} (capacity {buf.capacity}): the file is inconsistent"
+            )
+        return buf
