@@ -25,7 +25,7 @@ from core.errors import ConfigError
 from core.model import VALUE_HEAD_FILE, build_policy, load_value_head, save_checkpoint
 from core.runs import RunLogger, make_run_dir
 from core.tasks import Problem, Task, build_task
-from launch.report import console, plot_scaling, progress_bar, results_table, value_table
+from launch.report import advance, console, plot_scaling, progress_bar, results_table, value_table
 from learner.sft import train_sft
 from learner.value_fit import (
     LabelledSequence,
@@ -80,9 +80,7 @@ def run_sft(cfg: ArborConfig) -> dict:
 
             def on_step(step: int, metrics: dict[str, float]) -> None:
                 info = f"loss {metrics['sft/loss']:.3f} {metrics['sft/tokens_per_s']:.0f} tok/s"
-                bar.update(job, advance=1, info=info)
-                if not console.is_terminal and step % max(1, cfg.sft.steps // 10) == 0:
-                    console.print(f"sft step {step}/{cfg.sft.steps} {info}")  # logs and CI get progress too
+                advance(bar, job, step, cfg.sft.steps, "sft", info)
                 if step % 10 == 0 or step == cfg.sft.steps:
                     logger.log(metrics, step=step)
 
@@ -188,9 +186,7 @@ def run_value(cfg: ArborConfig) -> dict:
             job = bar.add_task("value", total=v.steps, info="")
 
             def on_step(step: int, metrics: dict[str, float]) -> None:
-                bar.update(job, advance=1, info=f"loss {metrics['value/loss']:.4f}")
-                if not console.is_terminal and step % max(1, v.steps // 10) == 0:
-                    console.print(f"value step {step}/{v.steps} loss {metrics['value/loss']:.4f}")
+                advance(bar, job, step, v.steps, "value", f"loss {metrics['value/loss']:.4f}")
                 if step % 10 == 0 or step == v.steps:
                     logger.log(metrics, step=step)
 

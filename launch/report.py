@@ -28,6 +28,14 @@ def progress_bar() -> Progress:
     )
 
 
+def advance(bar: Progress, job, step: int, total: int, label: str, info: str) -> None:
+    """One step of a long job: the live bar, plus a plain line every tenth of the way when the output is
+    not a terminal (logs and CI see progress too, where rich shows only the final bar)."""
+    bar.update(job, advance=1, info=info)
+    if not console.is_terminal and step % max(1, total // 10) == 0:
+        console.print(f"{label} step {step}/{total} {info}")
+
+
 def results_table(title: str, results: dict[str, EvalResult]) -> Table:
     """One column per evaluated model (e.g. init vs SFT), one row per metric."""
     table = Table(title=title)

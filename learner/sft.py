@@ -42,16 +42,21 @@ def encode_example(
     return ids, labels
 
 
+def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack token lists into [B, T] ids right-padded with ``pad_id``, and the [B, T] mask of real tokens."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
     """Right-pad a list of (ids, labels) into input_ids, attention_mask, labels tensors."""
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    for i, (x, y) in enumerate(examples):
-        ids[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
-        labels[i, : len(y)] = torch.tensor(y)
+    ids, mask = right_pad([x for x, _ in examples], pad_id)
+    labels, _ = right_pad([y for _, y in examples], IGNORE)
     return ids, mask, labels
 
 

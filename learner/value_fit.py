@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 from core.config import ValueConfig
 from core.model import ValueHead, forward_with_hidden
 from learner.engine import OptimConfig, build_engine
+from learner.sft import right_pad
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,7 @@ def prefix_features(
     hidden, targets, final = [], [], []
     for start in range(0, len(seqs), batch_size):
         chunk = seqs[start : start + batch_size]
-        width = max(len(s.input_ids) for s in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, s in enumerate(chunk):
-            ids[i, : len(s.input_ids)] = torch.tensor(s.input_ids)
-            mask[i, : len(s.input_ids)] = 1
+        ids, mask = right_pad([list(s.input_ids) for s in chunk], pad_id)
         _, h, _ = forward_with_hidden(model, ids.to(device), mask.to(device))  # h [B, T, H]
         for i, s in enumerate(chunk):
             hidden.append(h[i, s.positions].float().cpu())  # [P_i, H]
