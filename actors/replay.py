@@ -152,6 +152,7 @@ class ReplayBuffer:
             0,
         )
         self._last_lags: dict[int, int] = {}
+        self.extra: dict[str, Any] = {}  # what the last restored snapshot carried besides the buffer
 
     def __len__(self) -> int:
         return len(self._items)
@@ -258,8 +259,9 @@ class ReplayBuffer:
 
     # ---- snapshot -----------------------------------------------------------------------------
 
-    def snapshot(self, path: str | os.PathLike[str]) -> None:
-        """Write the whole state as JSON, atomically (a crash leaves the old snapshot intact)."""
+    def snapshot(self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
+        """Write the whole state as JSON, atomically (a crash leaves the old snapshot intact); ``extra`` is
+        stored alongside and comes back as ``restore(...).extra``."""
         path = Path(path)
         version, internal, gauss_next = self._rng.getstate()
         state = {
@@ -275,6 +277,7 @@ class ReplayBuffer:
             "counters": self._counters,
             "last_lags": [[lag, c] for lag, c in self._last_lags.items()],
             "next_key": self._next_key,
+            "extra": extra or {},
             "rng_state": [version, list(internal), gauss_next],
             "items": [
                 {
@@ -325,6 +328,8 @@ class ReplayBuffer:
             buf._last_lags = {int(lag): int(c) for lag, c in state["last_lags"]}
             field = "next_key"
             buf._next_key = int(state["next_key"])
+            field = "extra"
+            buf.extra = dict(state.get("extra", {}))
             field = "rng_state"
             version, internal, gauss_next = state["rng_state"]
             buf._rng.setstate((version, tuple(internal), gauss_next))
@@ -340,3 +345,112 @@ class ReplayBuffer:
                 f"{buf.rate_limiter.size} (capacity {buf.capacity}): the file is inconsistent"
             )
         return buf
+
+
+class ReplayService:
+    """The replay buffer as an async Ray actor: ``insert`` and ``sample`` wait instead of refusing.
+
+    All methods run on the actor's one event loop, so the buffer needs no lock. A waiter sleeps on a
+    condition that every successful insert or sample signals (each changes what the rate limiter allows).
+    """
+
+    def __init__(self, buffer: ReplayBuffer | None = None, restore_path: str | None = None, **kwargs: Any):
+        import asyncio
+
+        self.buffer = ReplayBuffer.restore(restore_path) if restore_path else (buffer or ReplayBuffer(**kwargs))
+        self._changed = asyncio.Condition()
+        self.waits = {"insert_seconds": 0.0, "sample_seconds": 0.0}
+        self.closed = False  # set at shutdown: waiting and later inserts return False (the tree is not taken)
+        self.refused_after_close = 0
+        self.cursors: dict[str, int] = dict(getattr(self.buffer, "extra", {}).get("cursors", {}))
+
+    async def _wait(self, attempt, timeout_s: float | None, kind: str):
+        import asyncio
+        import time
+
+        t0 = time.perf_counter()
+        got: list[Any] = [None]
+
+        def ready() -> bool:
+            got[0] = attempt()
+            return _ok(got[0])
+
+        async with self._changed:
+            if not ready():
+                try:
+                    await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
+                except TimeoutError:
+                    got[0] = None
+            if _ok(got[0]):
+                self._changed.notify_all()
+        result = got[0]
+        self.waits[f"{kind}_seconds"] += time.perf_counter() - t0
+        return result
+
+    async def insert(
+        self, samples: list[StepSample], demonstration: bool = False, cursor: tuple[str, int] | None = None
+    ) -> bool:
+        """Insert all of ``samples``, waiting while the rate limiter (or capacity) blocks; never drops.
+
+        ``cursor`` = (actor, next problem index) is recorded with the insert, so a snapshot's items and the
+        actors' cursors agree exactly. After ``close`` an insert returns False and takes nothing: the actor
+        keeps its cursor and searches that problem again on resume.
+        """
+        take = self.buffer.insert_demonstrations if demonstration else self.buffer.try_insert
+        check_whole_trees(samples)
+
+        def attempt():
+            if self.closed:
+                return "closed"
+            return take(samples)
+
+        result = await self._wait(attempt, None, "insert")
+        if result == "closed":
+            self.refused_after_close += 1
+            return False
+        if cursor is not None:
+            self.cursors[cursor[0]] = max(cursor[1], self.cursors.get(cursor[0], 0))
+        return True
+
+    async def close(self) -> int:
+        """Refuse every waiting and future insert (shutdown); returns how many items the buffer holds."""
+        self.closed = True
+        async with self._changed:
+            self._changed.notify_all()
+        return len(self.buffer)
+
+    async def sample(self, n: int, current_version: int, timeout_s: float = 1.0) -> list[StepSample] | None:
+        """``n`` samples for policy ``current_version``, or ``None`` if none could be had within ``timeout_s``."""
+        return await self._wait(lambda: self.buffer.try_sample(n, current_version), timeout_s, "sample")
+
+    def stats(self) -> dict[str, Any]:
+        return self.buffer.stats() | {"waits": dict(self.waits), "refused_after_close": self.refused_after_close}
+
+    def snapshot(self, path: str) -> dict[str, Any]:
+        """Snapshot items, counters, RNG and the actors' cursors together; returns size and cursors."""
+        self.buffer.snapshot(path, extra={"cursors": self.cursors})
+        return {"size": len(self.buffer), "cursors": dict(self.cursors)}
+
+    def items(self) -> list[StepSample]:
+        """Every item currently held (inspection and tests)."""
+        return [it.sample for it in self.buffer._items.values()]
+
+
+def check_whole_trees(samples: list[StepSample]) -> None:
+    """Samples tagged with a tree (``meta["tree"]``, ``meta["tree_size"]``) must come as whole trees.
+
+    Rollout actors insert each finished tree in one call; a partial tree here would mean an actor sent a
+    search cut short, so it is refused loudly rather than trained on.
+    """
+    counts = Counter(s.meta["tree"] for s in samples if "tree" in s.meta)
+    for s in samples:
+        tree = s.meta.get("tree")
+        if tree is not None and counts[tree] != s.meta.get("tree_size"):
+            raise ValueError(
+                f"insert holds {counts[tree]} samples of tree {tree!r} but the tree has {s.meta.get('tree_size')}: "
+                "only whole trees may enter the buffer"
+            )
+
+
+def _ok(result: Any) -> bool:
+    return result is not None and result is not False

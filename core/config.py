@@ -153,6 +153,71 @@ class ValueConfig:
 
 
 @dataclass
+class TrainConfig:
+    mode: str = "async"  # async: actors and learner run concurrently | sync: search a round, then train on it
+    init: str = (
+        "sft"  # sft: run the sft section first (on model.path or the from-scratch model) | model: start from model.path
+    )
+    steps: int = 300  # learner steps budget
+    max_wall_s: float = 0.0  # also stop after this many seconds of RL (0: steps alone decide)
+    batch_size: int = 64  # step samples per learner step, over all ranks
+    lr: float = 3e-4  # peak learning rate (AdamW)
+    min_lr_ratio: float = 1.0  # cosine decay ends at lr * min_lr_ratio (1: constant after warm-up)
+    warmup_steps: int = 10  # linear warm-up steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 1.0  # max gradient norm
+    policy_loss: str = "decoupled_ppo"  # decoupled_ppo | ppo | vtrace
+    clip_eps: float = 0.2  # PPO clip range around the proximal policy
+    is_cap: float = 5.0  # cap on the behaviour importance weight pi_prox / pi_behav
+    is_mode: str = "cap"  # cap: truncate the behaviour weight at is_cap | mask: drop tokens above it
+    value_coef: float = 0.5  # weight of the value loss
+    entropy_coef: float = 0.0  # weight of the entropy bonus
+    kl_coef: float = 0.0  # weight of the k3 KL to the frozen init policy (0: no reference model is kept)
+    value_trunk_grad: bool = False  # let the value loss train the shared trunk too (False: the head only)
+    global_advantage: float = 0.0  # adds this times V(child) - V(root) to each step's V(child) - V(parent) (TreeRL)
+    negative_advantage_scale: float = (
+        1.0  # multiplies negative advantages (0: learn from better-than-baseline steps only)
+    )
+    value_head_weight: float = 0.0  # mix of the value head into the tree's Monte-Carlo V for advantages
+    sync_every: int = 1  # learner steps between weight publications (each publication is a new policy version)
+    max_policy_lag: int = 8  # items more than this many versions behind the learner are evicted, never trained on
+    buffer_capacity: int = 4096  # replay buffer items
+    sampler: str = "fifo"  # fifo (each item trained on once) | prioritized (|advantage|, with replacement)
+    samples_per_insert: float = 1.0  # Reverb SampleToInsertRatio: learner samples per inserted item
+    min_size_to_sample: int = 64  # the learner waits until the buffer holds this many items
+    error_buffer: float = 128.0  # slack of the rate limiter around the ratio, in samples
+    sync_trees_per_round: int = 32  # sync mode: trees searched (over all actors) before each round of training
+    demonstrations: str | None = None  # JSONL of {prompt, response} traces inserted as off-policy demonstrations
+    eval_every: int = 100  # held-out greedy evaluation every this many learner steps (0: only before and after)
+    eval_search_simulations: int = 8  # MCTS simulations for the final "with search" evaluation (0 skips it)
+    checkpoint_every: int = 100  # checkpoint every this many learner steps (0: only at the end)
+    log_every: int = 5  # learner steps between metric rows
+    tree_every: int = 50  # learner steps between rendered sample trees (run dir and wandb)
+    engine: str = "deepspeed"  # deepspeed | torch
+    zero_stage: int = 0  # DeepSpeed ZeRO stage (0, 1 or 2)
+    seed: int = 0  # problem shards, sampling and minibatch seed
+
+
+@dataclass
+class ResourcesConfig:
+    address: str | None = None  # Ray cluster to join; None: $RAY_ADDRESS if set (ray job submit), else start Ray here
+    rollout_actors: int = 1  # RolloutActors (tree search)
+    actor_cpus: float = 1.0  # CPUs per rollout actor
+    actor_gpus: float = 0.0  # GPUs per rollout actor (fractions share one inference GPU)
+    learner_ranks: int = 1  # learner ranks (one torch.distributed group: gloo on CPU, nccl on GPU)
+    learner_cpus: float = 1.0  # CPUs per learner rank
+    learner_gpus: float = 0.0  # GPUs per learner rank (0 or whole GPUs)
+    buffer_cpus: float = 0.1  # CPUs reserved for the replay buffer actor
+    actor_resources: dict[str, float] = field(default_factory=dict)  # custom node resources each actor needs
+    learner_resources: dict[str, float] = field(default_factory=dict)  # custom node resources each rank needs
+    strategy: str = "PACK"  # placement group strategy: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    actor_threads: int = 1  # torch threads per rollout actor
+    learner_threads: int = 1  # torch threads per learner rank
+    placement_timeout_s: float = 120.0  # give up when the placement group cannot be placed in this time
+    max_actor_restarts: int = 3  # restarts Ray grants a failed rollout actor (-1: unlimited)
+
+
+@dataclass
 class ArborConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -162,6 +227,9 @@ class ArborConfig:
     run: RunConfig = field(default_factory=RunConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     value: ValueConfig = field(default_factory=ValueConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    resume: str | None = None  # arbor train: run directory to continue (same step, version, buffer and RNG)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
 
@@ -289,6 +357,7 @@ def validate(cfg: ArborConfig) -> None:
         raise ConfigError(f"task.name={cfg.task.name} needs config key 'task.data.path' (a JSONL file)")
     validate_search(cfg.search)
     validate_value(cfg.value)
+    validate_train(cfg.train, cfg.resources)
 
 
 def validate_search(s: SearchConfig) -> None:
@@ -346,6 +415,66 @@ def validate_value(v: ValueConfig) -> None:
         raise ConfigError(f"config key 'value.holdout_fraction' must lie in (0, 1); got {v.holdout_fraction}")
     if v.problems < 2:
         raise ConfigError(f"config key 'value.problems' must be >= 2 (some to fit, some held out); got {v.problems}")
+
+
+def validate_train(t: TrainConfig, r: ResourcesConfig) -> None:
+    """Checks on the ``train`` and ``resources`` sections; each error names its dotted key."""
+    _choice("train.mode", t.mode, ("async", "sync"))
+    _choice("train.init", t.init, ("sft", "model"))
+    _choice("train.policy_loss", t.policy_loss, ("decoupled_ppo", "ppo", "vtrace"))
+    _choice("train.is_mode", t.is_mode, ("cap", "mask"))
+    _choice("train.sampler", t.sampler, ("fifo", "prioritized"))
+    _choice("train.engine", t.engine, ("deepspeed", "torch"))
+    _choice("resources.strategy", r.strategy, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+    if t.zero_stage not in (0, 1, 2):
+        raise ConfigError(f"config key 'train.zero_stage' must be 0, 1 or 2; got {t.zero_stage}")
+    for name in ("steps", "batch_size", "lr", "clip_eps", "is_cap", "sync_every", "buffer_capacity"):
+        _positive(f"train.{name}", getattr(t, name))
+    for name in ("sync_trees_per_round", "min_size_to_sample", "samples_per_insert", "log_every"):
+        _positive(f"train.{name}", getattr(t, name))
+    for name in ("max_wall_s", "warmup_steps", "weight_decay", "grad_clip", "value_coef", "entropy_coef"):
+        _positive(f"train.{name}", getattr(t, name), allow_zero=True)
+    for name in ("kl_coef", "max_policy_lag", "eval_every", "eval_search_simulations", "checkpoint_every"):
+        _positive(f"train.{name}", getattr(t, name), allow_zero=True)
+    _positive("train.tree_every", t.tree_every, allow_zero=True)
+    _positive("train.negative_advantage_scale", t.negative_advantage_scale, allow_zero=True)
+    if not 0.0 <= t.value_head_weight <= 1.0:
+        raise ConfigError(f"config key 'train.value_head_weight' must lie in [0, 1]; got {t.value_head_weight}")
+    if not 0.0 < t.min_lr_ratio <= 1.0:
+        raise ConfigError(f"config key 'train.min_lr_ratio' must lie in (0, 1]; got {t.min_lr_ratio}")
+    if t.min_size_to_sample > t.buffer_capacity:
+        raise ConfigError(
+            f"config key 'train.min_size_to_sample' ({t.min_size_to_sample}) exceeds 'train.buffer_capacity' "
+            f"({t.buffer_capacity}): the learner could never sample"
+        )
+    if t.batch_size > t.buffer_capacity:
+        raise ConfigError(
+            f"config key 'train.batch_size' ({t.batch_size}) exceeds 'train.buffer_capacity' ({t.buffer_capacity})"
+        )
+    # A learner batch must fit the rate limiter's window (Reverb: 2 * error_buffer), or sampling deadlocks.
+    if t.error_buffer < max(1.0, t.samples_per_insert) / 2 or 2 * t.error_buffer < t.batch_size / r.learner_ranks:
+        raise ConfigError(
+            f"config key 'train.error_buffer' ({t.error_buffer}) must be at least half of a learner rank's batch "
+            f"({t.batch_size} / {r.learner_ranks} ranks), or the rate limiter can never let a batch through"
+        )
+    if t.batch_size % r.learner_ranks:
+        raise ConfigError(
+            f"config key 'train.batch_size' ({t.batch_size}) must divide evenly over "
+            f"'resources.learner_ranks' ({r.learner_ranks})"
+        )
+    for name in ("rollout_actors", "learner_ranks", "actor_threads", "learner_threads", "placement_timeout_s"):
+        _positive(f"resources.{name}", getattr(r, name))
+    for name in ("actor_cpus", "actor_gpus", "learner_cpus", "learner_gpus", "buffer_cpus"):
+        _positive(f"resources.{name}", getattr(r, name), allow_zero=True)
+    if r.learner_gpus not in (0, 1) and r.learner_gpus != int(r.learner_gpus):
+        raise ConfigError(f"config key 'resources.learner_gpus' must be a whole number of GPUs; got {r.learner_gpus}")
+    if r.actor_cpus + r.actor_gpus == 0 or r.learner_cpus + r.learner_gpus == 0 or r.buffer_cpus == 0:
+        raise ConfigError(
+            "config keys 'resources.actor_cpus/actor_gpus', 'resources.learner_cpus/learner_gpus' and "
+            "'resources.buffer_cpus' must reserve something (a placement group bundle cannot be empty)"
+        )
+    if r.max_actor_restarts < -1:
+        raise ConfigError(f"config key 'resources.max_actor_restarts' must be >= -1; got {r.max_actor_restarts}")
 
 
 def to_yaml(cfg: ArborConfig) -> str:

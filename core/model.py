@@ -61,6 +61,9 @@ def load_pretrained(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokeni
         raise ModelLoadError(f"model.path: directory not found: {path}")
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"model.path: {path} has no config.json, so it is not a Hugging Face checkpoint")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the "Loading weights" bar, once per actor, buries the run's own output
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)

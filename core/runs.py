@@ -83,8 +83,33 @@ class RunLogger:
 
             self._wandb.log({key: wandb.Image(str(path))}, step=step)
 
+    def log_histogram(self, key: str, counts: dict[int, int], step: int) -> None:
+        """A histogram given as value -> count: a dict in the JSONL row, a wandb.Histogram on the dashboard."""
+        row = {"step": step, "time": time.time(), key: {str(k): v for k, v in sorted(counts.items())}}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._wandb is not None and counts:
+            import numpy as np
+            import wandb
+
+            values = np.repeat(np.array(list(counts.keys()), dtype=float), list(counts.values()))
+            self._wandb.log({key: wandb.Histogram(values, num_bins=max(1, len(counts)))}, step=step)
+
+    def log_text(self, key: str, text: str, step: int) -> None:
+        """A block of text (e.g. a rendered search tree) for inspection on the dashboard."""
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({key: wandb.Html(f"<pre>{_escape(text)}</pre>")}, step=step)
+
     def close(self) -> None:
         self._file.close()
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text)

@@ -1,5 +1,7 @@
 """The ``arbor`` command: ``arbor <command> CONFIG [key=value ...]``.
 
+arbor train configs/countdown_tiny.yaml             # SFT warm start, then actor-learner RL on Ray (the main job)
+arbor submit configs/countdown_tiny.yaml --address http://HEAD:8265   # the same as a Ray job on a cluster
 arbor sft  configs/countdown_tiny.yaml              # SFT warm start + before/after evaluation
 arbor value configs/countdown_tiny.yaml model.path=runs/sft-.../checkpoints/sft   # OVM value head
 arbor eval configs/countdown_tiny.yaml model.path=runs/value-.../checkpoints/value search.budgets=[1,4,16]
@@ -13,6 +15,8 @@ import sys
 COMMANDS = {
     "sft": "SFT warm start on solver traces, then a before/after held-out evaluation",
     "value": "fit the value head of model.path on its own verified samples (OVM), report calibration and AUC",
+    "train": "distributed actor-learner RL on Ray: tree-search rollouts, replay buffer, DeepSpeed actor-critic",
+    "submit": "send `arbor train` to a Ray cluster with `ray job submit` (--address http://HEAD:8265)",
     "eval": "held-out accuracy of model.path; with search.budgets, test-time scaling of greedy/best-of-N/beam/MCTS",
 }
 
@@ -24,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         cmd.add_argument("config", help="YAML recipe, e.g. configs/countdown_tiny.yaml")
         cmd.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.steps=100 model.path=DIR")
+        if name == "submit":
+            cmd.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+            cmd.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+            cmd.add_argument("--pip", nargs="*", default=None, help="packages the job's runtime_env installs")
     return parser
 
 
@@ -35,7 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     from core.errors import ArborError
 
     try:
+        if args.command == "submit":
+            from launch.submit import run_submit
+
+            return run_submit(args.config, args.overrides, args.address, wait=not args.no_wait, pip=args.pip)
         cfg = load_config(args.config, args.overrides)
+        if args.command == "train":
+            from launch.train import run_train
+
+            run_train(cfg)
+            return 0
         from launch import commands
 
         run = {"sft": commands.run_sft, "value": commands.run_value, "eval": commands.run_eval}[args.command]

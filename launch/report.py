@@ -11,6 +11,7 @@ from rich.table import Table
 
 from actors.evaluate import EvalResult
 from actors.search.scaling import ScalingPoint
+from actors.search.tree import SearchTree
 
 console = Console()
 
@@ -107,3 +108,52 @@ def plot_scaling(points: Sequence[ScalingPoint], path: Path, title: str) -> Path
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def render_tree(tree: SearchTree, max_nodes: int = 200) -> str:
+    """A search tree as indented text: each step with visits, Q, MC value, outcome and policy version."""
+    lines = [f"problem {tree.problem_uid} ({tree.kind}, {len(tree.nodes)} nodes, {tree.tokens_generated} tokens)"]
+    lines += [f"  {line}" for line in tree.prompt.rstrip("\n").splitlines()]
+
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
+    stack = [(c, 1) for c in reversed(tree.root.children)]
+    shown = 0
+    while stack and shown < max_nodes:
+        node_id, depth = stack.pop()
+        n = tree.nodes[node_id]
+        mark = " <- answer" if node_id == tree.answer_node else ""
+        outcome = f" outcome={fmt(n.outcome)}" if n.terminal else ""
+        lines.append(
+            f"{'  ' * depth}{n.text.rstrip()!s:<24} N={n.visits} Q={fmt(n.q)} V={fmt(n.mc_value)} "
+            f"v{n.policy_version}{outcome}{mark}"
+        )
+        shown += 1
+        stack += [(c, depth + 1) for c in reversed(n.children)]
+    if stack:
+        lines.append(f"... {len(tree.nodes) - 1 - shown} more nodes")
+    return "\n".join(lines)
+
+
+def train_table(title: str, before: dict | None, after: dict, result: dict) -> Table:
+    """Before/after table of ``arbor train``: SFT init against the trained policy, greedy and with search."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("SFT init", justify="right")
+    table.add_column("trained", justify="right")
+    before = before or {}
+    rows = [
+        ("greedy accuracy", "greedy_accuracy", ".1%"),
+        ("MCTS + value head accuracy", "search_accuracy", ".1%"),
+        ("MCTS generated tokens / problem", "search_generated_tokens", ".0f"),
+    ]
+    for label, key, spec in rows:
+        if key in after:
+            table.add_row(label, _fmt(before.get(key), spec), _fmt(after.get(key), spec))
+    table.caption = (
+        f"{result['steps']} learner steps, policy version {result['version']}, "
+        f"{result['samples_trained']} samples trained in {result['rl_seconds']:.0f} s; "
+        f"max trained lag {result['max_trained_lag']}, dropped {result.get('buffer_dropped', 0)}"
+    )
+    return table

@@ -75,6 +75,7 @@ def run_searches(
     cfg: SearchConfig,
     scorers_for: Callable[[Problem], Scorers] = training_scorers,
     between_rounds: Callable[[], None] | None = None,
+    on_finished: Callable[[int, SearchTree], None] | None = None,
 ) -> list[SearchTree]:
     """Search every problem with ``cfg.kind``, ``cfg.trees_in_flight`` trees at a time; trees in input order.
 
@@ -82,6 +83,7 @@ def run_searches(
     ``cfg.terminal_value=value_head`` overrides it so that evaluation never sees the reference.
     ``between_rounds`` runs before every batched call: where a rollout actor pulls new weights into the
     backend, so a long search picks them up without stopping (each node records the version it came from).
+    ``on_finished(index, tree)`` runs as each tree completes (where a rollout actor streams it to the buffer).
     """
     queue = deque(enumerate(problems))
     flying: list[_Flight] = []
@@ -92,6 +94,8 @@ def run_searches(
         chosen = choose_answer(f.tree, cfg.answer_by, f.extract)
         f.tree.answer_node = chosen.id if chosen is not None else None
         out[f.index] = f.tree
+        if on_finished is not None:
+            on_finished(f.index, f.tree)
         prompt = tuple(f.tree.prompt_tokens)
         if not any(tuple(g.tree.prompt_tokens) == prompt for g in flying if g is not f):
             backend.release(prompt)

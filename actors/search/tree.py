@@ -155,14 +155,21 @@ def node_value(node: Node, value_head_weight: float = 0.0) -> float | None:
     return node.mc_value
 
 
-def tree_to_samples(tree: SearchTree, value_head_weight: float = 0.0) -> list[StepSample]:
+def tree_to_samples(
+    tree: SearchTree, value_head_weight: float = 0.0, global_advantage: float = 0.0
+) -> list[StepSample]:
     """One learner sample per edge whose endpoints both have a value.
+
+    The advantage is the local V(child) - V(parent), plus ``global_advantage`` times V(child) - V(root)
+    (TreeRL, Hou et al. 2025: the global term credits every step of a path by how it ends relative to the
+    problem's mean, where the local term credits only branch points).
 
     Edges into subtrees with no scored terminal carry no Monte-Carlo signal and are left out. A chain
     is a one-branch tree: every V on it equals its outcome, so its advantages are 0 unless siblings
     (other samples of the same problem under a shared root) give the root a different mean.
     """
     compute_mc_values(tree)
+    v_root = node_value(tree.root, value_head_weight)
     samples: list[StepSample] = []
     for child in tree.nodes[1:]:
         parent = tree.nodes[child.parent]  # type: ignore[index]
@@ -177,7 +184,7 @@ def tree_to_samples(tree: SearchTree, value_head_weight: float = 0.0) -> list[St
                 action_tokens=list(child.token_ids),
                 behaviour_logprobs=list(child.logprobs),
                 policy_version=child.policy_version,
-                advantage=v_child - v_parent,
+                advantage=v_child - v_parent + (global_advantage * (v_child - v_root) if v_root is not None else 0.0),
                 value_target=v_child,
                 state_value=v_parent,
                 reward=reward,

@@ -1,0 +1,203 @@
+"""The rollout actor: tree search on its shard of training problems, finished trees streamed to the buffer.
+
+Loop (``run``): take the next ``search.trees_in_flight`` problems of this actor's seeded shard, run the
+configured search with one batched model call per round, and as each tree finishes turn it into step
+samples and insert them at once (blocking while the buffer applies backpressure). Before every round
+(``between_rounds``) it polls the weight channel with its current version and loads newer weights
+(the backend drops its KV cache), so a long search picks up updates and a busy actor never misses one.
+
+Only finished trees are inserted, as one all-or-nothing insert; a tree cut short by a crash or a stop
+request never reaches the buffer. A restarted actor pulls the current weights in ``__init__``, before
+it searches anything, and resumes its shard at the cursor the coordinator kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+
+from actors.search import HFStepBackend, SearchTree, run_searches, search_stats, training_scorers, tree_to_samples
+from core.channels import BufferClient, WeightChannel, split_published
+from core.config import ArborConfig, ModelConfig
+from core.model import ValueHead, build_policy, hidden_size_of, load_value_head
+from core.tasks import Problem, build_task
+
+# Rollout shards live far from the SFT stream (index 0 up) and the value fit's stretch (2^30 up).
+ROLLOUT_INDEX_OFFSET = 1 << 31
+
+
+class StopSearch(Exception):
+    """Raised out of a search when the run stops; unfinished trees are abandoned, never inserted."""
+
+
+class RolloutWorker:
+    """One rollout actor's state and loop (wrapped with ``ray.remote`` by the launcher)."""
+
+    def __init__(
+        self,
+        cfg: ArborConfig,
+        actor_index: int,
+        num_actors: int,
+        init_path: str,
+        coordinator: Any,
+        buffer: Any,
+    ):
+        import ray
+
+        torch.set_num_threads(cfg.resources.actor_threads)
+        self.cfg = cfg
+        self.name = f"rollout-{actor_index}"
+        self.index, self.num_actors = actor_index, num_actors
+        self.channel = WeightChannel(coordinator)
+        self.buffer = BufferClient(buffer)
+        self.coordinator = coordinator
+        model, tokenizer = build_policy(ModelConfig(path=init_path))
+        head = load_value_head(init_path, model) or ValueHead(hidden_size_of(model))
+        device = "cuda" if cfg.resources.actor_gpus > 0 and torch.cuda.is_available() else "cpu"
+        model.to(device)
+        head.to(device)
+        self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.backend = HFStepBackend(
+            model,
+            tokenizer,
+            head,
+            policy_version=-1,
+            seed=cfg.train.seed * 7919 + actor_index + (10_000 if self.restarted else 0),
+            max_batch_rows=cfg.search.max_batch_rows,
+        )
+        self.task = build_task(cfg.task)
+        self.held_out = {p.key for p in self.task.eval_problems()}
+        self.cursor = ray.get(coordinator.cursor.remote(self.name))
+        self.stop = False
+        self.totals: dict[str, float] = {
+            "trees": 0,
+            "samples": 0,
+            "tokens_generated": 0,
+            "tokens_forwarded": 0,
+            "correct_leaves": 0,
+            "leaves": 0,
+            "weight_pulls": 0,
+            "pull_seconds": 0.0,
+            "insert_seconds": 0.0,
+            "search_seconds": 0.0,
+        }
+        try:
+            self.pull()  # the current weights before any search, also after a restart
+        except StopSearch:
+            self.stop = True
+        self.first_version = self.backend.policy_version
+        if self.restarted:
+            coordinator.event.remote("actor_restarted", actor=self.name, version=self.first_version)
+
+    # ---- weights ------------------------------------------------------------------------------
+
+    def pull(self) -> None:
+        """Poll the channel with our version; load newer weights (dropping stale KV caches).
+
+        A stop request raises :class:`StopSearch` out of the search, abandoning its unfinished trees.
+        """
+        t0 = time.perf_counter()
+        version, state, stop = self.channel.poll(self.backend.policy_version)
+        self.stop = stop
+        if state is not None:
+            model_state, head_state = split_published(state)
+            self.backend.load_weights(version, model_state, head_state or None)
+            self.totals["weight_pulls"] += 1
+            self.totals["pull_seconds"] += time.perf_counter() - t0
+        if stop:
+            raise StopSearch
+
+    # ---- problems -----------------------------------------------------------------------------
+
+    def problem_at(self, cursor: int) -> Problem | None:
+        """The cursor-th problem of this actor's shard (None where it collides with held-out content)."""
+        index = ROLLOUT_INDEX_OFFSET + self.cfg.train.seed * 1_000_003 + cursor * self.num_actors + self.index
+        problem = self.task.train_problem(index)
+        return None if problem.key in self.held_out else problem
+
+    def _next_problems(self, n: int) -> list[tuple[int, Problem]]:
+        out = []
+        while len(out) < n:
+            p = self.problem_at(self.cursor)
+            if p is not None:
+                out.append((self.cursor, p))
+            self.cursor += 1
+        return out
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def run(self, max_trees: int = 0) -> dict[str, Any]:
+        """Search and stream trees until stopped (or ``max_trees`` trees, for sync mode); returns totals."""
+        done = 0
+        search_cfg = self.cfg.search
+        try:
+            self.pull()  # sync rounds start from the weights the last round published
+        except StopSearch:
+            return self.report()
+        while not self.stop and (max_trees <= 0 or done < max_trees):
+            n = search_cfg.trees_in_flight if max_trees <= 0 else min(search_cfg.trees_in_flight, max_trees - done)
+            batch = self._next_problems(n)
+            cursors = [c for c, _ in batch]
+            t0 = time.perf_counter()
+
+            def on_finished(i: int, tree: SearchTree, cursors=cursors) -> None:
+                self._emit(tree, next_cursor=cursors[i] + 1)
+
+            try:
+                run_searches(
+                    self.backend,
+                    [p for _, p in batch],
+                    search_cfg,
+                    training_scorers,
+                    between_rounds=self.pull if max_trees <= 0 else None,
+                    on_finished=on_finished,
+                )
+            except StopSearch:
+                break
+            self.totals["search_seconds"] += time.perf_counter() - t0
+            done += len(batch)
+            if max_trees <= 0:
+                try:
+                    self.pull()
+                except StopSearch:
+                    break
+        return self.report()
+
+    def _emit(self, tree: SearchTree, next_cursor: int) -> None:
+        """Stream one finished tree's samples into the buffer (blocking under backpressure), then report."""
+        samples = tree_to_samples(tree, self.cfg.train.value_head_weight, self.cfg.train.global_advantage)
+        tree_id = f"{self.name}/{tree.problem_uid}"
+        samples = [dataclasses.replace(s, meta={**s.meta, "tree": tree_id, "tree_size": len(samples)}) for s in samples]
+        t0 = time.perf_counter()
+        if samples and not self.buffer.insert(samples, cursor=(self.name, next_cursor)):
+            raise StopSearch  # the buffer closed (shutdown): the tree is not taken, the cursor stays
+        self.totals["insert_seconds"] += time.perf_counter() - t0
+        leaves = [n for n in tree.terminals() if n.outcome is not None]
+        t = self.totals
+        t["trees"] += 1
+        t["samples"] += len(samples)
+        t["tokens_generated"] += tree.tokens_generated
+        t["tokens_forwarded"] += tree.tokens_forwarded
+        t["leaves"] += len(leaves)
+        t["correct_leaves"] += sum(n.outcome for n in leaves)
+        stats = search_stats([tree])
+        for k, v in stats.items():
+            t[k + "_sum"] = t.get(k + "_sum", 0.0) + v
+        share = self.cfg.train.tree_every > 0 and int(t["trees"]) % 25 == 1
+        self.coordinator.report.remote(self.name, next_cursor, self.report(), tree.to_json() if share else None)
+
+    def report(self) -> dict[str, Any]:
+        return dict(self.totals) | {
+            "version": self.backend.policy_version,
+            "first_version": self.first_version,
+            "restarted": self.restarted,
+            "cursor": self.cursor,
+            "node_id": self.node_id,
+        }
+
+    def ping(self) -> str:
+        return self.name

@@ -1,0 +1,128 @@
+"""The two small interfaces where actors and learner meet (they never import each other).
+
+- **Weight channel**: the learner publishes ``(version, weights)``; actors *pull with version* between
+  search rounds: they ask "anything newer than v?" and fetch only then, so a busy actor never misses an
+  update (RLlib once silently dropped weight pushes to busy workers). On CPU the weights travel as one
+  ``ray.put`` object that every actor reads from the object store; the learner's ref is held by the
+  :class:`Coordinator`, so the object lives exactly until the next publication replaces it.
+- **Buffer client**: ``insert`` blocks while the replay buffer's rate limiter says so (backpressure,
+  nothing dropped); ``sample`` returns ``None`` after a timeout so the caller can check for shutdown.
+
+The :class:`Coordinator` actor also carries the stop flag, each rollout actor's problem cursor (so a
+restarted actor resumes its shard instead of repeating it) and the actors' running statistics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+import torch
+
+from core.samples import StepSample
+
+VALUE_PREFIX = "value_head."  # key prefix of the value head's tensors in a published state dict
+
+
+def join_published(model_state: dict[str, torch.Tensor], head_state: dict[str, torch.Tensor]) -> dict:
+    """One published state dict: the LM's tensors plus the value head's under ``value_head.``."""
+    return dict(model_state) | {VALUE_PREFIX + k: v for k, v in head_state.items()}
+
+
+def split_published(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(model state, value head state) from a published state dict."""
+    model = {k: v for k, v in state.items() if not k.startswith(VALUE_PREFIX)}
+    head = {k[len(VALUE_PREFIX) :]: v for k, v in state.items() if k.startswith(VALUE_PREFIX)}
+    return model, head
+
+
+def state_bytes(state: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+class Coordinator:
+    """Ray actor: latest weights (as an object ref), stop flag, actor cursors and statistics."""
+
+    def __init__(self, cursors: dict[str, int] | None = None):
+        self.version = -1  # nothing published yet
+        self.weights: list[ray.ObjectRef] = []  # [ref]: a nested ref is passed through, not resolved
+        self.stop = False
+        self.cursors: dict[str, int] = {str(k): int(v) for k, v in (cursors or {}).items()}
+        self.stats: dict[str, dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.trees: list[dict] = []  # recent finished trees (JSON) for the dashboards
+
+    def publish(self, version: int, weights: list[ray.ObjectRef]) -> None:
+        if version <= self.version:
+            raise ValueError(f"published version {version} is not newer than {self.version}")
+        self.version, self.weights = version, list(weights)
+
+    def poll(self, have_version: int) -> dict[str, Any]:
+        """What an actor needs between rounds: the newest version, its weights if newer, the stop flag."""
+        newer = self.version > have_version and bool(self.weights)
+        return {"version": self.version, "weights": self.weights if newer else None, "stop": self.stop}
+
+    def request_stop(self, stop: bool = True) -> None:
+        self.stop = stop
+
+    def cursor(self, actor: str) -> int:
+        return self.cursors.get(actor, 0)
+
+    def report(self, actor: str, cursor: int, stats: dict[str, Any], tree: dict | None = None) -> None:
+        """An actor finished a tree: its next problem index and its running totals."""
+        self.cursors[actor] = max(cursor, self.cursors.get(actor, 0))
+        self.stats[actor] = stats
+        if tree is not None:
+            self.trees = (self.trees + [tree])[-4:]
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self.events.append({"kind": kind, "time": time.time(), **fields})
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "cursors": dict(self.cursors),
+            "stats": dict(self.stats),
+            "events": list(self.events),
+            "stop": self.stop,
+        }
+
+    def latest_tree(self) -> dict | None:
+        return self.trees[-1] if self.trees else None
+
+
+class WeightChannel:
+    """Publisher and puller over a :class:`Coordinator` handle (CPU path: the Ray object store)."""
+
+    def __init__(self, coordinator: Any):
+        self.coordinator = coordinator
+
+    def publish(self, version: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Put ``state`` in the object store once and announce it as ``version``; returns time and bytes."""
+        t0 = time.perf_counter()
+        ref = ray.put(state)
+        ray.get(self.coordinator.publish.remote(version, [ref]))
+        return {"sync/publish_seconds": time.perf_counter() - t0, "sync/bytes": float(state_bytes(state))}
+
+    def poll(self, have_version: int) -> tuple[int, dict[str, torch.Tensor] | None, bool]:
+        """(latest version, its weights if newer than ``have_version`` else None, stop requested)."""
+        reply = ray.get(self.coordinator.poll.remote(have_version))
+        state = ray.get(reply["weights"][0]) if reply["weights"] else None
+        return reply["version"], state, reply["stop"]
+
+
+class BufferClient:
+    """Blocking insert and timed sample over the replay buffer actor's handle."""
+
+    def __init__(self, buffer: Any):
+        self.buffer = buffer
+
+    def insert(self, samples: Sequence[StepSample], cursor: tuple[str, int] | None = None) -> bool:
+        """Returns once the buffer took every sample (it waits while the rate limiter blocks inserts);
+        False when the buffer has closed (shutdown) and took nothing."""
+        return bool(ray.get(self.buffer.insert.remote(list(samples), False, cursor)))
+
+    def sample(self, n: int, version: int, timeout_s: float) -> list[StepSample] | None:
+        return ray.get(self.buffer.sample.remote(n, version, timeout_s))

@@ -1,0 +1,329 @@
+"""The actor-critic update on search-tree step samples (no Ray here: a learner rank wraps this class).
+
+One learner step:
+
+1. ``collate_steps`` packs each :class:`StepSample` as one row ``state + action`` (right-padded). The
+   policy loss covers the action tokens; the value head is trained at two positions per row: the state's
+   last token toward V(parent) and the action's last token toward V(child), both Monte-Carlo values
+   read off the tree.
+2. One forward pass gives log pi_theta of the action tokens (at the behaviour temperature, so the
+   importance weights compare like with like) and the values. With one gradient step per batch the
+   proximal policy is the pre-update policy: ``prox_logp = logp.detach()``.
+3. ``total_loss`` (decoupled PPO: behaviour weight pi_prox / pi_behav capped or masked) or plain PPO
+   anchored at the behaviour policy, or one-step V-trace with the value head as critic.
+4. A non-finite loss skips the step (nothing is applied) and is counted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from core.config import TrainConfig
+from core.model import ValueHead, forward_with_hidden
+from core.samples import StepSample
+from learner.engine import OptimConfig, build_engine
+from learner.losses import (
+    LossCoefficients,
+    LossInputs,
+    entropy_from_logits,
+    kl_to_reference,
+    masked_mean,
+    ppo_loss,
+    total_loss,
+    value_loss,
+    vtrace,
+)
+
+VALUE_PREFIX = "value_head."  # key prefix of the value head's tensors in a published state dict
+
+
+class PolicyWithValue(nn.Module):
+    """A causal LM and its scalar value head as one module, so one engine updates both."""
+
+    def __init__(self, model: PreTrainedModel, value_head: ValueHead, value_trunk_grad: bool = False):
+        super().__init__()
+        self.model = model
+        self.value_head = value_head
+        self.value_trunk_grad = value_trunk_grad  # False: the value loss trains the head only, not the shared trunk
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, hidden, _ = forward_with_hidden(self.model, input_ids, attention_mask, use_cache=False)
+        return logits, self.value_head(hidden if self.value_trunk_grad else hidden.detach())  # [B, L, V], [B, L]
+
+
+@dataclass
+class StepBatch:
+    input_ids: torch.Tensor  # [B, L] state + action, right-padded
+    attention_mask: torch.Tensor  # [B, L]
+    action_mask: torch.Tensor  # [B, L-1] target positions holding an action token (target j is input j + 1)
+    behav_logp: torch.Tensor  # [B, L-1] behaviour log-probs at the action targets, 0 elsewhere
+    advantages: torch.Tensor  # [B, L-1] the step's advantage on its action targets
+    value_targets: torch.Tensor  # [B, L] V(parent) at the state's last token, V(child) at the action's last
+    value_mask: torch.Tensor  # [B, L] those two positions
+    rewards: torch.Tensor  # [B] outcome if the step is terminal, else 0
+    terminal: torch.Tensor  # [B] bool
+    state_end: torch.Tensor  # [B] input index of the state's last token
+    action_end: torch.Tensor  # [B] input index of the action's last token
+    lags: list[int]  # learner version minus sample version, per row
+    num_tokens: int  # real tokens in the batch
+
+
+def collate_steps(samples: list[StepSample], pad_id: int, max_len: int, current_version: int) -> StepBatch:
+    """Pack step samples into a :class:`StepBatch`; a state is cut from the left if a row exceeds ``max_len``."""
+    if not samples:
+        raise ValueError("collate_steps needs at least one sample")
+    rows, cuts = [], []
+    for s in samples:
+        if not s.action_tokens:
+            raise ValueError(f"step sample of problem {s.problem_uid!r} has no action tokens")
+        seq = list(s.state_tokens) + list(s.action_tokens)
+        cut = max(0, len(seq) - max_len)
+        if cut >= len(s.state_tokens):
+            raise ValueError(
+                f"step sample of problem {s.problem_uid!r}: its action alone ({len(s.action_tokens)} tokens) "
+                f"does not fit model.max_seq_len={max_len}"
+            )
+        rows.append(seq[cut:])
+        cuts.append(cut)
+    width = max(len(r) for r in rows)
+    b = len(rows)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, width), dtype=torch.long)
+    action_mask = torch.zeros((b, width - 1), dtype=torch.bool)
+    behav = torch.zeros((b, width - 1))
+    adv = torch.zeros((b, width - 1))
+    vt = torch.zeros((b, width))
+    vm = torch.zeros((b, width), dtype=torch.bool)
+    state_end = torch.zeros(b, dtype=torch.long)
+    action_end = torch.zeros(b, dtype=torch.long)
+    for i, (s, row, cut) in enumerate(zip(samples, rows, cuts)):
+        ids[i, : len(row)] = torch.tensor(row)
+        attn[i, : len(row)] = 1
+        n_state = len(s.state_tokens) - cut
+        n_act = len(s.action_tokens)
+        # input position p (p >= 1) is predicted at target index p - 1
+        action_mask[i, n_state - 1 : n_state - 1 + n_act] = True
+        behav[i, n_state - 1 : n_state - 1 + n_act] = torch.tensor(s.behaviour_logprobs)
+        adv[i, n_state - 1 : n_state - 1 + n_act] = s.advantage
+        state_end[i], action_end[i] = n_state - 1, n_state + n_act - 1
+        vt[i, n_state - 1], vm[i, n_state - 1] = s.state_value, True
+        vt[i, n_state + n_act - 1], vm[i, n_state + n_act - 1] = s.value_target, True
+    return StepBatch(
+        input_ids=ids,
+        attention_mask=attn,
+        action_mask=action_mask,
+        behav_logp=behav,
+        advantages=adv,
+        value_targets=vt,
+        value_mask=vm,
+        rewards=torch.tensor([s.reward for s in samples]),
+        terminal=torch.tensor([s.terminal for s in samples]),
+        state_end=state_end,
+        action_end=action_end,
+        lags=[current_version - s.policy_version for s in samples],
+        num_tokens=int(attn.sum()),
+    )
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log pi(target token) at every target position: [B, L-1], logits scaled by 1 / temperature."""
+    scaled = logits[:, :-1].float() / temperature
+    return torch.log_softmax(scaled, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+
+
+class ActorCriticLearner:
+    """Policy + value head under one engine (DeepSpeed or torch); ``update`` is one learner step."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        value_head: ValueHead,
+        cfg: TrainConfig,
+        *,
+        pad_id: int,
+        max_len: int,
+        temperature: float,
+        rank_batch_size: int,
+        reference: PreTrainedModel | None = None,
+    ):
+        if temperature <= 0:
+            raise ValueError("the learner needs the behaviour temperature (search.temperature > 0)")
+        self.cfg = cfg
+        self.pad_id = pad_id
+        self.max_len = max_len
+        self.temperature = temperature
+        self.net = PolicyWithValue(model, value_head, cfg.value_trunk_grad)
+        optim = OptimConfig(cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        self.engine = build_engine(self.net, cfg.engine, optim, batch_size=rank_batch_size, zero_stage=cfg.zero_stage)
+        self.net = self.engine.module
+        self.net.train()
+        self.reference = reference.eval() if reference is not None else None
+        if cfg.kl_coef and reference is None:
+            raise ValueError("train.kl_coef > 0 needs a frozen reference model")
+        self.coefs = LossCoefficients(
+            clip_eps=cfg.clip_eps,
+            is_cap=cfg.is_cap,
+            is_mode=cfg.is_mode,  # type: ignore[arg-type]
+            value_coef=cfg.value_coef,
+            entropy_coef=cfg.entropy_coef,
+            kl_coef=cfg.kl_coef,
+        )
+        self.skipped_nonfinite = 0
+        self.steps = 0
+
+    @property
+    def model(self) -> PreTrainedModel:
+        return self.net.model
+
+    @property
+    def value_head(self) -> ValueHead:
+        return self.net.value_head
+
+    def update(self, samples: list[StepSample], current_version: int) -> dict[str, float]:
+        """One gradient step on ``samples`` (trained by policy ``current_version``); returns metrics."""
+        t0 = time.perf_counter()
+        batch = collate_steps(samples, self.pad_id, self.max_len, current_version)
+        logits, values = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        logp = token_logprobs(logits, batch.input_ids, self.temperature)  # [B, L-1]
+        ref_logp = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_logits = self.reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            ref_logp = token_logprobs(ref_logits, batch.input_ids, self.temperature)
+        metrics = self._loss(batch, logits, logp, values, ref_logp)
+        loss = metrics.pop("loss_tensor")
+        if not torch.isfinite(loss):
+            # Skip: no backward, no optimizer step, so the weights stay as they were.
+            self.skipped_nonfinite += 1
+            metrics["learner/skipped_nonfinite"] = float(self.skipped_nonfinite)
+            metrics["learner/step_skipped"] = 1.0
+            return metrics
+        grad_norm = self.engine.step(loss)
+        self.steps += 1
+        dt = time.perf_counter() - t0
+        lags = torch.tensor(batch.lags, dtype=torch.float)
+        metrics |= {
+            "learner/grad_norm": grad_norm,
+            "learner/lr": self.engine.lr,
+            "learner/tokens_per_s": batch.num_tokens / dt,
+            "learner/samples": float(len(samples)),
+            "learner/step_seconds": dt,
+            "learner/lag_mean": float(lags.mean()),
+            "learner/lag_max": float(lags.max()),
+            "learner/skipped_nonfinite": float(self.skipped_nonfinite),
+            "learner/step_skipped": 0.0,
+        }
+        return metrics
+
+    def _loss(
+        self,
+        batch: StepBatch,
+        logits: torch.Tensor,
+        logp: torch.Tensor,
+        values: torch.Tensor,
+        ref_logp: torch.Tensor | None,
+    ) -> dict:
+        mask = batch.action_mask
+        if self.cfg.negative_advantage_scale != 1.0:
+            adv = batch.advantages
+            batch.advantages = torch.where(adv < 0, adv * self.cfg.negative_advantage_scale, adv)
+        rows = torch.arange(len(batch.lags))
+        adv_mean = float(batch.advantages[mask].mean()) if mask.any() else 0.0
+        common = {
+            "learner/advantage_mean": adv_mean,
+            "learner/reward_mean": float(batch.rewards[batch.terminal].mean()) if batch.terminal.any() else 0.0,
+            "learner/value_mean": float(values[batch.value_mask].mean().detach()),
+        }
+        if self.cfg.policy_loss == "vtrace":
+            # One-step V-trace per sample with the value head as critic: x_s = state, x_{s+1} = state after
+            # the step (bootstrap 0 when the step is terminal). The step's log-prob is its tokens' sum.
+            step_logp = torch.where(mask, logp, torch.zeros_like(logp)).sum(-1)  # [B]
+            step_behav = batch.behav_logp.sum(-1)
+            v_state = values[rows, batch.state_end]
+            v_next = torch.where(batch.terminal, torch.zeros_like(v_state), values[rows, batch.action_end])
+            vt = vtrace(
+                step_behav[:, None],
+                step_logp.detach()[:, None],
+                batch.rewards[:, None],
+                v_state.detach()[:, None],
+                v_next.detach(),
+                torch.ones_like(step_behav[:, None], dtype=torch.bool),
+                discount=1.0,
+            )
+            policy = -(vt.pg_advantages[:, 0] * step_logp).mean()
+            vloss = 0.5 * ((v_state - vt.vs[:, 0]) ** 2).mean()
+            entropy = entropy_from_logits(logits[:, :-1].float() / self.temperature, mask)
+            kl = kl_to_reference(logp, ref_logp, mask) if ref_logp is not None else logp.new_tensor(0.0)
+            loss = policy + self.cfg.value_coef * vloss - self.cfg.entropy_coef * entropy + self.cfg.kl_coef * kl
+            return common | {
+                "loss_tensor": loss,
+                "learner/loss": float(loss.detach()),
+                "learner/policy_loss": float(policy.detach()),
+                "learner/value_loss": float(vloss.detach()),
+                "learner/entropy": float(entropy.detach()),
+                "learner/kl": float(kl.detach()),
+                "learner/is_weight_mean": float(vt.rhos.mean()),
+                "learner/ess": float(vt.rhos.sum() ** 2 / (len(rows) * (vt.rhos**2).sum()).clamp(min=1e-12)),
+            }
+        if self.cfg.policy_loss == "ppo":
+            # Plain PPO anchored at the behaviour policy: no separate off-policy correction (the AReaL baseline).
+            policy_out = ppo_loss(logp, batch.behav_logp, batch.advantages, mask, self.coefs.clip_eps)
+            vout = value_loss(values, batch.value_targets, batch.value_mask)
+            entropy = entropy_from_logits(logits[:, :-1].float() / self.temperature, mask)
+            kl = kl_to_reference(logp, ref_logp, mask) if ref_logp is not None else logp.new_tensor(0.0)
+            loss = (
+                policy_out.loss + self.coefs.value_coef * vout.loss - self.coefs.entropy_coef * entropy
+            ) + self.coefs.kl_coef * kl
+        else:
+            out = total_loss(
+                LossInputs(
+                    logp=logp,
+                    prox_logp=logp.detach(),
+                    behav_logp=batch.behav_logp,
+                    advantages=batch.advantages,
+                    mask=mask,
+                    values=values,
+                    value_targets=batch.value_targets,
+                    value_mask=batch.value_mask,
+                    logits=logits[:, :-1].float() / self.temperature if self.coefs.entropy_coef else None,
+                    ref_logp=ref_logp,
+                ),
+                self.coefs,
+            )
+            policy_out, vout, kl, loss = out.policy, out.value, out.kl, out.loss
+            entropy = out.entropy
+            if not self.coefs.entropy_coef:  # still report it, without building the graph
+                with torch.no_grad():
+                    entropy = entropy_from_logits(logits[:, :-1].float() / self.temperature, mask)
+        return common | {
+            "loss_tensor": loss,
+            "learner/loss": float(loss.detach()),
+            "learner/policy_loss": float(policy_out.loss.detach()),
+            "learner/value_loss": float(vout.loss.detach()),
+            "learner/entropy": float(entropy.detach()),
+            "learner/kl": float(kl.detach()),
+            "learner/clip_fraction": float(policy_out.clip_fraction),
+            "learner/is_weight_mean": float(policy_out.is_weight_mean),
+            "learner/is_weight_max": float(policy_out.is_weight_max),
+            "learner/ess": float(policy_out.ess),
+            "learner/is_masked_fraction": float(policy_out.masked_fraction),
+            "learner/approx_kl_behav": float(masked_mean((batch.behav_logp - logp.detach()), mask)),
+        }
+
+    def publish_state(self) -> dict[str, torch.Tensor]:
+        """The weights actors load: the LM's state dict plus the value head's under ``value_head.``, on CPU."""
+        state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        state |= {VALUE_PREFIX + k: v.detach().to("cpu", copy=True) for k, v in self.value_head.state_dict().items()}
+        return state
+
+
+def split_published(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(model state, value head state) from a published state dict."""
+    model = {k: v for k, v in state.items() if not k.startswith(VALUE_PREFIX)}
+    head = {k[len(VALUE_PREFIX) :]: v for k, v in state.items() if k.startswith(VALUE_PREFIX)}
+    return model, head

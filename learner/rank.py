@@ -1,0 +1,194 @@
+"""One learner rank: a process in the learner's torch.distributed group (gloo on CPU, nccl on GPU).
+
+The launcher makes W of these Ray actors, gives them the same rendezvous address, and drives them in
+lock step: every ``step`` call hands all ranks the same sampled batch (one object in the store, fetched
+by each rank), each rank trains on its slice, and DeepSpeed all-reduces the gradients. Rank 0 publishes
+the weights every ``train.sync_every`` steps through the weight channel (a new policy version), evaluates
+and writes checkpoints. Every rank saves and loads its own optimizer shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.channels import WeightChannel
+from core.config import ArborConfig, ModelConfig
+from core.model import ValueHead, build_policy, hidden_size_of, load_value_head, save_checkpoint
+from core.samples import StepSample
+from learner.actor_critic import ActorCriticLearner
+from learner.engine import init_process_group_if_needed
+
+OPTIM_FILE = "optimizer_rank{rank}.pt"
+RNG_FILE = "rng_rank{rank}.json"
+
+
+class LearnerRank:
+    """A learner rank's state and calls (wrapped with ``ray.remote`` by the launcher)."""
+
+    def __init__(self, cfg: ArborConfig, rank: int, world: int, init_path: str, coordinator: Any):
+        torch.set_num_threads(cfg.resources.learner_threads)
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.init_path = init_path
+        self.channel = WeightChannel(coordinator)
+        self.device = "cuda" if cfg.resources.learner_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.version = 0
+        self.steps_since_publish = 0
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free port: the rendezvous of the group, asked of rank 0."""
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, master_addr: str, master_port: int, start_version: int = 0) -> int:
+        """Join the process group and build the model, value head and engine (all ranks at once)."""
+        os.environ.update(
+            RANK=str(self.rank),
+            LOCAL_RANK="0",
+            WORLD_SIZE=str(self.world),
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
+        cfg = self.cfg
+        if cfg.train.engine == "deepspeed" or self.world > 1:
+            init_process_group_if_needed("nccl" if self.device == "cuda" else "gloo")
+        model, self.tokenizer = build_policy(ModelConfig(path=self.init_path))
+        head = load_value_head(self.init_path, model) or ValueHead(hidden_size_of(model))
+        reference = None
+        if cfg.train.kl_coef:
+            reference, _ = build_policy(ModelConfig(path=self.init_path))
+            reference.requires_grad_(False)
+        if self.device == "cuda":
+            model, head = model.cuda(), head.cuda()
+            reference = reference.cuda() if reference is not None else None
+        torch.manual_seed(cfg.train.seed * 1000 + self.rank)
+        self.learner = ActorCriticLearner(
+            model,
+            head,
+            cfg.train,
+            pad_id=self.tokenizer.pad_token_id,
+            max_len=int(getattr(model.config, "max_position_embeddings", cfg.model.max_seq_len)),
+            temperature=cfg.search.temperature,
+            rank_batch_size=cfg.train.batch_size // self.world,
+            reference=reference,
+        )
+        self.version = start_version
+        return self.rank
+
+    # ---- training -----------------------------------------------------------------------------
+
+    def publish(self) -> dict[str, float]:
+        """Rank 0 puts the current weights in the object store as ``self.version``."""
+        if self.rank != 0:
+            return {}
+        return self.channel.publish(self.version, self.learner.publish_state())
+
+    def step(self, samples: list[StepSample] | None, publish: bool | None = None) -> dict[str, Any] | None:
+        """Train on this rank's slice of ``samples`` (the whole batch, shared); None when there was no batch.
+
+        ``publish`` None publishes every ``train.sync_every`` steps (async); True / False force it (sync rounds).
+        """
+        if samples is None:
+            return None
+        n = len(samples) // self.world
+        mine = samples[self.rank * n : (self.rank + 1) * n]
+        metrics: dict[str, Any] = self.learner.update(mine, self.version)
+        if self.rank == 0:  # lag against the version that trained on them (before this step's publication)
+            metrics["lags"] = [self.version - s.policy_version for s in samples if not s.meta.get("demonstration")]
+        self.steps_since_publish += 1
+        due = self.steps_since_publish >= self.cfg.train.sync_every if publish is None else publish
+        if due:
+            self.version += 1
+            self.steps_since_publish = 0
+            metrics |= self.publish()
+        metrics["version"] = self.version
+        metrics["batch"] = len(samples)
+        return metrics
+
+    def evaluate(self, problems: list, eval_cfg) -> dict[str, Any]:
+        """Greedy held-out accuracy of the current policy (rank 0)."""
+        from actors.evaluate import evaluate  # launch-level helper; the learner only calls it here
+
+        model = self.learner.model
+        model.eval()
+        try:
+            result = evaluate(model, self.tokenizer, problems, eval_cfg)
+        finally:
+            model.train()
+        return result.to_json()
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def save(self, path: str, meta: dict[str, Any]) -> str:
+        """Write this rank's part of a checkpoint: rank 0 the HF model + value head, every rank its optimizer
+        state, scheduler and RNG states."""
+        path_ = Path(path)
+        path_.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            save_checkpoint(path_, self.learner.model, self.tokenizer, self.learner.value_head, meta=meta)
+        engine = self.learner.engine
+        optim = getattr(engine, "optimizer", None)
+        sched = getattr(engine, "scheduler", None)
+        state = {
+            "optimizer": optim.state_dict() if optim is not None else {},
+            "scheduler": sched.state_dict() if sched is not None else {},
+        }
+        torch.save(state, path_ / OPTIM_FILE.format(rank=self.rank))
+        rng = {
+            "torch": torch.get_rng_state().tolist(),
+            "python": _jsonable_state(random.getstate()),
+            "version": self.version,
+            "steps_since_publish": self.steps_since_publish,
+            "learner_steps": self.learner.steps,
+            "skipped_nonfinite": self.learner.skipped_nonfinite,
+        }
+        (path_ / RNG_FILE.format(rank=self.rank)).write_text(json.dumps(rng))
+        return str(path_)
+
+    def load(self, path: str) -> int:
+        """Restore optimizer, scheduler and RNG state saved by ``save`` (weights came in through init_path)."""
+        path_ = Path(path)
+        state = torch.load(path_ / OPTIM_FILE.format(rank=self.rank), weights_only=True, map_location="cpu")
+        engine = self.learner.engine
+        if state["optimizer"]:
+            engine.optimizer.load_state_dict(state["optimizer"])
+        if state["scheduler"]:
+            engine.scheduler.load_state_dict(state["scheduler"])
+        rng = json.loads((path_ / RNG_FILE.format(rank=self.rank)).read_text())
+        torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+        random.setstate(_tuple_state(rng["python"]))
+        self.version = int(rng["version"])
+        self.steps_since_publish = int(rng["steps_since_publish"])
+        self.learner.steps = int(rng["learner_steps"])
+        self.learner.skipped_nonfinite = int(rng["skipped_nonfinite"])
+        return self.version
+
+    def weights_digest(self) -> float:
+        """A cheap fingerprint of the weights (sum of all parameters), for resume checks."""
+        return float(sum(p.detach().double().sum() for p in self.learner.net.parameters()))
+
+    def ping(self) -> dict[str, Any]:
+        import ray
+
+        return {"rank": self.rank, "node_id": ray.get_runtime_context().get_node_id()}
+
+
+def _jsonable_state(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _tuple_state(data: list) -> tuple:
+    version, internal, gauss = data
+    return (version, tuple(internal), gauss)

@@ -1,0 +1,138 @@
+"""The learner's update on step samples: packing, log-prob alignment, the non-finite guard, exact resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from core.config import ModelConfig, TrainConfig
+from core.model import ValueHead, build_policy, hidden_size_of
+from core.samples import StepSample
+from learner.actor_critic import ActorCriticLearner, collate_steps, token_logprobs
+
+TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_seq_len=64)
+
+
+def _samples(tokenizer, model, n: int = 6, version: int = 0) -> list[StepSample]:
+    """Step samples whose behaviour log-probs are the model's own (so pi_behav = pi_theta)."""
+    out = []
+    for i in range(n):
+        state = tokenizer.encode(f"Use 1 2 {i} to make 3.\n", add_special_tokens=False)
+        action = tokenizer.encode(f"{i}+1={i + 1}\n", add_special_tokens=False)
+        ids = torch.tensor([state + action])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
+        lp = token_logprobs(logits, ids, 1.0)[0, len(state) - 1 :].tolist()
+        out.append(StepSample(state, action, lp, version, advantage=(-1) ** i * 0.5, value_target=1.0, state_value=0.5))
+    return out
+
+
+def test_collate_aligns_actions_values_and_behaviour_logprobs():
+    model, tok = build_policy(TINY)
+    samples = _samples(tok, model, 3)
+    batch = collate_steps(samples, tok.pad_token_id, 64, current_version=2)
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    lp = token_logprobs(logits, batch.input_ids, 1.0)
+    assert torch.allclose(lp[batch.action_mask], batch.behav_logp[batch.action_mask], atol=1e-5)
+    for i, s in enumerate(samples):
+        assert int(batch.action_mask[i].sum()) == len(s.action_tokens)
+        ends = batch.value_mask[i].nonzero().flatten().tolist()
+        assert ends == [len(s.state_tokens) - 1, len(s.state_tokens) + len(s.action_tokens) - 1]
+        assert batch.value_targets[i, ends].tolist() == [s.state_value, s.value_target]
+        assert set(batch.advantages[i][batch.action_mask[i]].tolist()) == {s.advantage}
+    assert batch.lags == [2, 2, 2]
+
+
+def test_collate_cuts_long_states_from_the_left_and_rejects_oversized_actions():
+    s = StepSample(list(range(1, 60)), [5, 6, 7], [-1.0] * 3, 0, 0.1, 1.0, 0.9)
+    batch = collate_steps([s], 0, 32, 0)
+    assert batch.input_ids.shape == (1, 32) and batch.input_ids[0, -3:].tolist() == [5, 6, 7]
+    assert collate_steps([s], 0, 4, 0).input_ids.shape == (1, 4)  # one state token is enough
+    with pytest.raises(ValueError, match="max_seq_len=3"):
+        collate_steps([s], 0, 3, 0)
+
+
+def _learner(model, tok, **kw):
+    cfg = TrainConfig(engine="torch", lr=1e-2, warmup_steps=0, steps=10, **kw)
+    return ActorCriticLearner(
+        model,
+        ValueHead(hidden_size_of(model)),
+        cfg,
+        pad_id=tok.pad_token_id,
+        max_len=64,
+        temperature=1.0,
+        rank_batch_size=6,
+    )
+
+
+def test_update_moves_logprobs_with_the_advantage_sign():
+    torch.manual_seed(0)
+    model, tok = build_policy(TINY)
+    samples = _samples(tok, model)
+    learner = _learner(model, tok)
+    m = learner.update(samples, 0)
+    assert m["learner/step_skipped"] == 0.0
+    assert m["learner/is_weight_mean"] == pytest.approx(1.0, abs=1e-4)  # behaviour == current policy
+    assert m["learner/ess"] == pytest.approx(1.0, abs=1e-4)
+    batch = collate_steps(samples, tok.pad_token_id, 64, 0)
+    with torch.no_grad():
+        lp = token_logprobs(
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, batch.input_ids, 1.0
+        )
+    delta = ((lp - batch.behav_logp) * batch.action_mask).sum(-1)
+    for s, d in zip(samples, delta.tolist()):
+        assert (d > 0) == (s.advantage > 0)
+
+
+@pytest.mark.parametrize("policy_loss", ["decoupled_ppo", "ppo", "vtrace"])
+def test_nonfinite_loss_skips_the_step_and_keeps_weights(policy_loss):
+    model, tok = build_policy(TINY)
+    samples = _samples(tok, model, 4)
+    learner = _learner(model, tok, policy_loss=policy_loss)
+    bad = [
+        StepSample(s.state_tokens, s.action_tokens, [math.nan] * len(s.action_tokens), 0, s.advantage, 1.0, 0.5)
+        for s in samples
+    ]
+    before = {k: v.clone() for k, v in learner.net.state_dict().items()}
+    m = learner.update(bad, 0)
+    assert m["learner/step_skipped"] == 1.0 and m["learner/skipped_nonfinite"] == 1.0
+    assert all(torch.equal(before[k], v) for k, v in learner.net.state_dict().items())
+    m = learner.update(samples, 0)  # a finite batch still trains afterwards
+    assert m["learner/step_skipped"] == 0.0 and learner.steps == 1
+
+
+def test_learner_rank_checkpoint_resumes_exactly(tmp_path):
+    """Save after two steps, then step three both ways: same loss, same weights (optimizer, scheduler, RNG)."""
+    from core.config import load_config
+    from core.model import save_checkpoint
+    from learner.rank import LearnerRank
+    from tests.conftest import DEFAULT_CONFIG
+
+    model, tok = build_policy(TINY)
+    init = tmp_path / "init"
+    save_checkpoint(init, model, tok, ValueHead(hidden_size_of(model)))
+    cfg = load_config(
+        DEFAULT_CONFIG, ["train.batch_size=6", "train.warmup_steps=1", "train.lr=1e-2", "train.sync_every=100"]
+    )
+    samples = _samples(tok, model)
+
+    def fresh(path):
+        rank = LearnerRank(cfg, 0, 1, str(path), coordinator=None)
+        rank.setup("127.0.0.1", 0)
+        return rank
+
+    a = fresh(init)
+    a.step(samples, publish=False)
+    a.step(samples, publish=False)
+    a.version = 2
+    a.save(str(tmp_path / "ckpt"), meta={})
+    third = a.step(samples, publish=False)
+    b = fresh(tmp_path / "ckpt")
+    assert b.load(str(tmp_path / "ckpt")) == 2
+    again = b.step(samples, publish=False)
+    assert again["learner/loss"] == pytest.approx(third["learner/loss"], rel=1e-6)
+    assert b.weights_digest() == pytest.approx(a.weights_digest(), rel=1e-9)
+    assert again["learner/lr"] == pytest.approx(third["learner/lr"])

@@ -1,0 +1,257 @@
+"""`arbor train` end to end: real local Ray, real DeepSpeed engine, a tiny real model.
+
+One module-scoped async run (with a mid-run checkpoint) serves several tests; resume, sync mode, actor
+failure and bad input each start their own short run. Nothing here asserts on wall-clock time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from core.config import ModelConfig, load_config
+from core.errors import ConfigError, DataError
+from core.model import ValueHead, build_policy, hidden_size_of, save_checkpoint
+from launch.cli import main
+from launch.train import run_train
+from tests.conftest import DEFAULT_CONFIG
+
+TINY_MODEL = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_seq_len=128)
+
+
+def train_overrides(root: Path, init: Path, **extra: object) -> list[str]:
+    base = {
+        "train.init": "model",
+        "model.path": str(init),
+        "run.root": str(root),
+        "wandb.mode": "disabled",
+        "task.eval_size": 6,
+        "eval.batch_size": 6,
+        "eval.max_new_tokens": 24,
+        "train.steps": 6,
+        "train.batch_size": 16,
+        "train.min_size_to_sample": 16,
+        "train.error_buffer": 32,
+        "train.max_policy_lag": 8,
+        "train.eval_every": 3,
+        "train.checkpoint_every": 3,
+        "train.log_every": 1,
+        "train.tree_every": 2,
+        "train.eval_search_simulations": 2,
+        "train.sync_trees_per_round": 4,
+        "search.simulations": 4,
+        "search.children": 2,
+        "search.beam_width": 2,
+        "search.trees_in_flight": 4,
+        "search.max_step_tokens": 12,
+        "search.max_response_tokens": 36,
+        "search.max_depth": 4,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="module")
+def init_ckpt(tmp_path_factory) -> Path:
+    model, tokenizer = build_policy(TINY_MODEL)
+    path = tmp_path_factory.mktemp("init") / "ckpt"
+    save_checkpoint(path, model, tokenizer, ValueHead(hidden_size_of(model)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def async_run(tmp_path_factory, init_ckpt) -> dict:
+    root = tmp_path_factory.mktemp("runs")
+    cfg = load_config(DEFAULT_CONFIG, train_overrides(root, init_ckpt))
+    return run_train(cfg)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_async_run_trains_to_budget_within_lag(async_run):
+    r = async_run
+    assert r["steps"] == 6 and r["version"] == 6  # sync_every=1: one publication per step
+    assert r["samples_trained"] == 6 * 16
+    assert 0 <= r["max_trained_lag"] <= 8
+    assert sum(r["lag_histogram"].values()) == r["samples_trained"]
+    assert r["buffer_dropped"] == 0
+    b = r["buffer"]
+    assert b["inserted"] == b["size"] + b["released"] + b["evicted_stale"] + b["evicted_capacity"]
+    assert b["sampled"] == r["samples_trained"]
+    actors = list(r["actors"].values())
+    assert actors and actors[0]["trees"] > 0 and actors[0]["weight_pulls"] >= 1
+
+
+def test_async_run_dashboard_metrics_and_artifacts(async_run):
+    run_dir = Path(async_run["run_dir"])
+    rows = _metrics(run_dir)
+    keys = set().union(*rows)
+    for key in (
+        "learner/policy_loss",
+        "learner/value_loss",
+        "learner/entropy",
+        "learner/kl",
+        "learner/is_weight_mean",
+        "learner/ess",
+        "learner/tokens_per_s",
+        "buffer/size",
+        "buffer/inserted",
+        "buffer/sampled",
+        "buffer/evicted_stale",
+        "policy_lag/histogram",
+        "actors/tokens_generated_per_s",
+        "sync/publish_seconds",
+        "sync/bytes",
+        "search/nodes_per_tree",
+        "search/forward_tokens_per_generated_token",
+        "eval/greedy_accuracy",
+        "eval_init/greedy_accuracy",
+        "eval_final/search_accuracy",
+    ):
+        assert key in keys, key
+    assert any(run_dir.glob("trees/step-*.txt"))
+    latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    for name in (
+        "model.safetensors",
+        "value_head.safetensors",
+        "optimizer_rank0.pt",
+        "replay.json",
+        "train_state.json",
+    ):
+        assert (latest / name).is_file(), name
+    state = json.loads((latest / "train_state.json").read_text())
+    assert state["step"] == 6 and state["version"] == 6
+
+
+def test_resume_continues_at_same_step_and_version(async_run, init_ckpt, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(async_run["run_dir"], run_dir)
+    ckpt3 = run_dir / "checkpoints" / "step-000003"
+    (run_dir / "checkpoints" / "latest").write_text("step-000003")
+    snap = json.loads((ckpt3 / "replay.json").read_text())
+    cfg = load_config(
+        DEFAULT_CONFIG, train_overrides(tmp_path, init_ckpt, **{"train.steps": 5, "resume": str(run_dir)})
+    )
+    r = run_train(cfg)
+    assert r["steps"] == 5 and r["version"] == 5
+    assert r["samples_trained"] == 5 * 16  # 3 before the checkpoint (restored count) + 2 after
+    # The buffer came back from the snapshot: its counters continue from there.
+    assert r["buffer"]["inserted"] >= snap["counters"]["inserted"]
+    assert r["buffer"]["sampled"] == 5 * 16
+    rows = [row for row in _metrics(run_dir) if "learner/loss" in row]
+    steps_after = [row["step"] for row in rows][-2:]
+    assert steps_after == [4, 5]
+
+
+def test_sync_mode_trains_on_policy(init_ckpt, tmp_path):
+    cfg = load_config(DEFAULT_CONFIG, train_overrides(tmp_path, init_ckpt, **{"train.mode": "sync", "train.steps": 3}))
+    r = run_train(cfg)
+    assert r["steps"] == 3
+    assert r["max_trained_lag"] <= 1  # a round trains on its own samples; only leftovers wait one round
+    assert r["buffer_dropped"] == 0
+
+
+def test_killed_rollout_actor_restarts_with_current_weights(init_ckpt, tmp_path):
+    """Kill the rollout actor mid-run: Ray restarts it, it pulls the current weights before searching,
+    the run finishes, and no partial tree reaches the buffer (the buffer refuses one outright)."""
+    overrides = train_overrides(
+        tmp_path,
+        init_ckpt,
+        **{"train.steps": 14, "train.eval_every": 0, "train.checkpoint_every": 0, "run.name": "failure"},
+    )
+    cfg = load_config(DEFAULT_CONFIG, overrides)
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
+    try:
+        out: dict = {}
+        worker = threading.Thread(target=lambda: out.update(run_train(cfg)))
+        worker.start()
+        actor = None
+        deadline = time.time() + 300
+        while actor is None and time.time() < deadline:
+            try:
+                actor = ray.get_actor("failure/rollout-0")
+            except ValueError:
+                time.sleep(0.5)
+        assert actor is not None
+        ray.get(actor.ping.remote())
+        time.sleep(3)  # let it search and the learner move on
+        ray.kill(actor, no_restart=False)
+        worker.join(timeout=600)
+        assert not worker.is_alive()
+    finally:
+        ray.shutdown()
+    assert out["steps"] == 14
+    restarts = [e for e in out["events"] if e["kind"] == "actor_restarted"]
+    assert len(restarts) == 1
+    assert restarts[0]["version"] >= 1  # the weights published by then, not the init's version 0
+    stats = out["actors"]["rollout-0"]
+    assert stats["restarted"] and stats["first_version"] == restarts[0]["version"]
+    assert out["buffer_dropped"] == 0
+
+
+def test_buffer_refuses_a_partial_tree():
+    from actors.replay import check_whole_trees
+    from core.samples import StepSample
+
+    def sample(tree: str, size: int) -> StepSample:
+        return StepSample([1], [2], [-0.1], 0, 0.0, 0.5, 0.5, meta={"tree": tree, "tree_size": size})
+
+    check_whole_trees([sample("a", 2), sample("a", 2), sample("b", 1)])
+    with pytest.raises(ValueError, match="only whole trees"):
+        check_whole_trees([sample("a", 3), sample("a", 3)])
+
+
+# ---- bad input: clear message, exit status 2, existing checkpoints untouched ----------------------
+
+
+def _digest(directory: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_bad_input_stops_with_message_and_touches_nothing(async_run, init_ckpt, tmp_path, capsys):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(async_run["run_dir"], run_dir)
+    before = _digest(run_dir)
+    base = train_overrides(tmp_path, init_ckpt)
+    cases = [
+        (["train.no_such_key=1"], "unknown config key 'train.no_such_key'"),
+        ([f"resume={run_dir}", "resources.learner_gpus=1"], "GPU"),
+        ([f"resume={tmp_path / 'missing'}"], "run directory not found"),
+    ]
+    for extra, message in cases:
+        assert main(["train", str(DEFAULT_CONFIG), *base, *extra]) == 2
+        assert message in capsys.readouterr().err
+    # a corrupt buffer snapshot names the file
+    latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    (latest / "replay.json").write_text('{"format": "arbor.replay/1", "items": [')
+    before = _digest(run_dir)
+    assert main(["train", str(DEFAULT_CONFIG), *base, f"resume={run_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert "replay.json" in err and "not valid JSON" in err
+    assert _digest(run_dir) == before
+
+
+def test_errors_are_arbor_errors(tmp_path, init_ckpt):
+    cfg = load_config(DEFAULT_CONFIG, train_overrides(tmp_path, init_ckpt, resume=str(tmp_path / "nope")))
+    with pytest.raises(ConfigError, match="resume"):
+        run_train(cfg)
+    bad = tmp_path / "run"
+    (bad / "checkpoints" / "step-000001").mkdir(parents=True)
+    (bad / "checkpoints" / "latest").write_text("step-000001")
+    (bad / "checkpoints" / "step-000001" / "train_state.json").write_text("{}")
+    cfg = load_config(DEFAULT_CONFIG, train_overrides(tmp_path, init_ckpt, resume=str(bad)))
+    with pytest.raises(DataError, match="train_state.json"):
+        run_train(cfg)
