@@ -1,4 +1,4 @@
-# Arbor's two set-up commands: `make run` (the main job on the embedded default) and `make test`.
+# Arbor's two set-up commands: `make run` (the main job, `arbor train`, on the embedded default) and `make test`.
 # Both create a local virtual environment first; torch's CPU build goes in before anything that
 # depends on torch, so pip does not pull a multi-GB CUDA build on a CPU-only machine.
 
@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	$(BIN)/arbor sft $(CONFIG)
+	$(BIN)/arbor train $(CONFIG)
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -30,6 +30,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/sft_throughput.py
+	$(BIN)/python bench/train_e2e.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

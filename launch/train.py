@@ -141,16 +141,16 @@ def start_ray(cfg: ArborConfig) -> bool:
     if ray.is_initialized():
         return False
     address = cfg.resources.address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": dict(ACTOR_ENV)}
     if address:
-        ray.init(address=address, runtime_env=env, logging_level="WARNING", log_to_driver=True)
+        # No runtime_env here: inside `ray job submit` the job's own (working_dir, pip) must stay in force;
+        # the workers' environment variables are set per actor and merge into it.
+        ray.init(address=address, logging_level="WARNING")
         return True
     r = cfg.resources
     cpus_needed = r.rollout_actors * r.actor_cpus + r.learner_ranks * r.learner_cpus + r.buffer_cpus
     ray.init(
         num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)),  # logical CPUs: enough for the bundles
         include_dashboard=False,
-        runtime_env=env,
         logging_level="WARNING",
     )
     return True
@@ -241,6 +241,7 @@ class Trainer:
             return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)
 
         n = r.rollout_actors
+        env = {"env_vars": dict(ACTOR_ENV)}  # merged into the job's runtime_env, which stays in force
         self.coordinator = ray.remote(Coordinator).options(num_cpus=0, scheduling_strategy=at(n)).remote(None)
         if self.resume:
             restore = str(self.resume.checkpoint / REPLAY_FILE)
@@ -257,7 +258,9 @@ class Trainer:
                 seed=t.seed,
             )
         self.buffer = (
-            ray.remote(ReplayService).options(num_cpus=r.buffer_cpus, scheduling_strategy=at(n)).remote(**buffer_args)
+            ray.remote(ReplayService)
+            .options(num_cpus=r.buffer_cpus, scheduling_strategy=at(n), runtime_env=env)
+            .remote(**buffer_args)
         )
         cursors = ray.get(self.buffer.snapshot.remote(os.devnull))["cursors"] if self.resume else {}
         if cursors:
@@ -265,7 +268,7 @@ class Trainer:
         rank_cls = ray.remote(LearnerRank)
         self.ranks = [
             rank_cls.options(
-                num_cpus=r.learner_cpus, num_gpus=r.learner_gpus, scheduling_strategy=at(n + 1 + i)
+                num_cpus=r.learner_cpus, num_gpus=r.learner_gpus, scheduling_strategy=at(n + 1 + i), runtime_env=env
             ).remote(cfg, i, r.learner_ranks, init_path, self.coordinator)
             for i in range(r.learner_ranks)
         ]
@@ -276,6 +279,8 @@ class Trainer:
             assert len(set(versions)) == 1 and versions[0] == self.version, versions
         ray.get(self.ranks[0].publish.remote())  # version `self.version`, before any actor searches
         actor_cls = ray.remote(RolloutWorker)
+        # Constructor arguments held here for the whole run: Ray re-reads them when it restarts an actor.
+        self.actor_args = [ray.put(cfg), ray.put(init_path)]
         self.actors = [
             actor_cls.options(
                 num_cpus=r.actor_cpus,
@@ -283,8 +288,9 @@ class Trainer:
                 max_restarts=r.max_actor_restarts,
                 max_task_retries=-1 if r.max_actor_restarts else 0,
                 scheduling_strategy=at(i),
+                runtime_env=env,
                 name=f"{run_dir.name}/rollout-{i}",
-            ).remote(cfg, i, n, init_path, self.coordinator, self.buffer)
+            ).remote(self.actor_args[0], i, n, self.actor_args[1], self.coordinator, self.buffer)
             for i in range(n)
         ]
         ray.get([a.ping.remote() for a in self.actors])
@@ -441,7 +447,7 @@ class Trainer:
         t = self.cfg.train
         step = self.step
         if t.eval_every and step % t.eval_every == 0:
-            result = ray.get(self.ranks[0].evaluate.remote(held_out, eval_cfg))
+            result = ray.get(self.ranks[0].with_policy.remote(greedy_eval, held_out, eval_cfg))
             self.last_eval = result["greedy_accuracy"]
             self.evals.append({"step": step, "rl_seconds": t_rl, "greedy_accuracy": self.last_eval})
             logger.log({"eval/greedy_accuracy": self.last_eval, "eval/rl_seconds": t_rl}, step=step)
@@ -478,6 +484,11 @@ class Trainer:
                 logger.log_text("search/tree", text, step=step)
         if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.steps:
             self.checkpoint(run_dir, t_rl)
+
+
+def greedy_eval(model, tokenizer, problems: list[Problem], eval_cfg) -> dict[str, Any]:
+    """Held-out evaluation of the learner's current policy (runs on learner rank 0)."""
+    return evaluate(model, tokenizer, problems, eval_cfg).to_json()
 
 
 def actor_metrics(stats: dict[str, dict[str, Any]], seconds: float) -> dict[str, float]:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from core.channels import VALUE_PREFIX
 from core.config import TrainConfig
 from core.model import ValueHead, forward_with_hidden
 from core.samples import StepSample
@@ -38,8 +39,6 @@ from learner.losses import (
     value_loss,
     vtrace,
 )
-
-VALUE_PREFIX = "value_head."  # key prefix of the value head's tensors in a published state dict
 
 
 class PolicyWithValue(nn.Module):
@@ -58,39 +57,70 @@ class PolicyWithValue(nn.Module):
 
 @dataclass
 class StepBatch:
-    input_ids: torch.Tensor  # [B, L] state + action, right-padded
-    attention_mask: torch.Tensor  # [B, L]
-    action_mask: torch.Tensor  # [B, L-1] target positions holding an action token (target j is input j + 1)
-    behav_logp: torch.Tensor  # [B, L-1] behaviour log-probs at the action targets, 0 elsewhere
-    advantages: torch.Tensor  # [B, L-1] the step's advantage on its action targets
-    value_targets: torch.Tensor  # [B, L] V(parent) at the state's last token, V(child) at the action's last
-    value_mask: torch.Tensor  # [B, L] those two positions
-    rewards: torch.Tensor  # [B] outcome if the step is terminal, else 0
-    terminal: torch.Tensor  # [B] bool
-    state_end: torch.Tensor  # [B] input index of the state's last token
-    action_end: torch.Tensor  # [B] input index of the action's last token
-    lags: list[int]  # learner version minus sample version, per row
+    input_ids: torch.Tensor  # [R, L] packed rows (a path of states and actions), right-padded
+    attention_mask: torch.Tensor  # [R, L]
+    action_mask: torch.Tensor  # [R, L-1] target positions holding an action token (target j is input j + 1)
+    behav_logp: torch.Tensor  # [R, L-1] behaviour log-probs at the action targets, 0 elsewhere
+    advantages: torch.Tensor  # [R, L-1] each step's advantage on its action targets
+    value_targets: torch.Tensor  # [R, L] V(parent) at a state's last token, V(child) at an action's last
+    value_mask: torch.Tensor  # [R, L] those positions
+    rewards: torch.Tensor  # [S] per sample: outcome if the step is terminal, else 0
+    terminal: torch.Tensor  # [S] bool
+    sample_row: torch.Tensor  # [S] the row that holds each sample
+    state_end: torch.Tensor  # [S] input index (in its row) of the state's last token
+    action_end: torch.Tensor  # [S] input index of the action's last token
+    lags: list[int]  # learner version minus sample version, per sample
     num_tokens: int  # real tokens in the batch
 
 
+def pack_rows(seqs: list[tuple[int, ...]], spans: list[tuple[int, int]]) -> tuple[list[tuple[int, ...]], list[int]]:
+    """Place each sample's sequence (state + action) in a row that starts with it, longest first.
+
+    Samples of one tree share prefixes: the sample for step k of a path is a prefix of the sample for step
+    k + 1, so the whole path trains as one row instead of k rows re-reading the same state (about 3x fewer
+    tokens for countdown). ``spans`` are the samples' action ranges; two samples never claim overlapping
+    positions of one row (an identical step from another tree gets a row of its own). Returns the rows and
+    each sample's row index.
+    """
+    rows: list[tuple[int, ...]] = []
+    claimed: list[list[tuple[int, int]]] = []
+    owners: dict[tuple[int, ...], list[int]] = {}  # every prefix of a row -> rows that start with it
+    where = [0] * len(seqs)
+    for i in sorted(range(len(seqs)), key=lambda k: -len(seqs[k])):
+        lo, hi = spans[i]
+        for r in owners.get(seqs[i], []):
+            if all(hi <= a or lo >= b for a, b in claimed[r]):
+                break
+        else:
+            r = len(rows)
+            rows.append(seqs[i])
+            claimed.append([])
+            for n in range(1, len(seqs[i]) + 1):
+                owners.setdefault(seqs[i][:n], []).append(r)
+        claimed[r].append((lo, hi))
+        where[i] = r
+    return rows, where
+
+
 def collate_steps(samples: list[StepSample], pad_id: int, max_len: int, current_version: int) -> StepBatch:
-    """Pack step samples into a :class:`StepBatch`; a state is cut from the left if a row exceeds ``max_len``."""
+    """Pack step samples into a :class:`StepBatch` (:func:`pack_rows`); a row longer than ``max_len`` loses
+    tokens from the left, as long as every action in it keeps at least one state token before it."""
     if not samples:
         raise ValueError("collate_steps needs at least one sample")
-    rows, cuts = [], []
     for s in samples:
         if not s.action_tokens:
             raise ValueError(f"step sample of problem {s.problem_uid!r} has no action tokens")
-        seq = list(s.state_tokens) + list(s.action_tokens)
-        cut = max(0, len(seq) - max_len)
-        if cut >= len(s.state_tokens):
+    seqs = [tuple(s.state_tokens) + tuple(s.action_tokens) for s in samples]
+    spans = [(len(s.state_tokens), len(s.state_tokens) + len(s.action_tokens)) for s in samples]
+    rows, where = pack_rows(seqs, spans)
+    cuts = [max(0, len(r) - max_len) for r in rows]
+    for s, r in zip(samples, where):
+        if cuts[r] >= len(s.state_tokens):
             raise ValueError(
-                f"step sample of problem {s.problem_uid!r}: its action alone ({len(s.action_tokens)} tokens) "
-                f"does not fit model.max_seq_len={max_len}"
+                f"step sample of problem {s.problem_uid!r}: its action ({len(s.action_tokens)} tokens after "
+                f"{len(s.state_tokens)} state tokens) does not fit model.max_seq_len={max_len}"
             )
-        rows.append(seq[cut:])
-        cuts.append(cut)
-    width = max(len(r) for r in rows)
+    width = max(len(r) - c for r, c in zip(rows, cuts))
     b = len(rows)
     ids = torch.full((b, width), pad_id, dtype=torch.long)
     attn = torch.zeros((b, width), dtype=torch.long)
@@ -99,20 +129,22 @@ def collate_steps(samples: list[StepSample], pad_id: int, max_len: int, current_
     adv = torch.zeros((b, width - 1))
     vt = torch.zeros((b, width))
     vm = torch.zeros((b, width), dtype=torch.bool)
-    state_end = torch.zeros(b, dtype=torch.long)
-    action_end = torch.zeros(b, dtype=torch.long)
-    for i, (s, row, cut) in enumerate(zip(samples, rows, cuts)):
-        ids[i, : len(row)] = torch.tensor(row)
-        attn[i, : len(row)] = 1
-        n_state = len(s.state_tokens) - cut
+    for r, (row, cut) in enumerate(zip(rows, cuts)):
+        ids[r, : len(row) - cut] = torch.tensor(row[cut:])
+        attn[r, : len(row) - cut] = 1
+    n = len(samples)
+    state_end = torch.zeros(n, dtype=torch.long)
+    action_end = torch.zeros(n, dtype=torch.long)
+    for i, (s, r) in enumerate(zip(samples, where)):
+        n_state = len(s.state_tokens) - cuts[r]
         n_act = len(s.action_tokens)
         # input position p (p >= 1) is predicted at target index p - 1
-        action_mask[i, n_state - 1 : n_state - 1 + n_act] = True
-        behav[i, n_state - 1 : n_state - 1 + n_act] = torch.tensor(s.behaviour_logprobs)
-        adv[i, n_state - 1 : n_state - 1 + n_act] = s.advantage
+        action_mask[r, n_state - 1 : n_state - 1 + n_act] = True
+        behav[r, n_state - 1 : n_state - 1 + n_act] = torch.tensor(s.behaviour_logprobs)
+        adv[r, n_state - 1 : n_state - 1 + n_act] = s.advantage
         state_end[i], action_end[i] = n_state - 1, n_state + n_act - 1
-        vt[i, n_state - 1], vm[i, n_state - 1] = s.state_value, True
-        vt[i, n_state + n_act - 1], vm[i, n_state + n_act - 1] = s.value_target, True
+        vt[r, n_state - 1], vm[r, n_state - 1] = s.state_value, True
+        vt[r, n_state + n_act - 1], vm[r, n_state + n_act - 1] = s.value_target, True
     return StepBatch(
         input_ids=ids,
         attention_mask=attn,
@@ -123,6 +155,7 @@ def collate_steps(samples: list[StepSample], pad_id: int, max_len: int, current_
         value_mask=vm,
         rewards=torch.tensor([s.reward for s in samples]),
         terminal=torch.tensor([s.terminal for s in samples]),
+        sample_row=torch.tensor(where, dtype=torch.long),
         state_end=state_end,
         action_end=action_end,
         lags=[current_version - s.policy_version for s in samples],
@@ -232,7 +265,7 @@ class ActorCriticLearner:
         if self.cfg.negative_advantage_scale != 1.0:
             adv = batch.advantages
             batch.advantages = torch.where(adv < 0, adv * self.cfg.negative_advantage_scale, adv)
-        rows = torch.arange(len(batch.lags))
+        rows = batch.sample_row
         adv_mean = float(batch.advantages[mask].mean()) if mask.any() else 0.0
         common = {
             "learner/advantage_mean": adv_mean,
@@ -242,8 +275,7 @@ class ActorCriticLearner:
         if self.cfg.policy_loss == "vtrace":
             # One-step V-trace per sample with the value head as critic: x_s = state, x_{s+1} = state after
             # the step (bootstrap 0 when the step is terminal). The step's log-prob is its tokens' sum.
-            step_logp = torch.where(mask, logp, torch.zeros_like(logp)).sum(-1)  # [B]
-            step_behav = batch.behav_logp.sum(-1)
+            step_logp, step_behav = _per_sample_sums(batch, torch.where(mask, logp, torch.zeros_like(logp)))
             v_state = values[rows, batch.state_end]
             v_next = torch.where(batch.terminal, torch.zeros_like(v_state), values[rows, batch.action_end])
             vt = vtrace(
@@ -320,6 +352,22 @@ class ActorCriticLearner:
         state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         state |= {VALUE_PREFIX + k: v.detach().to("cpu", copy=True) for k, v in self.value_head.state_dict().items()}
         return state
+
+
+def _per_sample_sums(batch: StepBatch, logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of each sample's action-token log-probs (current and behaviour): [S], [S]."""
+    cum = torch.cat([logp.new_zeros(logp.shape[0], 1), logp.cumsum(-1)], dim=-1)  # [R, L]
+    cum_b = torch.cat([logp.new_zeros(logp.shape[0], 1), batch.behav_logp.cumsum(-1)], dim=-1)
+    rows, start, end = batch.sample_row, batch.state_end, batch.action_end  # targets start..end-1
+    return cum[rows, end] - cum[rows, start], cum_b[rows, end] - cum_b[rows, start]
+
+
+def _per_sample_sums(batch: StepBatch, logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of each sample's action-token log-probs (current and behaviour): [S], [S]."""
+    cum = torch.cat([logp.new_zeros(logp.shape[0], 1), logp.cumsum(-1)], dim=-1)  # [R, L]
+    cum_b = torch.cat([logp.new_zeros(logp.shape[0], 1), batch.behav_logp.cumsum(-1)], dim=-1)
+    rows, start, end = batch.sample_row, batch.state_end, batch.action_end  # targets start..end-1
+    return cum[rows, end] - cum[rows, start], cum_b[rows, end] - cum_b[rows, start]
 
 
 def split_published(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

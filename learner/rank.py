@@ -116,17 +116,16 @@ class LearnerRank:
         metrics["batch"] = len(samples)
         return metrics
 
-    def evaluate(self, problems: list, eval_cfg) -> dict[str, Any]:
-        """Greedy held-out accuracy of the current policy (rank 0)."""
-        from actors.evaluate import evaluate  # launch-level helper; the learner only calls it here
-
+    def with_policy(self, fn, *args: Any) -> Any:
+        """Run ``fn(model, tokenizer, *args)`` on the current policy in eval mode (the launcher's held-out
+        evaluation runs here, next to the weights, without the learner importing the actors package)."""
         model = self.learner.model
         model.eval()
         try:
-            result = evaluate(model, self.tokenizer, problems, eval_cfg)
+            with torch.no_grad():
+                return fn(model, self.tokenizer, *args)
         finally:
             model.train()
-        return result.to_json()
 
     # ---- checkpoints --------------------------------------------------------------------------
 

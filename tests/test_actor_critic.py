@@ -136,3 +136,32 @@ def test_learner_rank_checkpoint_resumes_exactly(tmp_path):
     assert again["learner/loss"] == pytest.approx(third["learner/loss"], rel=1e-6)
     assert b.weights_digest() == pytest.approx(a.weights_digest(), rel=1e-9)
     assert again["learner/lr"] == pytest.approx(third["learner/lr"])
+
+
+def test_a_path_packs_into_one_row_with_the_same_logprobs():
+    """The samples of one path (each a prefix of the next) share a row; per-sample sums match unpacked ones."""
+    from learner.actor_critic import _per_sample_sums
+
+    model, tok = build_policy(TINY)
+    prompt = tok.encode("Use 1 2 3 to make 6.\n", add_special_tokens=False)
+    steps = [tok.encode(t, add_special_tokens=False) for t in ("1+2=3\n", "3+3=6\n", "Answer: 6\n")]
+    samples, state = [], list(prompt)
+    for k, action in enumerate(steps):
+        samples.append(StepSample(list(state), action, [-0.5] * len(action), 0, 0.1 * (k + 1), 1.0, 0.5))
+        state += action
+    twin = StepSample(prompt, steps[0], [-0.5] * len(steps[0]), 0, -0.3, 0.0, 0.5)  # same step, other tree
+    packed = collate_steps([*samples, twin], tok.pad_token_id, 64, 0)
+    assert packed.input_ids.shape[0] == 2  # the path, plus a row for the twin (positions already claimed)
+    assert packed.sample_row.tolist() == [0, 0, 0, 1]
+    with torch.no_grad():
+        logits = model(input_ids=packed.input_ids, attention_mask=packed.attention_mask).logits
+    lp = token_logprobs(logits, packed.input_ids, 1.0)
+    sums, behav = _per_sample_sums(packed, torch.where(packed.action_mask, lp, torch.zeros_like(lp)))
+    for i, s in enumerate([*samples, twin]):
+        alone = collate_steps([s], tok.pad_token_id, 64, 0)
+        with torch.no_grad():
+            la = token_logprobs(model(input_ids=alone.input_ids).logits, alone.input_ids, 1.0)
+        assert float(sums[i]) == pytest.approx(float(la[alone.action_mask].sum()), abs=1e-4)
+        assert float(behav[i]) == pytest.approx(-0.5 * len(s.action_tokens))
+    # each sample's advantage sits on its own action tokens only
+    assert sorted(set(packed.advantages[0][packed.action_mask[0]].tolist())) == pytest.approx([0.1, 0.2, 0.3])

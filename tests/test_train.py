@@ -166,7 +166,7 @@ def test_killed_rollout_actor_restarts_with_current_weights(init_ckpt, tmp_path)
     overrides = train_overrides(
         tmp_path,
         init_ckpt,
-        **{"train.steps": 14, "train.eval_every": 0, "train.checkpoint_every": 0, "run.name": "failure"},
+        **{"train.steps": 30, "train.eval_every": 0, "train.checkpoint_every": 0, "run.name": "failure"},
     )
     cfg = load_config(DEFAULT_CONFIG, overrides)
     ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
@@ -182,14 +182,18 @@ def test_killed_rollout_actor_restarts_with_current_weights(init_ckpt, tmp_path)
             except ValueError:
                 time.sleep(0.5)
         assert actor is not None
-        ray.get(actor.ping.remote())
-        time.sleep(3)  # let it search and the learner move on
+        metrics = tmp_path / "failure" / "metrics.jsonl"
+        while time.time() < deadline and not any(  # kill once the learner has published a few versions
+            json.loads(line).get("train/version", 0) >= 3
+            for line in (metrics.read_text().splitlines() if metrics.exists() else [])
+        ):
+            time.sleep(0.2)
         ray.kill(actor, no_restart=False)
         worker.join(timeout=600)
         assert not worker.is_alive()
     finally:
         ray.shutdown()
-    assert out["steps"] == 14
+    assert out["steps"] == 30
     restarts = [e for e in out["events"] if e["kind"] == "actor_restarted"]
     assert len(restarts) == 1
     assert restarts[0]["version"] >= 1  # the weights published by then, not the init's version 0
@@ -255,3 +259,37 @@ def test_errors_are_arbor_errors(tmp_path, init_ckpt):
     cfg = load_config(DEFAULT_CONFIG, train_overrides(tmp_path, init_ckpt, resume=str(bad)))
     with pytest.raises(DataError, match="train_state.json"):
         run_train(cfg)
+
+
+def test_placement_across_raylets(init_ckpt, tmp_path):
+    """Several raylets on one machine: rollout actors land on the node offering the rollout resource, the two
+    learner ranks (one gloo group) on the two learner nodes."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        rollout_node = cluster.add_node(num_cpus=1, resources={"rollout_node": 1})
+        learner_nodes = [cluster.add_node(num_cpus=1, resources={"learner_node": 1}) for _ in range(2)]
+        cluster.wait_for_nodes()
+        overrides = train_overrides(
+            tmp_path,
+            init_ckpt,
+            **{
+                "train.steps": 2,
+                "train.eval_every": 0,
+                "train.checkpoint_every": 0,
+                "train.eval_search_simulations": 0,
+                "resources.address": cluster.address,
+                "resources.learner_ranks": 2,
+                "resources.actor_resources": "{rollout_node: 1}",
+                "resources.learner_resources": "{learner_node: 1}",
+                "resources.strategy": "SPREAD",
+            },
+        )
+        r = run_train(load_config(DEFAULT_CONFIG, overrides))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert r["steps"] == 2 and r["version"] == 2
+    assert r["placement"]["actors"] == [rollout_node.node_id]
+    assert sorted(r["placement"]["learner"]) == sorted(n.node_id for n in learner_nodes)

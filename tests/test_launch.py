@@ -1,0 +1,95 @@
+"""The cluster path: a real `ray start --head` on 127.0.0.1, a tiny `arbor train` sent with `ray job submit`.
+
+The head gets its own ports and temp dir; `ray stop` at the end stops this test's processes (no other Ray
+runs while it does: tests run one at a time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from core.model import ValueHead, build_policy, hidden_size_of, save_checkpoint
+from launch.submit import submit_command
+from tests.conftest import REPO
+from tests.test_train import TINY_MODEL, train_overrides
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_submit_command_names_the_job_and_its_runtime_env():
+    cmd = submit_command("configs/countdown_tiny.yaml", ["train.steps=3"], "http://10.0.0.1:8265", pip=["x==1"])
+    assert cmd[cmd.index("--address") + 1] == "http://10.0.0.1:8265"
+    env = json.loads(cmd[cmd.index("--runtime-env-json") + 1])
+    assert env["working_dir"] == "." and ".venv" in env["excludes"] and env["pip"] == ["x==1"]
+    assert cmd[cmd.index("--") + 1 :] == [
+        "python",
+        "-m",
+        "launch.cli",
+        "train",
+        "configs/countdown_tiny.yaml",
+        "train.steps=3",
+    ]
+
+
+def test_ray_job_submit_runs_training_to_success(tmp_path):
+    model, tokenizer = build_policy(TINY_MODEL)
+    init = tmp_path / "init"
+    save_checkpoint(init, model, tokenizer, ValueHead(hidden_size_of(model)))
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    gcs, dashboard = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the job's `python`
+    # Token authentication, as a real cluster should run: the head and the submitting client share the token.
+    token = Path(temp_dir) / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    start = [
+        ray_bin,
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        "--include-dashboard=true",
+        "--num-cpus=3",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
+    try:
+        overrides = train_overrides(
+            tmp_path / "runs",
+            init,
+            **{"train.steps": 3, "train.eval_every": 0, "train.checkpoint_every": 0, "run.name": "job"},
+        )
+        address = f"http://127.0.0.1:{dashboard}"
+        cmd = submit_command("configs/countdown_tiny.yaml", overrides, address, job_id="arbor-test-job")
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+        status = subprocess.run(
+            [ray_bin, "job", "status", "arbor-test-job", "--address", address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "SUCCEEDED" in status.stdout + status.stderr, (status.stdout + status.stderr)[-2000:]
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    result = json.loads((tmp_path / "runs" / "job" / "result.json").read_text())
+    assert result["steps"] == 3 and result["version"] == 3
