@@ -362,7 +362,7 @@ class ReplayService:
         self.waits = {"insert_seconds": 0.0, "sample_seconds": 0.0}
         self.closed = False  # set at shutdown: waiting and later inserts return False (the tree is not taken)
         self.refused_after_close = 0
-        self.cursors: dict[str, int] = dict(getattr(self.buffer, "extra", {}).get("cursors", {}))
+        self.cursors_: dict[str, int] = dict(getattr(self.buffer, "extra", {}).get("cursors", {}))
 
     async def _wait(self, attempt, timeout_s: float | None, kind: str):
         import asyncio
@@ -372,14 +372,17 @@ class ReplayService:
         got: list[Any] = [None]
 
         def ready() -> bool:
+            evicted = self.buffer._counters["evicted_stale"]
             got[0] = attempt()
+            if self.buffer._counters["evicted_stale"] != evicted:
+                self._changed.notify_all()  # a failed sample that evicted stale items frees room for inserts
             return _ok(got[0])
 
         async with self._changed:
             if not ready():
                 try:
                     await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     got[0] = None
             if _ok(got[0]):
                 self._changed.notify_all()
@@ -409,7 +412,7 @@ class ReplayService:
             self.refused_after_close += 1
             return False
         if cursor is not None:
-            self.cursors[cursor[0]] = max(cursor[1], self.cursors.get(cursor[0], 0))
+            self.cursors_[cursor[0]] = max(cursor[1], self.cursors_.get(cursor[0], 0))
         return True
 
     async def close(self) -> int:
@@ -428,8 +431,12 @@ class ReplayService:
 
     def snapshot(self, path: str) -> dict[str, Any]:
         """Snapshot items, counters, RNG and the actors' cursors together; returns size and cursors."""
-        self.buffer.snapshot(path, extra={"cursors": self.cursors})
-        return {"size": len(self.buffer), "cursors": dict(self.cursors)}
+        self.buffer.snapshot(path, extra={"cursors": self.cursors_})
+        return {"size": len(self.buffer), "cursors": dict(self.cursors_)}
+
+    def cursors(self) -> dict[str, int]:
+        """Each rollout actor's next problem index, as recorded with its accepted inserts."""
+        return dict(self.cursors_)
 
     def items(self) -> list[StepSample]:
         """Every item currently held (inspection and tests)."""

@@ -452,10 +452,16 @@ def validate_train(t: TrainConfig, r: ResourcesConfig) -> None:
             f"config key 'train.batch_size' ({t.batch_size}) exceeds 'train.buffer_capacity' ({t.buffer_capacity})"
         )
     # A learner batch must fit the rate limiter's window (Reverb: 2 * error_buffer), or sampling deadlocks.
-    if t.error_buffer < max(1.0, t.samples_per_insert) / 2 or 2 * t.error_buffer < t.batch_size / r.learner_ranks:
+    if t.error_buffer < max(1.0, t.samples_per_insert) / 2 or 2 * t.error_buffer < t.batch_size:
         raise ConfigError(
-            f"config key 'train.error_buffer' ({t.error_buffer}) must be at least half of a learner rank's batch "
-            f"({t.batch_size} / {r.learner_ranks} ranks), or the rate limiter can never let a batch through"
+            f"config key 'train.error_buffer' ({t.error_buffer}) must be at least half of 'train.batch_size' "
+            f"({t.batch_size}): the learner samples a whole batch at once, and the rate limiter's window is "
+            "2 x error_buffer wide"
+        )
+    if t.engine == "torch" and r.learner_ranks > 1:
+        raise ConfigError(
+            "config key 'train.engine=torch' trains one rank only (nothing all-reduces its gradients); "
+            "use train.engine=deepspeed with 'resources.learner_ranks' > 1"
         )
     if t.batch_size % r.learner_ranks:
         raise ConfigError(

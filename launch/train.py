@@ -213,6 +213,7 @@ class Trainer:
         self.sync_seconds: list[float] = []
         self.last_eval: float | None = None
         self.evals: list[dict[str, Any]] = list(resume.state.get("evals", [])) if resume else []
+        self.reference_path: str | None = resume.state.get("reference_path") if resume else None
 
     # actors ---------------------------------------------------------------------------------------
 
@@ -262,14 +263,14 @@ class Trainer:
             .options(num_cpus=r.buffer_cpus, scheduling_strategy=at(n), runtime_env=env)
             .remote(**buffer_args)
         )
-        cursors = ray.get(self.buffer.snapshot.remote(os.devnull))["cursors"] if self.resume else {}
+        cursors = ray.get(self.buffer.cursors.remote()) if self.resume else {}
         if cursors:
             ray.get([self.coordinator.report.remote(a, c, {}) for a, c in cursors.items()])
         rank_cls = ray.remote(LearnerRank)
         self.ranks = [
             rank_cls.options(
                 num_cpus=r.learner_cpus, num_gpus=r.learner_gpus, scheduling_strategy=at(n + 1 + i), runtime_env=env
-            ).remote(cfg, i, r.learner_ranks, init_path, self.coordinator)
+            ).remote(cfg, i, r.learner_ranks, init_path, self.coordinator, self.reference_path)
             for i in range(r.learner_ranks)
         ]
         addr, port = ray.get(self.ranks[0].address.remote())
@@ -338,6 +339,8 @@ class Trainer:
 
         name = f"step-{self.step:06d}"
         path = run_dir / "checkpoints" / name
+        if path.exists():  # already written at this step (e.g. a periodic one, or a resume with no budget left)
+            return path
         meta = {"command": "train", "step": self.step, "version": self.version}
         ray.get([rk.save.remote(str(path), meta) for rk in self.ranks])
         snap = ray.get(self.buffer.snapshot.remote(str(path / REPLAY_FILE)))
@@ -348,6 +351,7 @@ class Trainer:
             "lag_histogram": {str(k): v for k, v in sorted(self.lag_hist.items())},
             "rl_seconds": t_rl,
             "cursors": snap["cursors"],
+            "reference_path": self.reference_path,
             "evals": self.evals,
         }
         (path / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -604,13 +608,14 @@ def run_train(cfg: ArborConfig) -> dict[str, Any]:
                 console.print(f"resuming at step {trainer.step}, version {trainer.version} from {init_path}")
             else:
                 init_path = warm_start(cfg, run_dir, logger, task, held_out)
+                trainer.reference_path = init_path  # the KL reference stays the init, also after a resume
                 with console.status("evaluating the init policy (greedy and with search)"):
                     before = evaluate_policy(cfg, init_path, held_out)
                 logger.log({f"eval_init/{k}": v for k, v in before.items()}, step=0)
                 (run_dir / "eval_init.json").write_text(json.dumps(before, indent=2))
             with console.status("starting the rollout actors, replay buffer and learner group"):
                 trainer.start_actors(init_path, run_dir)
-            if demos:
+            if demos and not resume:  # a resumed buffer holds them already
                 ray.get(trainer.buffer.insert.remote(demos, True))
                 console.print(f"inserted {len(demos)} demonstration steps from {cfg.train.demonstrations}")
             result = trainer.run(run_dir, logger, held_out)

@@ -73,7 +73,9 @@ class StepBatch:
     num_tokens: int  # real tokens in the batch
 
 
-def pack_rows(seqs: list[tuple[int, ...]], spans: list[tuple[int, int]]) -> tuple[list[tuple[int, ...]], list[int]]:
+def pack_rows(
+    seqs: list[tuple[int, ...]], spans: list[tuple[int, int]], max_len: int | None = None
+) -> tuple[list[tuple[int, ...]], list[int]]:
     """Place each sample's sequence (state + action) in a row that starts with it, longest first.
 
     Samples of one tree share prefixes: the sample for step k of a path is a prefix of the sample for step
@@ -89,7 +91,8 @@ def pack_rows(seqs: list[tuple[int, ...]], spans: list[tuple[int, int]]) -> tupl
     for i in sorted(range(len(seqs)), key=lambda k: -len(seqs[k])):
         lo, hi = spans[i]
         for r in owners.get(seqs[i], []):
-            if all(hi <= a or lo >= b for a, b in claimed[r]):
+            fits = max_len is None or len(rows[r]) <= max_len or len(seqs[i]) > max_len  # never cut a short one
+            if fits and all(hi <= a or lo >= b for a, b in claimed[r]):
                 break
         else:
             r = len(rows)
@@ -112,7 +115,7 @@ def collate_steps(samples: list[StepSample], pad_id: int, max_len: int, current_
             raise ValueError(f"step sample of problem {s.problem_uid!r} has no action tokens")
     seqs = [tuple(s.state_tokens) + tuple(s.action_tokens) for s in samples]
     spans = [(len(s.state_tokens), len(s.state_tokens) + len(s.action_tokens)) for s in samples]
-    rows, where = pack_rows(seqs, spans)
+    rows, where = pack_rows(seqs, spans, max_len)
     cuts = [max(0, len(r) - max_len) for r in rows]
     for s, r in zip(samples, where):
         if cuts[r] >= len(s.state_tokens):
@@ -230,7 +233,13 @@ class ActorCriticLearner:
             ref_logp = token_logprobs(ref_logits, batch.input_ids, self.temperature)
         metrics = self._loss(batch, logits, logp, values, ref_logp)
         loss = metrics.pop("loss_tensor")
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if torch.distributed.get_world_size() > 1:  # every rank skips together, or the all-reduce hangs
+                flag = torch.tensor([1.0 if finite else 0.0], device=loss.device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+                finite = bool(flag.item() > 0)
+        if not finite:
             # Skip: no backward, no optimizer step, so the weights stay as they were.
             self.skipped_nonfinite += 1
             metrics["learner/skipped_nonfinite"] = float(self.skipped_nonfinite)

@@ -31,10 +31,19 @@ RNG_FILE = "rng_rank{rank}.json"
 class LearnerRank:
     """A learner rank's state and calls (wrapped with ``ray.remote`` by the launcher)."""
 
-    def __init__(self, cfg: ArborConfig, rank: int, world: int, init_path: str, coordinator: Any):
+    def __init__(
+        self,
+        cfg: ArborConfig,
+        rank: int,
+        world: int,
+        init_path: str,
+        coordinator: Any,
+        reference_path: str | None = None,
+    ):
         torch.set_num_threads(cfg.resources.learner_threads)
         self.cfg, self.rank, self.world = cfg, rank, world
         self.init_path = init_path
+        self.reference_path = reference_path or init_path  # the frozen KL reference: the run's init policy
         self.channel = WeightChannel(coordinator)
         self.device = "cuda" if cfg.resources.learner_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.version = 0
@@ -67,7 +76,7 @@ class LearnerRank:
         head = load_value_head(self.init_path, model) or ValueHead(hidden_size_of(model))
         reference = None
         if cfg.train.kl_coef:
-            reference, _ = build_policy(ModelConfig(path=self.init_path))
+            reference, _ = build_policy(ModelConfig(path=self.reference_path))
             reference.requires_grad_(False)
         if self.device == "cuda":
             model, head = model.cuda(), head.cuda()
