@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.errors import DataError
+from core.runs import random_state_from_json, random_state_to_json
 from core.samples import StepSample
 
 SNAPSHOT_FORMAT = "arbor.replay/1"
@@ -263,7 +264,6 @@ class ReplayBuffer:
         """Write the whole state as JSON, atomically (a crash leaves the old snapshot intact); ``extra`` is
         stored alongside and comes back as ``restore(...).extra``."""
         path = Path(path)
-        version, internal, gauss_next = self._rng.getstate()
         state = {
             "format": SNAPSHOT_FORMAT,
             "config": {
@@ -278,7 +278,7 @@ class ReplayBuffer:
             "last_lags": [[lag, c] for lag, c in self._last_lags.items()],
             "next_key": self._next_key,
             "extra": extra or {},
-            "rng_state": [version, list(internal), gauss_next],
+            "rng_state": random_state_to_json(self._rng.getstate()),
             "items": [
                 {
                     "key": it.key,
@@ -331,8 +331,7 @@ class ReplayBuffer:
             field = "extra"
             buf.extra = dict(state.get("extra", {}))
             field = "rng_state"
-            version, internal, gauss_next = state["rng_state"]
-            buf._rng.setstate((version, tuple(internal), gauss_next))
+            buf._rng.setstate(random_state_from_json(state["rng_state"]))
             for i, raw in enumerate(state["items"]):
                 field = f"items[{i}]"
                 item = _Item(raw["key"], StepSample.from_json(raw["sample"]), raw["priority"], raw["times_sampled"])
@@ -437,10 +436,6 @@ class ReplayService:
     def cursors(self) -> dict[str, int]:
         """Each rollout actor's next problem index, as recorded with its accepted inserts."""
         return dict(self.cursors_)
-
-    def items(self) -> list[StepSample]:
-        """Every item currently held (inspection and tests)."""
-        return [it.sample for it in self.buffer._items.values()]
 
 
 def check_whole_trees(samples: list[StepSample]) -> None:

@@ -71,7 +71,9 @@ class RolloutWorker:
         )
         self.task = build_task(cfg.task)
         self.held_out = {p.key for p in self.task.eval_problems()}
-        self.cursor = ray.get(coordinator.cursor.remote(self.name))
+        # The buffer records each actor's cursor with every insert it accepts, so a restarted actor resumes
+        # right after the last tree the buffer actually took.
+        self.cursor = ray.get(buffer.cursors.remote()).get(self.name, 0)
         self.stop = False
         self.totals: dict[str, float] = {
             "trees": 0,
@@ -85,10 +87,7 @@ class RolloutWorker:
             "insert_seconds": 0.0,
             "search_seconds": 0.0,
         }
-        try:
-            self.pull()  # the current weights before any search, also after a restart
-        except StopSearch:
-            self.stop = True
+        self.pull()  # the current weights before any search, also after a restart
         self.first_version = self.backend.policy_version
         if self.restarted:
             coordinator.event.remote("actor_restarted", actor=self.name, version=self.first_version)
@@ -96,10 +95,7 @@ class RolloutWorker:
     # ---- weights ------------------------------------------------------------------------------
 
     def pull(self) -> None:
-        """Poll the channel with our version; load newer weights (dropping stale KV caches).
-
-        A stop request raises :class:`StopSearch` out of the search, abandoning its unfinished trees.
-        """
+        """Poll the channel with our version; load newer weights (dropping stale KV caches); note a stop."""
         t0 = time.perf_counter()
         version, state, stop = self.channel.poll(self.backend.policy_version)
         self.stop = stop
@@ -108,7 +104,11 @@ class RolloutWorker:
             self.backend.load_weights(version, model_state, head_state or None)
             self.totals["weight_pulls"] += 1
             self.totals["pull_seconds"] += time.perf_counter() - t0
-        if stop:
+
+    def _pull_between_rounds(self) -> None:
+        """``pull`` inside a search: a stop request raises :class:`StopSearch`, abandoning unfinished trees."""
+        self.pull()
+        if self.stop:
             raise StopSearch
 
     # ---- problems -----------------------------------------------------------------------------
@@ -134,10 +134,7 @@ class RolloutWorker:
         """Search and stream trees until stopped (or ``max_trees`` trees, for sync mode); returns totals."""
         done = 0
         search_cfg = self.cfg.search
-        try:
-            self.pull()  # sync rounds start from the weights the last round published
-        except StopSearch:
-            return self.report()
+        self.pull()  # sync rounds start from the weights the last round published
         while not self.stop and (max_trees <= 0 or done < max_trees):
             n = search_cfg.trees_in_flight if max_trees <= 0 else min(search_cfg.trees_in_flight, max_trees - done)
             batch = self._next_problems(n)
@@ -153,7 +150,7 @@ class RolloutWorker:
                     [p for _, p in batch],
                     search_cfg,
                     training_scorers,
-                    between_rounds=self.pull if max_trees <= 0 else None,
+                    between_rounds=self._pull_between_rounds if max_trees <= 0 else None,
                     on_finished=on_finished,
                 )
             except StopSearch:
@@ -161,10 +158,7 @@ class RolloutWorker:
             self.totals["search_seconds"] += time.perf_counter() - t0
             done += len(batch)
             if max_trees <= 0:
-                try:
-                    self.pull()
-                except StopSearch:
-                    break
+                self.pull()
         return self.report()
 
     def _emit(self, tree: SearchTree, next_cursor: int) -> None:
@@ -188,7 +182,7 @@ class RolloutWorker:
         for k, v in stats.items():
             t[k + "_sum"] = t.get(k + "_sum", 0.0) + v
         share = self.cfg.train.tree_every > 0 and int(t["trees"]) % 25 == 1
-        self.coordinator.report.remote(self.name, next_cursor, self.report(), tree.to_json() if share else None)
+        self.coordinator.report.remote(self.name, self.report(), tree.to_json() if share else None)
 
     def report(self) -> dict[str, Any]:
         return dict(self.totals) | {

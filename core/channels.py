@@ -8,8 +8,8 @@
 - **Buffer client**: ``insert`` blocks while the replay buffer's rate limiter says so (backpressure,
   nothing dropped); ``sample`` returns ``None`` after a timeout so the caller can check for shutdown.
 
-The :class:`Coordinator` actor also carries the stop flag, each rollout actor's problem cursor (so a
-restarted actor resumes its shard instead of repeating it) and the actors' running statistics.
+The :class:`Coordinator` actor also carries the stop flag and the actors' running statistics. (Each
+actor's problem cursor lives in the replay buffer, recorded with the inserts it accepts.)
 """
 
 from __future__ import annotations
@@ -26,11 +26,6 @@ from core.samples import StepSample
 VALUE_PREFIX = "value_head."  # key prefix of the value head's tensors in a published state dict
 
 
-def join_published(model_state: dict[str, torch.Tensor], head_state: dict[str, torch.Tensor]) -> dict:
-    """One published state dict: the LM's tensors plus the value head's under ``value_head.``."""
-    return dict(model_state) | {VALUE_PREFIX + k: v for k, v in head_state.items()}
-
-
 def split_published(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(model state, value head state) from a published state dict."""
     model = {k: v for k, v in state.items() if not k.startswith(VALUE_PREFIX)}
@@ -43,13 +38,12 @@ def state_bytes(state: dict[str, torch.Tensor]) -> int:
 
 
 class Coordinator:
-    """Ray actor: latest weights (as an object ref), stop flag, actor cursors and statistics."""
+    """Ray actor: latest weights (as an object ref), stop flag and actor statistics."""
 
-    def __init__(self, cursors: dict[str, int] | None = None):
+    def __init__(self):
         self.version = -1  # nothing published yet
         self.weights: list[ray.ObjectRef] = []  # [ref]: a nested ref is passed through, not resolved
         self.stop = False
-        self.cursors: dict[str, int] = {str(k): int(v) for k, v in (cursors or {}).items()}
         self.stats: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.trees: list[dict] = []  # recent finished trees (JSON) for the dashboards
@@ -67,12 +61,8 @@ class Coordinator:
     def request_stop(self, stop: bool = True) -> None:
         self.stop = stop
 
-    def cursor(self, actor: str) -> int:
-        return self.cursors.get(actor, 0)
-
-    def report(self, actor: str, cursor: int, stats: dict[str, Any], tree: dict | None = None) -> None:
-        """An actor finished a tree: its next problem index and its running totals."""
-        self.cursors[actor] = max(cursor, self.cursors.get(actor, 0))
+    def report(self, actor: str, stats: dict[str, Any], tree: dict | None = None) -> None:
+        """An actor finished a tree: its running totals (and now and then the tree, for the dashboards)."""
         self.stats[actor] = stats
         if tree is not None:
             self.trees = (self.trees + [tree])[-4:]
@@ -83,7 +73,6 @@ class Coordinator:
     def snapshot(self) -> dict[str, Any]:
         return {
             "version": self.version,
-            "cursors": dict(self.cursors),
             "stats": dict(self.stats),
             "events": list(self.events),
             "stop": self.stop,

@@ -31,6 +31,18 @@ def make_run_dir(cfg: ArborConfig, command: str) -> Path:
     return path
 
 
+def random_state_to_json(state: tuple) -> list:
+    """A ``random.Random().getstate()`` tuple as JSON-able lists (checkpoints are JSON, never pickle)."""
+    version, internal, gauss_next = state
+    return [version, list(internal), gauss_next]
+
+
+def random_state_from_json(data: list) -> tuple:
+    """The inverse of :func:`random_state_to_json`, ready for ``setstate``."""
+    version, internal, gauss_next = data
+    return (version, tuple(internal), gauss_next)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/Inf; keep the fact visible rather than failing the log
@@ -64,11 +76,13 @@ class RunLogger:
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         """Record ``metrics`` at ``step`` (a learner step, or an evaluation point)."""
-        row = {k: _jsonable(v) for k, v in metrics.items()}
-        self._file.write(json.dumps({"step": step, "time": time.time(), **row}) + "\n")
-        self._file.flush()
+        self._write(step, {k: _jsonable(v) for k, v in metrics.items()})
         if self._wandb is not None:
             self._wandb.log(metrics, step=step)
+
+    def _write(self, step: int, row: dict[str, Any]) -> None:
+        self._file.write(json.dumps({"step": step, "time": time.time(), **row}) + "\n")
+        self._file.flush()
 
     def summary(self, values: dict[str, Any]) -> None:
         """Final numbers of the run: ``summary.json`` and the wandb run summary."""
@@ -85,9 +99,7 @@ class RunLogger:
 
     def log_histogram(self, key: str, counts: dict[int, int], step: int) -> None:
         """A histogram given as value -> count: a dict in the JSONL row, a wandb.Histogram on the dashboard."""
-        row = {"step": step, "time": time.time(), key: {str(k): v for k, v in sorted(counts.items())}}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        self._write(step, {key: {str(k): v for k, v in sorted(counts.items())}})
         if self._wandb is not None and counts:
             import numpy as np
             import wandb

@@ -7,7 +7,7 @@ Order of work (bad input stops before anything is written or any checkpoint touc
    resources (GPUs, CPUs, custom node resources) and place them (one placement group).
 2. Warm start (``train.init=sft``: SFT in this process) and the "before" evaluation: held-out greedy and
    MCTS with the value head.
-3. Start the Coordinator (weights, stop flag, cursors), the ReplayBuffer actor, the learner group (W ranks
+3. Start the Coordinator (weights, stop flag, statistics), the ReplayBuffer actor, the learner group (W ranks
    in one torch.distributed group) and N RolloutActors, each in its placement-group bundle.
 4. Train to the budget (``train.steps`` or ``train.max_wall_s``): async (actors free-run, the learner
    samples under the rate limiter) or sync (search a round, then train on it). Log, evaluate and
@@ -243,7 +243,7 @@ class Trainer:
 
         n = r.rollout_actors
         env = {"env_vars": dict(ACTOR_ENV)}  # merged into the job's runtime_env, which stays in force
-        self.coordinator = ray.remote(Coordinator).options(num_cpus=0, scheduling_strategy=at(n)).remote(None)
+        self.coordinator = ray.remote(Coordinator).options(num_cpus=0, scheduling_strategy=at(n)).remote()
         if self.resume:
             restore = str(self.resume.checkpoint / REPLAY_FILE)
             buffer_args: dict[str, Any] = {"restore_path": restore}
@@ -263,9 +263,6 @@ class Trainer:
             .options(num_cpus=r.buffer_cpus, scheduling_strategy=at(n), runtime_env=env)
             .remote(**buffer_args)
         )
-        cursors = ray.get(self.buffer.cursors.remote()) if self.resume else {}
-        if cursors:
-            ray.get([self.coordinator.report.remote(a, c, {}) for a, c in cursors.items()])
         rank_cls = ray.remote(LearnerRank)
         self.ranks = [
             rank_cls.options(
@@ -365,14 +362,13 @@ class Trainer:
 
         cfg, t = self.cfg, self.cfg.train
         eval_cfg = dataclasses.replace(cfg.eval, num_samples=0)
-        start_step = self.step
+        start_step, start_samples = self.step, self.samples_trained
         t0 = time.time()
         prior_seconds = float(self.resume.state.get("rl_seconds", 0.0)) if self.resume else 0.0
         per_actor = max(1, math.ceil(t.sync_trees_per_round / len(self.actors)))
         if t.mode == "async":
             self.run_refs = [a.run.remote() for a in self.actors]
         last_log = time.time()
-        waited = 0
 
         def budget_left() -> bool:
             if self.step >= t.steps:
@@ -396,7 +392,6 @@ class Trainer:
                     m = self.learner_step(ref)
                     produced = [m] if m is not None else []
                     if m is None:
-                        waited += 1
                         self._check_actors()
                 for m in produced:
                     self._after_step(m, bar, job, logger, run_dir, held_out, eval_cfg, time.time() - t0 + prior_seconds)
@@ -415,10 +410,7 @@ class Trainer:
             "version": self.version,
             "rl_seconds": rl_seconds,
             "samples_trained": self.samples_trained,
-            "samples_per_s": (
-                self.samples_trained - (int(self.resume.state.get("samples_trained", 0)) if self.resume else 0)
-            )
-            / max(rl_seconds, 1e-9),
+            "samples_per_s": (self.samples_trained - start_samples) / max(rl_seconds, 1e-9),
             "steps_per_s": steps_done / max(rl_seconds, 1e-9),
             "max_trained_lag": max(self.lag_hist) if self.lag_hist else 0,
             "lag_histogram": {str(k): v for k, v in sorted(self.lag_hist.items())},

@@ -16,6 +16,8 @@ One learner step:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from dataclasses import dataclass
 
@@ -34,9 +36,7 @@ from learner.losses import (
     entropy_from_logits,
     kl_to_reference,
     masked_mean,
-    ppo_loss,
     total_loss,
-    value_loss,
     vtrace,
 )
 
@@ -311,36 +311,30 @@ class ActorCriticLearner:
                 "learner/is_weight_mean": float(vt.rhos.mean()),
                 "learner/ess": float(vt.rhos.sum() ** 2 / (len(rows) * (vt.rhos**2).sum()).clamp(min=1e-12)),
             }
-        if self.cfg.policy_loss == "ppo":
-            # Plain PPO anchored at the behaviour policy: no separate off-policy correction (the AReaL baseline).
-            policy_out = ppo_loss(logp, batch.behav_logp, batch.advantages, mask, self.coefs.clip_eps)
-            vout = value_loss(values, batch.value_targets, batch.value_mask)
-            entropy = entropy_from_logits(logits[:, :-1].float() / self.temperature, mask)
-            kl = kl_to_reference(logp, ref_logp, mask) if ref_logp is not None else logp.new_tensor(0.0)
-            loss = (
-                policy_out.loss + self.coefs.value_coef * vout.loss - self.coefs.entropy_coef * entropy
-            ) + self.coefs.kl_coef * kl
-        else:
-            out = total_loss(
-                LossInputs(
-                    logp=logp,
-                    prox_logp=logp.detach(),
-                    behav_logp=batch.behav_logp,
-                    advantages=batch.advantages,
-                    mask=mask,
-                    values=values,
-                    value_targets=batch.value_targets,
-                    value_mask=batch.value_mask,
-                    logits=logits[:, :-1].float() / self.temperature if self.coefs.entropy_coef else None,
-                    ref_logp=ref_logp,
-                ),
-                self.coefs,
-            )
-            policy_out, vout, kl, loss = out.policy, out.value, out.kl, out.loss
-            entropy = out.entropy
-            if not self.coefs.entropy_coef:  # still report it, without building the graph
-                with torch.no_grad():
-                    entropy = entropy_from_logits(logits[:, :-1].float() / self.temperature, mask)
+        # Plain PPO (the AReaL baseline) anchors the trust region at the behaviour policy with no separate
+        # off-policy weight: decoupled PPO with prox = behav and an uncapped weight (identically 1) is exactly
+        # that (tests/test_losses.py). The default anchors at the pre-update policy.
+        ppo = self.cfg.policy_loss == "ppo"
+        out = total_loss(
+            LossInputs(
+                logp=logp,
+                prox_logp=batch.behav_logp if ppo else logp.detach(),
+                behav_logp=batch.behav_logp,
+                advantages=batch.advantages,
+                mask=mask,
+                values=values,
+                value_targets=batch.value_targets,
+                value_mask=batch.value_mask,
+                logits=logits[:, :-1].float() / self.temperature if self.coefs.entropy_coef else None,
+                ref_logp=ref_logp,
+            ),
+            dataclasses.replace(self.coefs, is_cap=math.inf) if ppo else self.coefs,
+        )
+        policy_out, vout, kl, loss = out.policy, out.value, out.kl, out.loss
+        entropy = out.entropy
+        if not self.coefs.entropy_coef:  # still report it, without building the graph
+            with torch.no_grad():
+                entropy = entropy_from_logits(logits[:, :-1].float() / self.temperature, mask)
         return common | {
             "loss_tensor": loss,
             "learner/loss": float(loss.detach()),

@@ -20,6 +20,7 @@ import torch
 from core.channels import WeightChannel
 from core.config import ArborConfig, ModelConfig
 from core.model import ValueHead, build_policy, hidden_size_of, load_value_head, save_checkpoint
+from core.runs import random_state_from_json, random_state_to_json
 from core.samples import StepSample
 from learner.actor_critic import ActorCriticLearner
 from learner.engine import init_process_group_if_needed
@@ -155,7 +156,7 @@ class LearnerRank:
         torch.save(state, path_ / OPTIM_FILE.format(rank=self.rank))
         rng = {
             "torch": torch.get_rng_state().tolist(),
-            "python": _jsonable_state(random.getstate()),
+            "python": random_state_to_json(random.getstate()),
             "version": self.version,
             "steps_since_publish": self.steps_since_publish,
             "learner_steps": self.learner.steps,
@@ -175,7 +176,7 @@ class LearnerRank:
             engine.scheduler.load_state_dict(state["scheduler"])
         rng = json.loads((path_ / RNG_FILE.format(rank=self.rank)).read_text())
         torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
-        random.setstate(_tuple_state(rng["python"]))
+        random.setstate(random_state_from_json(rng["python"]))
         self.version = int(rng["version"])
         self.steps_since_publish = int(rng["steps_since_publish"])
         self.learner.steps = int(rng["learner_steps"])
@@ -190,13 +191,3 @@ class LearnerRank:
         import ray
 
         return {"rank": self.rank, "node_id": ray.get_runtime_context().get_node_id()}
-
-
-def _jsonable_state(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def _tuple_state(data: list) -> tuple:
-    version, internal, gauss = data
-    return (version, tuple(internal), gauss)
