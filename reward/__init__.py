@@ -1,5 +1,5 @@
-"""Rewards: outcome verifiers (and, later, process reward models and reward composition)."""
+"""Rewards: outcome verifiers (``verifiers``; free-form answers in ``answers``, math on math-verify)."""
 
-from reward.verifiers import Verdict, check, extract_answer, verify
+from reward.verifiers import Verdict, check, extract_answer, verifier_counts, verify
 
-__all__ = ["Verdict", "check", "extract_answer", "verify"]
+__all__ = ["Verdict", "check", "extract_answer", "verifier_counts", "verify"]

@@ -3,20 +3,23 @@
 Every task shares one response format (see ``core.tasks.base``): steps one per line, then a terminal
 line ``Answer: <answer>``; lines after it are ignored. Synthetic tasks (countdown, arith) check every
 step with the safe parser in ``reward.arithmetic``; data tasks (gsm8k, math) compare the final answer
-after light normalisation.
+(``reward.answers``: exact numbers for gsm8k, math-verify in a bounded worker process for math).
 """
 
 from __future__ import annotations
 
-import re
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 from core.tasks.base import ANSWER_PREFIX, STEP_SEP
+from reward.answers import gsm8k_answer, math_canonical, math_compare, number, show_number
 from reward.arithmetic import ParseError, evaluate, parse_int
+
+log = logging.getLogger("arbor.reward")
+_COUNTS: Counter[str] = Counter(crashed=0, timed_out=0)
 
 _ANSWER_TAG = ANSWER_PREFIX.strip()  # "Answer:", so "Answer:27" still counts as the answer line
 
@@ -26,6 +29,7 @@ class Verdict:
     correct: bool  # the response solves the problem
     reason: str  # why not (or "ok"), for logs and debugging
     answer: str | None  # the normalised final answer, if one was found
+    crashed: bool = False  # the verifier itself failed: no verdict on the response (skip it, do not score it)
 
 
 def _split_response(response: str) -> tuple[list[str], str | None]:
@@ -108,80 +112,31 @@ def _check_arith(response: str, reference: dict[str, Any]) -> Verdict:
     return Verdict(True, "ok", str(final))
 
 
-# Strict number shapes only: Fraction('1e999999999') would build a giant integer.
-_NUMBER = re.compile(r"-?\d{1,30}(?:\.\d{1,30})?")
-_FRACTION = re.compile(r"-?\d{1,30}/\d{1,30}")
-_NUMBER_IN_TEXT = re.compile(r"(?<!\d)-?\d+(?:,\d{3})*(?:\.\d+)?")
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+def _check_gsm8k(response: str, reference: dict[str, Any]) -> Verdict:
+    expected = number(str(reference["answer"]))
+    if expected is None:
+        raise ValueError(f"reference answer {reference['answer']!r} is not a number")
+    found = gsm8k_answer(response)
+    if found is None:
+        return Verdict(False, "no answer found", None)
+    if found != expected:
+        return Verdict(False, f"answer {show_number(found)} is not {show_number(expected)}", show_number(found))
+    return Verdict(True, "ok", show_number(found))
 
 
-def normalise_answer(text: str) -> str:
-    """Canonical form of a free-form answer: no spaces, ``$`` or thousands commas; numbers in lowest terms."""
-    s = text.strip().rstrip(".").replace("\\$", "").replace("$", "")
-    s = _THOUSANDS.sub("", s)
-    s = "".join(s.split())
-    if _NUMBER.fullmatch(s) or (_FRACTION.fullmatch(s) and not s.endswith("/0")):
-        value = Fraction(s)
-        return str(value.numerator) if value.denominator == 1 else str(value)
-    return s
-
-
-def _last_boxed(text: str) -> str | None:
-    """Contents of the last ``\\boxed{...}``, matching braces."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len("\\boxed")
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j]
-    return None
-
-
-def _free_form_answer(kind: str, response: str) -> str | None:
-    """Raw answer text: the answer line, else a ``#### N`` line, else the last number / last box."""
-    _, answer = _split_response(response)
-    if answer is None:
-        hashes = [line.split("####", 1)[1] for line in response.split(STEP_SEP) if line.strip().startswith("####")]
-        if hashes:
-            answer = hashes[-1].strip()
-    if answer is not None:
-        boxed = _last_boxed(answer)
-        answer = boxed if boxed is not None else answer
-        if kind == "gsm8k" and not _NUMBER.fullmatch(normalise_answer(answer)):
-            # "Answer: $18 per day" means 18; GSM8K answers are plain numbers
-            numbers = _NUMBER_IN_TEXT.findall(answer)
-            answer = numbers[-1] if numbers else answer
-        return answer
-    if kind == "gsm8k":
-        numbers = _NUMBER_IN_TEXT.findall(response)
-        return numbers[-1] if numbers else None
-    return _last_boxed(response)
-
-
-def _check_free_form(kind: str) -> Callable[[str, dict[str, Any]], Verdict]:
-    def check_one(response: str, reference: dict[str, Any]) -> Verdict:
-        raw = _free_form_answer(kind, response)
-        if raw is None:
-            return Verdict(False, "no answer found", None)
-        answer = normalise_answer(raw)
-        expected = normalise_answer(str(reference["answer"]))
-        if answer != expected:
-            return Verdict(False, f"answer '{answer}' is not '{expected}'", answer)
-        return Verdict(True, "ok", answer)
-
-    return check_one
+def _check_math(response: str, reference: dict[str, Any]) -> Verdict:
+    result = math_compare(response, str(reference["answer"]))
+    if result["reason"].startswith("pathological"):
+        log.warning("math verifier: %s", result["reason"])
+        _COUNTS["timed_out"] += 1
+    return Verdict(result["correct"], result["reason"], result["answer"])
 
 
 _CHECKERS: dict[str, Callable[[str, dict[str, Any]], Verdict]] = {
     "countdown": _check_countdown,
     "arith": _check_arith,
-    "gsm8k": _check_free_form("gsm8k"),
-    "math": _check_free_form("math"),
+    "gsm8k": _check_gsm8k,
+    "math": _check_math,
 }
 
 
@@ -192,13 +147,29 @@ def _checker(kind: str) -> Callable[[str, dict[str, Any]], Verdict]:
 
 
 def check(kind: str, response: str, reference: dict[str, Any]) -> Verdict:
-    """Verdict on ``response`` for a problem of task ``kind`` with the given reference."""
-    return _checker(kind)(response, reference)
+    """Verdict on ``response`` for a problem of task ``kind`` with the given reference.
+
+    A verifier that fails (a malformed reference, a dead worker) returns a Verdict with ``crashed`` set:
+    callers that train skip such a response instead of scoring it (see ``verifier_counts``).
+    """
+    checker = _checker(kind)
+    try:
+        return checker(response, reference)
+    except Exception as exc:  # noqa: BLE001 - a verifier bug must not stop a run; it is logged and counted
+        _COUNTS["crashed"] += 1
+        reason = f"verifier crashed: {type(exc).__name__}: {exc}"
+        log.warning("%s verifier: %s", kind, reason)
+        return Verdict(False, reason, None, crashed=True)
 
 
 def verify(kind: str, response: str, reference: dict[str, Any]) -> bool:
     """True iff ``response`` solves the problem (steps legal and final answer right)."""
     return check(kind, response, reference).correct
+
+
+def verifier_counts() -> dict[str, int]:
+    """Verifier failures in this process so far: ``crashed`` (skipped responses) and ``timed_out`` (judged wrong)."""
+    return dict(_COUNTS)
 
 
 def extract_answer(kind: str, response: str) -> str | None:
@@ -211,6 +182,8 @@ def extract_answer(kind: str, response: str) -> str | None:
         try:
             return str(parse_int(answer))
         except ParseError:
-            return normalise_answer(answer)
-    raw = _free_form_answer(kind, response)
-    return None if raw is None else normalise_answer(raw)
+            return answer
+    if kind == "gsm8k":
+        found = gsm8k_answer(response)
+        return None if found is None else show_number(found)
+    return math_canonical(response)

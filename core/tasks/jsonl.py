@@ -106,11 +106,13 @@ def _problem(task: str, record: dict[str, Any]) -> Problem:
 
 
 def _wrong_answer(answer: str, rng: random.Random) -> str:
-    """A different answer: an integer in it nudged, else a marker appended."""
-    matches = list(_INT.finditer(answer))
-    if not matches:
+    """A different answer: its first integer nudged, else a marker appended.
+
+    The first, because later ones can be a base subscript (``2516_8``), which math-verify ignores.
+    """
+    m = _INT.search(answer)
+    if m is None:
         return f"{answer}+1"
-    m = rng.choice(matches)
     value = int(m.group()) + rng.choice([d for d in range(-9, 10) if d])
     return f"{answer[: m.start()]}{value}{answer[m.end() :]}"
 
