@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -9,9 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from actors.search import run_searches, training_scorers
+from actors.search.tree import tree_to_samples
+from core.config import SearchConfig
+from core.tasks.base import Problem
 from reward import check, verifier_counts, verify
 from reward.bounded import BoundedWorker, CallTimeout, WorkerFailed
 from tests.conftest import SHARED_DATA
+from tests.search_toy import PROMPT, FixedLogitPolicy
 
 needs_data = pytest.mark.skipif(
     not (SHARED_DATA / "math500_test.jsonl").is_file(), reason=f"shared data sets not found in {SHARED_DATA}"
@@ -188,3 +194,16 @@ def test_a_verifier_crash_is_a_crashed_verdict_not_an_exception(caplog: pytest.L
     assert verdict.crashed and not verdict.correct and "KeyError" in verdict.reason
     assert verifier_counts()["crashed"] == before + 1 and "KeyError" in caplog.text
     assert check("gsm8k", "Answer: 3", {"answer": "three"}).crashed  # a reference that is no number
+
+
+def test_a_crashing_verifier_skips_the_response_and_the_search_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    # a reference without its answer makes the gsm8k verifier raise inside the search
+    problems = [Problem("gsm8k", f"gsm8k/data.jsonl:{i}", f"k{i}", PROMPT, {}) for i in range(3)]
+    before = verifier_counts()["crashed"]
+    cfg = dataclasses.replace(SearchConfig(), kind="best_of_n", num_samples=4)
+    with caplog.at_level("WARNING", logger="arbor.search"):
+        trees = run_searches(FixedLogitPolicy(seed=2), problems, cfg, training_scorers)
+    assert "skipping a response to gsm8k/data.jsonl:2" in caplog.text  # a data task's uid names file and line
+    assert all(n.outcome is None for t in trees for n in t.terminals())
+    assert [tree_to_samples(t) for t in trees] == [[], [], []]  # skipped: nothing to train on, nothing scored 0
+    assert verifier_counts()["crashed"] == before + 12

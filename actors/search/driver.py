@@ -10,6 +10,7 @@ its answer, and the next problem takes its place (continuous batching).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -24,12 +25,27 @@ from actors.search.mcts import mcts
 from actors.search.tree import SearchTree, compute_mc_values
 from core.config import SearchConfig
 from core.tasks.base import Problem
-from reward import extract_answer, verify
+from reward import check, extract_answer
+
+log = logging.getLogger("arbor.search")
 
 
 def training_scorers(problem: Problem) -> Scorers:
-    """Training rollouts score terminal responses with the verifier (the reference answer is known)."""
-    return Scorers(terminal=lambda response: float(verify(problem.task, response, problem.reference)))
+    """Training rollouts score terminal responses with the verifier (the reference answer is known).
+
+    A response the verifier crashes on gets no outcome, so no sample is built from it (it is skipped, not
+    scored 0); the crash is counted in ``reward.verifier_counts`` and logged with the problem's uid, which
+    for data tasks names the file and line.
+    """
+
+    def outcome(response: str) -> float | None:
+        verdict = check(problem.task, response, problem.reference)
+        if verdict.crashed:
+            log.warning("skipping a response to %s: %s", problem.uid, verdict.reason)
+            return None
+        return float(verdict.correct)
+
+    return Scorers(terminal=outcome)
 
 
 def evaluation_scorers(problem: Problem) -> Scorers:

@@ -16,7 +16,7 @@ from actors.search.tree import Node, SearchTree, is_terminal_step
 from core.config import SearchConfig
 
 SearchProc = Generator[list[StepRequest], list[StepResult], None]
-TerminalScorer = Callable[[str], float]  # response text -> outcome in [0, 1] (the verifier, in training)
+TerminalScorer = Callable[[str], float | None]  # response -> outcome in [0, 1] (the verifier); None: no verdict
 StepScorer = Callable[[str, str], float]  # (prompt, response so far) -> value in [0, 1] (a PRM)
 
 
@@ -39,9 +39,10 @@ def step_request(tree: SearchTree, node: Node, num_samples: int, cfg: SearchConf
     )
 
 
-def _terminal_outcome(tree: SearchTree, node: Node, scorers: Scorers) -> float:
+def _terminal_outcome(tree: SearchTree, node: Node, scorers: Scorers) -> float | None:
     if scorers.terminal is not None:
-        return float(scorers.terminal(tree.response(node)))
+        outcome = scorers.terminal(tree.response(node))
+        return None if outcome is None else float(outcome)
     if node.value_estimate is None:
         raise ValueError("search.terminal_value=value_head needs a backend with a value head (or a PRM)")
     return node.value_estimate
@@ -97,9 +98,14 @@ def add_steps(
 
 
 def leaf_value(node: Node) -> float:
-    """The value a search backs up for a non-terminal leaf: its value-head or PRM estimate."""
+    """The value a search backs up for a non-terminal leaf: its value-head or PRM estimate.
+
+    A terminal the verifier could not judge (no outcome) backs up its estimate, else 0.
+    """
     if node.terminal and node.outcome is not None:
         return node.outcome
+    if node.terminal and node.value_estimate is None:
+        return 0.0
     if node.value_estimate is None:
         raise ValueError(
             f"node {node.id} has no value estimate: tree search needs a value head or a PRM (search.leaf_value)"
