@@ -43,6 +43,7 @@ class EvalResult:
     maj_at: dict[int, float] = field(default_factory=dict)  # k -> maj@k
     level_accuracy: dict[int, float] = field(default_factory=dict)  # difficulty level -> greedy accuracy
     samples: list[dict] = field(default_factory=list)  # a few (prompt, greedy response, verdict) for inspection
+    missing: int = 0  # scoring given responses (eval.responses): held-out problems that had none (counted wrong)
 
     def metrics(self, prefix: str = "eval") -> dict[str, float]:
         """Flat scalars for the logger."""
@@ -71,18 +72,7 @@ def evaluate(
     common = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     greedy = [r[0] for r in generate_responses(model, tokenizer, prompts, greedy=True, **common)]
     greedy_ok = [verify(kind, r, p.reference) for r, p in zip(greedy, problems)]
-    by_level: dict[int, list[bool]] = {}
-    for ok, p in zip(greedy_ok, problems):
-        by_level.setdefault(p.level, []).append(ok)
-    result = EvalResult(
-        num_problems=len(problems),
-        greedy_accuracy=sum(greedy_ok) / len(problems),
-        level_accuracy={lv: sum(v) / len(v) for lv, v in sorted(by_level.items())},
-        samples=[
-            {"prompt": p.prompt, "response": r, "correct": ok}
-            for p, r, ok in list(zip(problems, greedy, greedy_ok))[:num_shown]
-        ],
-    )
+    result = _single_response_result(problems, greedy, greedy_ok, num_shown)
     n = cfg.num_samples
     if n > 0:
         sampled = generate_responses(
@@ -106,3 +96,59 @@ def evaluate(
                 problems
             )
     return result
+
+
+def given_responses(
+    path: str, problems: list[Problem], response_key: str, question_field: str | None
+) -> dict[str, str]:
+    """Responses from a JSONL file, by problem uid: a row names its problem by ``uid``, by its question
+    (``question_field``, for data tasks; the data file itself works) or by its ``prompt``. Rows that match
+    no problem are ignored; unusable rows are skipped and logged with file and line."""
+    from core.tasks.jsonl import Skips, problem_key, read_jsonl
+
+    by_uid = {p.uid: p for p in problems}
+    by_key = {p.key: p for p in problems}
+    by_prompt = {p.prompt: p for p in problems}
+    skips = Skips()
+    out: dict[str, str] = {}
+    for number, row in read_jsonl(path, skips):
+        if not isinstance(row.get(response_key), str):
+            skips.add(f"{path}:{number}: row has no text field '{response_key}'")
+            continue
+        problem = by_uid.get(str(row.get("uid")))
+        if problem is None and question_field and isinstance(row.get(question_field), str):
+            problem = by_key.get(problem_key(problems[0].task, row[question_field]))
+        if problem is None:
+            problem = by_prompt.get(str(row.get("prompt")))
+        if problem is not None:
+            out.setdefault(problem.uid, row[response_key])
+    return out
+
+
+def score_responses(problems: list[Problem], responses: dict[str, str], num_shown: int = 5) -> EvalResult:
+    """Accuracy of given responses (by problem uid) on ``problems``; a problem without one counts as wrong."""
+    if not problems:
+        raise ValueError("evaluation needs at least one held-out problem (task.eval_size)")
+    given = [responses.get(p.uid) for p in problems]
+    correct = [r is not None and verify(p.task, r, p.reference) for r, p in zip(given, problems)]
+    result = _single_response_result(problems, given, correct, num_shown)
+    result.missing = sum(r is None for r in given)
+    return result
+
+
+def _single_response_result(
+    problems: list[Problem], responses: list[str | None], correct: list[bool], num_shown: int
+) -> EvalResult:
+    """Accuracy of one response per problem, overall and per difficulty level, with a few shown."""
+    by_level: dict[int, list[bool]] = {}
+    for ok, p in zip(correct, problems):
+        by_level.setdefault(p.level, []).append(ok)
+    return EvalResult(
+        num_problems=len(problems),
+        greedy_accuracy=sum(correct) / len(problems),
+        level_accuracy={lv: sum(v) / len(v) for lv, v in sorted(by_level.items())},
+        samples=[
+            {"prompt": p.prompt, "response": r, "correct": ok}
+            for p, r, ok in list(zip(problems, responses, correct))[:num_shown]
+        ],
+    )

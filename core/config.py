@@ -52,8 +52,12 @@ class DataConfig:
     question_key: str | None = None  # field holding the problem; None: the task's default (question | problem)
     answer_key: str | None = None  # field holding the reference answer; None: the task's default (answer)
     solution_key: str | None = None  # field holding a worked solution, if any; None: the task's default
-    eval_fraction: float = 0.1  # share of a single file held out for evaluation when no eval_path is given
+    eval_fraction: float = 0.1  # share of a single file held out for evaluation when no eval_path is given (1: all)
     eval_path: str | None = None  # separate JSONL for held-out problems
+    template: str = "plain"  # prompt: plain (question + newline) | few_shot (worked examples first) | chat (model's)
+    few_shot: int = 4  # worked examples of a few_shot prompt: the first rows of path, kept out of training and eval
+    steps: str = "line"  # what one step is, in gold traces and in search: line (ends at "\n") | paragraph ("\n\n")
+    tokenizer: str | None = None  # directory whose chat template wraps prompts (template=chat); None: the policy's
 
 
 @dataclass
@@ -93,6 +97,8 @@ class EvalConfig:
     top_p: float = 1.0  # nucleus sampling threshold
     ks: list[int] = field(default_factory=lambda: [1, 4])  # k values reported for pass@k and maj@k
     seed: int = 0  # sampling seed
+    responses: str | None = None  # JSONL of given responses to score instead of generating (by uid, question or prompt)
+    response_key: str = "response"  # field of eval.responses holding the response text
 
 
 @dataclass
@@ -355,9 +361,20 @@ def validate(cfg: ArborConfig) -> None:
         raise ConfigError("config keys 'task.arith.min_ops' <= 'task.arith.max_ops' must be >= 1")
     if cfg.task.name in ("gsm8k", "math") and not cfg.task.data.path:
         raise ConfigError(f"task.name={cfg.task.name} needs config key 'task.data.path' (a JSONL file)")
+    validate_data(cfg.task.data)
     validate_search(cfg.search)
     validate_value(cfg.value)
     validate_train(cfg.train, cfg.resources)
+
+
+def validate_data(d: DataConfig) -> None:
+    """Checks on the ``task.data`` section; each error names its dotted key."""
+    _choice("task.data.template", d.template, ("plain", "few_shot", "chat"))
+    _choice("task.data.steps", d.steps, ("line", "paragraph"))
+    if not 0.0 <= d.eval_fraction <= 1.0:
+        raise ConfigError(f"config key 'task.data.eval_fraction' must lie in [0, 1]; got {d.eval_fraction}")
+    if d.template == "few_shot" and d.few_shot < 1:
+        raise ConfigError(f"config key 'task.data.few_shot' must be >= 1 with template=few_shot; got {d.few_shot}")
 
 
 def validate_search(s: SearchConfig) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from actors.evaluate import EvalResult, evaluate
+from actors.evaluate import EvalResult, evaluate, given_responses, score_responses
 from actors.search import (
     HFStepBackend,
     ScalingPoint,
@@ -24,7 +24,8 @@ from core.config import ArborConfig, SearchConfig
 from core.errors import ConfigError
 from core.model import VALUE_HEAD_FILE, build_policy, load_value_head, save_checkpoint
 from core.runs import RunLogger, make_run_dir
-from core.tasks import Problem, Task, build_task
+from core.tasks import DATA_TASKS, Problem, Task, build_task, step_separator
+from core.tasks.jsonl import question_key
 from launch.report import advance, console, plot_scaling, progress_bar, results_table, value_table
 from learner.sft import train_sft
 from learner.value_fit import (
@@ -41,7 +42,7 @@ from learner.value_fit import (
 VALUE_INDEX_OFFSET = 1 << 30
 
 
-def _prepare(cfg: ArborConfig, command: str):
+def prepare(cfg: ArborConfig, command: str):
     """Everything a command starts from: task, held-out set, policy, run directory and logger.
 
     Inputs are checked (task data, model directory) before the run directory is created, so bad
@@ -49,9 +50,9 @@ def _prepare(cfg: ArborConfig, command: str):
     """
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    task = build_task(cfg.task)
-    held_out = task.eval_problems()
     model, tokenizer = build_policy(cfg.model)
+    task = build_task(cfg.task, tokenizer)
+    held_out = task.eval_problems()
     run_dir = make_run_dir(cfg, command)
     return task, held_out, model, tokenizer, run_dir, RunLogger(run_dir, cfg, command)
 
@@ -64,7 +65,7 @@ def _write_eval(run_dir: Path, name: str, result: EvalResult) -> Path:
 
 def run_sft(cfg: ArborConfig) -> dict:
     """SFT warm start on solver traces, with held-out evaluation of the init and of the result."""
-    task, held_out, model, tokenizer, run_dir, logger = _prepare(cfg, "sft")
+    task, held_out, model, tokenizer, run_dir, logger = prepare(cfg, "sft")
     n_params = sum(p.numel() for p in model.parameters())
     console.print(f"[bold]arbor sft[/] task={cfg.task.name} params={n_params / 1e6:.2f}M run={run_dir}")
     results: dict[str, EvalResult] = {}
@@ -157,7 +158,7 @@ def run_value(cfg: ArborConfig) -> dict:
     """Fit the value head of ``model.path`` the OVM way and save policy + head as a checkpoint."""
     if not cfg.model.path:
         raise ConfigError("arbor value needs config key 'model.path' (the policy checkpoint, e.g. an SFT one)")
-    task, held_out, model, tokenizer, run_dir, logger = _prepare(cfg, "value")
+    task, held_out, model, tokenizer, run_dir, logger = prepare(cfg, "value")
     v = cfg.value
     console.print(
         f"[bold]arbor value[/] policy={cfg.model.path} problems={v.problems}x{v.samples_per_problem} run={run_dir}"
@@ -165,7 +166,9 @@ def run_value(cfg: ArborConfig) -> dict:
     try:
         problems = value_problems(task, cfg, {p.key for p in held_out})
         sampling = value_sampling_config(cfg)
-        backend = HFStepBackend(model, tokenizer, seed=v.seed, max_batch_rows=cfg.search.max_batch_rows)
+        backend = HFStepBackend(
+            model, tokenizer, seed=v.seed, max_batch_rows=cfg.search.max_batch_rows, step_sep=step_separator(cfg.task)
+        )
         seqs: list[LabelledSequence] = []
         t0 = time.time()
         with progress_bar() as bar:
@@ -268,12 +271,18 @@ def run_eval(cfg: ArborConfig) -> EvalResult:
     """Evaluate ``model.path`` (or the untrained default model) on the held-out set; with ``search.budgets``,
     also the test-time scaling curve of every kind in ``search.kinds``."""
     _check_scaling_inputs(cfg)
-    _, held_out, model, tokenizer, run_dir, logger = _prepare(cfg, "eval")
+    task, held_out, model, tokenizer, run_dir, logger = prepare(cfg, "eval")
     try:
-        with console.status(f"evaluating {cfg.model.path or 'the untrained default model'}"):
-            result = evaluate(model, tokenizer, held_out, cfg.eval)
+        if cfg.eval.responses:
+            question_field = question_key(cfg.task.name, cfg.task.data) if cfg.task.name in DATA_TASKS else None
+            given = given_responses(cfg.eval.responses, held_out, cfg.eval.response_key, question_field)
+            result = score_responses(held_out, given)
+            console.print(f"scored {len(given)} given responses from {cfg.eval.responses}; {result.missing} missing")
+        else:
+            with console.status(f"evaluating {cfg.model.path or 'the untrained default model'}"):
+                result = evaluate(model, tokenizer, held_out, cfg.eval)
         logger.log(result.metrics("eval"), step=0)
-        summary = result.metrics("eval")
+        summary = result.metrics("eval") | {"data/skipped_rows": getattr(task, "skipped", 0)}
         path = _write_eval(run_dir, "result", result)
         console.print(results_table(f"{cfg.task.name}: held-out ({len(held_out)} problems)", {"model": result}))
         if cfg.search.budgets:

@@ -79,9 +79,9 @@ def test_missing_model_directory_is_named_and_existing_runs_untouched(tmp_path: 
 
 @pytest.mark.parametrize(
     "content, expect",
-    [("", "empty"), ('{"question": "q"}\n', ":1"), ('{"question": "q", "answer": "#### 1"}\n{oops\n', ":2")],
+    [("", "empty"), ('{"question": "q"}\n', ":1"), ('\n{oops\n{"question": "q"}\n', ":2")],
 )
-def test_malformed_jsonl_names_file_and_line(tmp_path: Path, capsys, content: str, expect: str):
+def test_jsonl_without_usable_rows_names_file_and_line(tmp_path: Path, capsys, content: str, expect: str):
     data = tmp_path / "bad.jsonl"
     data.write_text(content)
     args = ["eval", str(DEFAULT_CONFIG), *FAST, "task.name=gsm8k", f"task.data.path={data}", f"run.root={tmp_path}"]

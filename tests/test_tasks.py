@@ -209,17 +209,29 @@ def test_jsonl_math_format(tmp_path: Path) -> None:
     [
         ([], r"e\.jsonl: empty data file"),
         (["", "   "], r"e\.jsonl: empty data file"),
-        ([{"question": "q", "answer": "#### 1"}, {"question": "q2"}], r"e\.jsonl:2: row has no 'answer' field"),
-        ([{"answer": "#### 1"}], r"e\.jsonl:1: row has no 'question' field"),
-        ([{"question": "q", "answer": "#### 1"}, "", '{"question": "q", "answer": '], r"e\.jsonl:3: invalid JSON"),
-        (["[1, 2]"], r"e\.jsonl:1: expected a JSON object"),
+        ([{"answer": "#### 1"}], r"no usable rows: 1 skipped, the first: .*e\.jsonl:1: row has no 'question'"),
+        (["[1, 2]", '{"question": "q", "answer": '], r"2 skipped, the first: .*e\.jsonl:1: expected a JSON object"),
         ([{"question": "q", "answer": "#### "}], r"e\.jsonl:1: empty answer"),
     ],
 )
-def test_jsonl_errors_name_file_and_line(tmp_path: Path, rows: list, message: str) -> None:
+def test_jsonl_without_usable_rows_names_file_and_line(tmp_path: Path, rows: list, message: str) -> None:
     path = _write(tmp_path / "e.jsonl", rows)
     with pytest.raises(DataError, match=message):
         JsonlTask("gsm8k", DataConfig(path=str(path)))
+
+
+def test_jsonl_bad_rows_are_skipped_counted_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good = [_gsm8k_row(i) for i in range(4)]
+    rows = [good[0], {"question": "no answer"}, good[1], "", '{"question": "q", "answer": ', good[2], "[1]", good[3]]
+    path = _write(tmp_path / "e.jsonl", rows)
+    with caplog.at_level("WARNING", logger="arbor.data"):
+        task = JsonlTask("gsm8k", DataConfig(path=str(path), eval_fraction=0.25))
+    assert task.skipped == 3
+    assert [p.uid for p in task.eval_problems()] == ["gsm8k/e.jsonl:8"]  # line numbers are the file's own
+    assert len(task.train_dataset) == 3
+    logged = caplog.text
+    assert "e.jsonl:2: row has no 'answer' field" in logged
+    assert "e.jsonl:5: invalid JSON" in logged and "e.jsonl:7: expected a JSON object" in logged
 
 
 def test_jsonl_missing_file(tmp_path: Path) -> None:

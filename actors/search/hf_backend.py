@@ -47,6 +47,14 @@ def sample_tokens(
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
+def separator_seen(tail: str, token_text: str, sep: str) -> tuple[bool, str]:
+    """(whether ``sep`` occurs in the text so far once ``token_text`` is appended, the new tail), where
+    ``tail`` holds the last ``len(sep) - 1`` characters before it: enough to see a separator that spans
+    tokens, without keeping the whole step's text."""
+    text = tail + token_text
+    return sep in text, text[len(text) - (len(sep) - 1) :] if len(sep) > 1 else ""
+
+
 def left_pad(prefixes: list[torch.Tensor], width: int) -> torch.Tensor:
     """Stack per-sequence [H, L_i, D] tensors into [N, H, width, D], zeros on the left (masked out)."""
     first = prefixes[0]
@@ -64,6 +72,7 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish: str = ""  # set once the last sampled token ends the step
+    tail: str = ""  # the step's last characters, for a separator that spans tokens ("\n" then "\n")
 
 
 class HFStepBackend:
@@ -95,6 +104,8 @@ class HFStepBackend:
         width = model.get_output_embeddings().out_features
         ends = [step_sep in t for t in texts] + [False] * max(0, width - len(texts))
         self.step_end = torch.tensor(ends, device=self.device)  # [V] bool
+        self.step_sep = step_sep
+        self.token_texts = texts
         self.vocab_size = len(tokenizer)
         self.eos_id = tokenizer.eos_token_id
         self.tokens_forwarded = 0  # totals over the backend's life
@@ -251,10 +262,18 @@ class HFStepBackend:
             row.logprobs.append(lp)
             if tok == self.eos_id:
                 row.finish = "eos"
-            elif end:
+            elif end or self._separator_spans_tokens(row, tok):
                 row.finish = "step"
             elif len(row.tokens) >= row.max_tokens:
                 row.finish = "length"
+
+    def _separator_spans_tokens(self, row: _Row, token: int) -> bool:
+        """Whether a multi-character separator ends with ``token`` across token boundaries (a character
+        tokenizer writes "\n\n" as two tokens); single-token separators are caught by ``step_end``."""
+        if len(self.step_sep) == 1 or token >= len(self.token_texts):
+            return False
+        ended, row.tail = separator_seen(row.tail, self.token_texts[token], self.step_sep)
+        return ended
 
     def _finish(
         self,

@@ -3,30 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from core.config import TaskConfig
 from core.tasks.arith import Arith
-from core.tasks.base import Problem, Task
+from core.tasks.base import STEP_SEP, Problem, Task
 from core.tasks.countdown import Countdown
 
-__all__ = ["TASKS", "Problem", "Task", "build_task"]
+__all__ = ["TASKS", "Problem", "Task", "build_task", "step_separator"]
+
+DATA_TASKS = ("gsm8k", "math")
 
 
-def _countdown(cfg: TaskConfig) -> Task:
+def _countdown(cfg: TaskConfig, tokenizer: Any = None) -> Task:
     return Countdown(cfg.countdown, eval_size=cfg.eval_size, eval_seed=cfg.eval_seed, eval_mix=cfg.eval_mix)
 
 
-def _arith(cfg: TaskConfig) -> Task:
+def _arith(cfg: TaskConfig, tokenizer: Any = None) -> Task:
     return Arith(cfg.arith, eval_size=cfg.eval_size, eval_seed=cfg.eval_seed, eval_mix=cfg.eval_mix)
 
 
-def _jsonl(cfg: TaskConfig) -> Task:
+def _jsonl(cfg: TaskConfig, tokenizer: Any = None) -> Task:
     from core.tasks.jsonl import JsonlTask  # imports `datasets`, which only data tasks need
 
-    return JsonlTask(cfg.name, cfg.data, eval_size=cfg.eval_size)
+    return JsonlTask(cfg.name, cfg.data, eval_size=cfg.eval_size, tokenizer=tokenizer)
 
 
-TASKS: dict[str, Callable[[TaskConfig], Task]] = {
+TASKS: dict[str, Callable[[TaskConfig, Any], Task]] = {
     "countdown": _countdown,
     "arith": _arith,
     "gsm8k": _jsonl,
@@ -34,8 +37,19 @@ TASKS: dict[str, Callable[[TaskConfig], Task]] = {
 }
 
 
-def build_task(cfg: TaskConfig) -> Task:
-    """The task named by ``cfg.name``, built from its section of the config."""
+def build_task(cfg: TaskConfig, tokenizer: Any = None) -> Task:
+    """The task named by ``cfg.name``, built from its section of the config.
+
+    ``tokenizer`` (the policy's) supplies the chat template of ``task.data.template=chat`` when
+    ``task.data.tokenizer`` names none.
+    """
     if cfg.name not in TASKS:
         raise ValueError(f"unknown task '{cfg.name}'; expected one of {', '.join(TASKS)}")
-    return TASKS[cfg.name](cfg)
+    return TASKS[cfg.name](cfg, tokenizer)
+
+
+def step_separator(cfg: TaskConfig) -> str:
+    """What ends one reasoning step of this task: a newline, or a blank line for ``task.data.steps=paragraph``."""
+    if cfg.name in DATA_TASKS and cfg.data.steps == "paragraph":
+        return "\n\n"
+    return STEP_SEP
