@@ -11,11 +11,13 @@ read off the tree itself (no learned critic needed); the step advantage is V(chi
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from core.samples import StepSample
 from core.tasks.base import ANSWER_PREFIX
+from reward.prm_labels import completion_stats
 
 _ANSWER_TAG = ANSWER_PREFIX.strip()
 
@@ -134,29 +136,36 @@ def compute_mc_values(tree: SearchTree) -> None:
 
     One post-order pass: each node sums and counts the scored terminals below it.
     """
-    total = [0.0] * len(tree.nodes)
-    count = [0] * len(tree.nodes)
-    for node in reversed(tree.nodes):  # children always come after their parent
-        if node.terminal and node.outcome is not None:
-            total[node.id] += node.outcome
-            count[node.id] += 1
+    total, count = completion_stats(tree)
+    for node in tree.nodes:
         node.mc_value = total[node.id] / count[node.id] if count[node.id] else None
-        if node.parent is not None:
-            total[node.parent] += total[node.id]
-            count[node.parent] += count[node.id]
+
+
+def dense_mc_values(tree: SearchTree, step_rewards: Sequence[float]) -> list[float | None]:
+    """Per node: the mean, over the scored terminal leaves below it, of the outcome plus the step rewards
+    on the way down to that leaf (None where no scored leaf lies below). All-zero rewards give ``mc_value``."""
+    total, count = completion_stats(tree, step_rewards)
+    return [t / c if c else None for t, c in zip(total, count)]
+
+
+def _mix(mc_value: float | None, estimate: float | None, value_head_weight: float) -> float | None:
+    if mc_value is None:
+        return None
+    if value_head_weight and estimate is not None:
+        return (1.0 - value_head_weight) * mc_value + value_head_weight * estimate
+    return mc_value
 
 
 def node_value(node: Node, value_head_weight: float = 0.0) -> float | None:
     """V(n) for the learner: the MC value, optionally mixed with the value head's estimate."""
-    if node.mc_value is None:
-        return None
-    if value_head_weight and node.value_estimate is not None:
-        return (1.0 - value_head_weight) * node.mc_value + value_head_weight * node.value_estimate
-    return node.mc_value
+    return _mix(node.mc_value, node.value_estimate, value_head_weight)
 
 
 def tree_to_samples(
-    tree: SearchTree, value_head_weight: float = 0.0, global_advantage: float = 0.0
+    tree: SearchTree,
+    value_head_weight: float = 0.0,
+    global_advantage: float = 0.0,
+    step_rewards: Sequence[float] | None = None,
 ) -> list[StepSample]:
     """One learner sample per edge whose endpoints both have a value.
 
@@ -167,24 +176,42 @@ def tree_to_samples(
     Edges into subtrees with no scored terminal carry no Monte-Carlo signal and are left out. A chain
     is a one-branch tree: every V on it equals its outcome, so its advantages are 0 unless siblings
     (other samples of the same problem under a shared root) give the root a different mean.
+
+    ``step_rewards`` (per node id, the process reward r of the step into it, e.g. from
+    ``reward.prm_labels.dense_step_rewards``) makes a path's return its outcome plus the r of its steps:
+    V(n) is then the mean return below n (:func:`dense_mc_values`), a step's reward is r plus the outcome
+    when it ends the response, its local advantage r + V(child) - V(parent) and its global term counts
+    the r from the root down to the child. None (the default) leaves every number exactly as without it.
     """
     compute_mc_values(tree)
-    v_root = node_value(tree.root, value_head_weight)
+    if step_rewards is None:
+        values = [node_value(n, value_head_weight) for n in tree.nodes]
+    else:
+        dense = dense_mc_values(tree, step_rewards)
+        values = [_mix(v, n.value_estimate, value_head_weight) for v, n in zip(dense, tree.nodes)]
+        gained = [0.0] * len(tree.nodes)  # step rewards from the root down to each node
+        for node in tree.nodes[1:]:
+            gained[node.id] = gained[node.parent] + step_rewards[node.id]  # type: ignore[index]
+    v_root = values[0]
     samples: list[StepSample] = []
     for child in tree.nodes[1:]:
         parent = tree.nodes[child.parent]  # type: ignore[index]
-        v_parent, v_child = node_value(parent, value_head_weight), node_value(child, value_head_weight)
+        v_parent, v_child = values[parent.id], values[child.id]
         if v_parent is None or v_child is None:
             continue
         state = [t for n in tree.path(parent) for t in n.token_ids]
         reward = child.outcome if child.terminal and child.outcome is not None else 0.0
+        advantage = v_child - v_parent + (global_advantage * (v_child - v_root) if v_root is not None else 0.0)
+        if step_rewards is not None:
+            reward += step_rewards[child.id]
+            advantage += step_rewards[child.id] + (global_advantage * gained[child.id] if v_root is not None else 0.0)
         samples.append(
             StepSample(
                 state_tokens=state,
                 action_tokens=list(child.token_ids),
                 behaviour_logprobs=list(child.logprobs),
                 policy_version=child.policy_version,
-                advantage=v_child - v_parent + (global_advantage * (v_child - v_root) if v_root is not None else 0.0),
+                advantage=advantage,
                 value_target=v_child,
                 state_value=v_parent,
                 reward=reward,
