@@ -117,11 +117,11 @@ class RunConfig:
 
 @dataclass
 class SearchConfig:
-    kind: str = "mcts"  # mcts | beam | best_of_n | greedy: how a tree over reasoning steps is grown
+    kind: str = "mcts"  # mcts | beam | best_of_n | greedy | shepherd (best-of-N + completions from every step)
     simulations: int = 16  # MCTS simulations per tree (leaf expansions plus terminal revisits)
-    children: int = 4  # steps sampled per expansion (MCTS; beam search's M); duplicates merge in MCTS
+    children: int = 4  # steps per expansion (MCTS, merging duplicates; beam's M); shepherd: completions per step
     beam_width: int = 8  # beam search: candidates per round N; the top N / children are kept and expanded
-    num_samples: int = 8  # best-of-N: independent chains per problem
+    num_samples: int = 8  # best-of-N (and shepherd's first chains): independent chains per problem
     c_puct: float = 1.5  # PUCT exploration constant (Silver et al. 2017)
     dirichlet_alpha: float = 0.3  # concentration of the Dirichlet noise mixed into the root priors
     dirichlet_eps: float = 0.25  # weight of that noise; 0 disables it (evaluation)
@@ -156,6 +156,26 @@ class ValueConfig:
     forward_batch_size: int = 64  # sequences per frozen-trunk forward when reading hidden states
     calibration_bins: int = 10  # equal-width bins of the reliability table and the ECE
     seed: int = 0  # problem stretch, sampling and minibatch order
+
+
+@dataclass
+class PRMConfig:
+    path: str | None = None  # PRM checkpoint (`arbor prm` output) for search.leaf_value=prm and dense step rewards
+    base: str | None = None  # trunk under the PRM head: None, the policy (model.path); else a separate model
+    trees: str | None = None  # JSONL of saved search trees to label; None: search prm.problems training problems first
+    problems: int = 256  # training problems searched (with the search section) when prm.trees is unset
+    label: str = "soft"  # Math-Shepherd step label: soft (share of completions below that are correct) | hard (any)
+    loss: str = "regression"  # regression (cross-entropy toward the labels) | pairwise (Bradley-Terry, sibling pairs)
+    min_completions: int = 1  # label a step only with at least this many scored completions below it
+    holdout_fraction: float = 0.2  # share of the problems (trees) kept out of the fit for the held-out report
+    steps: int = 400  # optimizer steps on the head (the trunk stays frozen)
+    batch_size: int = 256  # labelled steps (regression) or pairs (pairwise) per step
+    lr: float = 1e-2  # peak learning rate (AdamW, cosine decay)
+    weight_decay: float = 0.0  # AdamW weight decay on the head's weight
+    forward_batch_size: int = 64  # sequences per frozen-trunk forward
+    reward_lambda: float = 0.0  # dense reward: a step earns lambda x its step score on top of the outcome (0: off)
+    step_score: str = "progress"  # progress: PRM(after) - PRM(before), sums to a constant per path | value: PRM(after)
+    seed: int = 0  # problems, search and minibatch order
 
 
 @dataclass
@@ -233,6 +253,7 @@ class ArborConfig:
     run: RunConfig = field(default_factory=RunConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     value: ValueConfig = field(default_factory=ValueConfig)
+    prm: PRMConfig = field(default_factory=PRMConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     resume: str | None = None  # arbor train: run directory to continue (same step, version, buffer and RNG)
@@ -364,6 +385,7 @@ def validate(cfg: ArborConfig) -> None:
     validate_data(cfg.task.data)
     validate_search(cfg.search)
     validate_value(cfg.value)
+    validate_prm(cfg.prm, cfg.search)
     validate_train(cfg.train, cfg.resources)
 
 
@@ -379,7 +401,7 @@ def validate_data(d: DataConfig) -> None:
 
 def validate_search(s: SearchConfig) -> None:
     """Checks on the ``search`` section; each error names its dotted key."""
-    _choice("search.kind", s.kind, ("mcts", "beam", "best_of_n", "greedy"))
+    _choice("search.kind", s.kind, ("mcts", "beam", "best_of_n", "greedy", "shepherd"))
     _choice("search.leaf_value", s.leaf_value, ("value_head", "prm"))
     _choice("search.terminal_value", s.terminal_value, ("verifier", "value_head"))
     _choice("search.answer_by", s.answer_by, ("visits", "value", "vote", "value_vote"))
@@ -432,6 +454,23 @@ def validate_value(v: ValueConfig) -> None:
         raise ConfigError(f"config key 'value.holdout_fraction' must lie in (0, 1); got {v.holdout_fraction}")
     if v.problems < 2:
         raise ConfigError(f"config key 'value.problems' must be >= 2 (some to fit, some held out); got {v.problems}")
+
+
+def validate_prm(p: PRMConfig, s: SearchConfig) -> None:
+    """Checks on the ``prm`` section (and the search settings that need a PRM); each error names its key."""
+    _choice("prm.label", p.label, ("soft", "hard"))
+    _choice("prm.loss", p.loss, ("regression", "pairwise"))
+    _choice("prm.step_score", p.step_score, ("progress", "value"))
+    for name in ("problems", "min_completions", "steps", "batch_size", "lr", "forward_batch_size"):
+        _positive(f"prm.{name}", getattr(p, name))
+    _positive("prm.weight_decay", p.weight_decay, allow_zero=True)
+    _positive("prm.reward_lambda", p.reward_lambda, allow_zero=True)
+    if not 0.0 < p.holdout_fraction < 1.0:
+        raise ConfigError(f"config key 'prm.holdout_fraction' must lie in (0, 1); got {p.holdout_fraction}")
+    if (s.leaf_value == "prm" or p.reward_lambda > 0) and not p.path:
+        raise ConfigError(
+            "search.leaf_value=prm and prm.reward_lambda > 0 need config key 'prm.path' (a PRM checkpoint)"
+        )
 
 
 def validate_train(t: TrainConfig, r: ResourcesConfig) -> None:

@@ -4,6 +4,7 @@ arbor train configs/countdown_tiny.yaml             # SFT warm start, then actor
 arbor submit configs/countdown_tiny.yaml --address http://HEAD:8265   # the same as a Ray job on a cluster
 arbor sft  configs/countdown_tiny.yaml              # SFT warm start + before/after evaluation
 arbor value configs/countdown_tiny.yaml model.path=runs/sft-.../checkpoints/sft   # OVM value head
+arbor prm configs/countdown_tiny.yaml model.path=runs/sft-.../checkpoints/sft     # process reward model
 arbor eval configs/countdown_tiny.yaml model.path=runs/value-.../checkpoints/value search.budgets=[1,4,16]
 """
 
@@ -15,6 +16,7 @@ import sys
 COMMANDS = {
     "sft": "SFT warm start on solver traces, then a before/after held-out evaluation",
     "value": "fit the value head of model.path on its own verified samples (OVM), report calibration and AUC",
+    "prm": "train a process reward model on Math-Shepherd labels or sibling pairs from search trees",
     "train": "distributed actor-learner RL on Ray: tree-search rollouts, replay buffer, DeepSpeed actor-critic",
     "submit": "send `arbor train` to a Ray cluster with `ray job submit` (--address http://HEAD:8265)",
     "eval": "held-out accuracy of model.path; with search.budgets, test-time scaling of greedy/best-of-N/beam/MCTS",
@@ -52,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             from launch.train import run_train
 
             run_train(cfg)
+            return 0
+        if args.command == "prm":
+            from launch.prm import run_prm
+
+            run_prm(cfg)
             return 0
         from launch import commands
 

@@ -14,7 +14,9 @@ from actors.evaluate import EvalResult, evaluate, given_responses, score_respons
 from actors.search import (
     HFStepBackend,
     ScalingPoint,
+    Scorers,
     SearchTree,
+    evaluation_scorers,
     run_searches,
     scaling_curve,
     scaling_table,
@@ -36,6 +38,7 @@ from learner.value_fit import (
     split_by_group,
     value_report,
 )
+from reward.prm import load_prm
 
 # The value fit samples on its own stretch of training seeds, away from the SFT stream (which starts at 0),
 # so the held-out report measures states of problems the policy was not trained on.
@@ -114,20 +117,32 @@ def run_sft(cfg: ArborConfig) -> dict:
 
 
 def value_problems(task: Task, cfg: ArborConfig, exclude_keys: set[str]) -> list[Problem]:
-    """``value.problems`` distinct training problems for the value fit; held-out content is skipped.
+    """``value.problems`` distinct training problems for the value fit; held-out content is skipped."""
+    first = VALUE_INDEX_OFFSET + cfg.value.seed * 1_000_003
+    return distinct_problems(task, cfg.value.problems, first, cfg.value.difficulty_mix, exclude_keys)
 
-    Distinct by content: two seeds can draw the same problem, and a duplicate would let the fit and its
-    held-out report (split by problem) share content.
+
+def distinct_problems(
+    task: Task, count: int, first_index: int, mix: list[float] | None, exclude_keys: set[str]
+) -> list[Problem]:
+    """``count`` training problems from ``first_index`` on, distinct by content and outside ``exclude_keys``.
+
+    Distinct by content: two seeds can draw the same problem, and a duplicate would let a fit and its
+    held-out report (split by problem) share content. A data task with fewer distinct rows than ``count``
+    gives them all.
     """
     out: list[Problem] = []
     taken = set(exclude_keys)
-    index = VALUE_INDEX_OFFSET + cfg.value.seed * 1_000_003
-    while len(out) < cfg.value.problems:
-        problem = task.train_problem(index, cfg.value.difficulty_mix)
+    index = first_index
+    misses = 0
+    while len(out) < count and misses < 10 * count + 1000:
+        problem = task.train_problem(index, mix)
         index += 1
         if problem.key not in taken:
             taken.add(problem.key)
             out.append(problem)
+        else:
+            misses += 1
     return out
 
 
@@ -226,8 +241,8 @@ def _scalars(report: dict) -> dict[str, float]:
 
 
 def _check_scaling_inputs(cfg: ArborConfig) -> None:
-    """Test-time scaling searches value terminals with the value head (never the reference): it must exist."""
-    if not cfg.search.budgets:
+    """Test-time scaling values terminals with the value head or the PRM (never the reference): one must exist."""
+    if not cfg.search.budgets or cfg.search.leaf_value == "prm":
         return
     if not cfg.model.path or not (Path(cfg.model.path) / VALUE_HEAD_FILE).is_file():
         raise ConfigError(
@@ -245,10 +260,21 @@ def run_scaling(
     logger: RunLogger,
 ) -> list[ScalingPoint]:
     """Accuracy against search budget on the held-out set: table, ``scaling.json``, ``scaling.png``, wandb image."""
-    head = load_value_head(cfg.model.path, model)  # checked to exist before the run started
-    backend = HFStepBackend(model, tokenizer, head, seed=cfg.search.seed, max_batch_rows=cfg.search.max_batch_rows)
+    head = load_value_head(cfg.model.path, model) if cfg.model.path else None  # checked unless a PRM values states
+    backend = HFStepBackend(
+        model,
+        tokenizer,
+        head,
+        seed=cfg.search.seed,
+        max_batch_rows=cfg.search.max_batch_rows,
+        step_sep=step_separator(cfg.task),
+    )
+    scorers = evaluation_scorers
+    if cfg.search.leaf_value == "prm":
+        prm = load_prm(cfg.prm.path, step_separator(cfg.task)).scorer()
+        scorers = lambda problem: Scorers(prm=prm)  # noqa: E731 - the same PRM for every problem
     with console.status(f"test-time scaling: {', '.join(cfg.search.kinds)} at budgets {list(cfg.search.budgets)}"):
-        points = scaling_curve(backend, held_out, cfg.search, kinds=cfg.search.kinds)
+        points = scaling_curve(backend, held_out, cfg.search, kinds=cfg.search.kinds, scorers_for=scorers)
     console.print(scaling_table(points))
     rows = [dataclasses.asdict(p) for p in points]
     (run_dir / "scaling.json").write_text(json.dumps({"problems": len(held_out), "points": rows}, indent=2))

@@ -33,6 +33,7 @@ class LabelledSequence:
     positions: list[int]  # indices into input_ids whose state is labelled: prompt end, then each step's end
     outcome: float  # the sample's verified outcome (0 or 1), the label of every position
     group: str  # problem uid: the held-out split is by problem, so no problem is both fitted and scored
+    labels: tuple[float, ...] | None = None  # a label per position instead of the outcome (a PRM's step labels)
 
 
 @dataclass
@@ -95,7 +96,7 @@ def prefix_features(
         _, h, _ = forward_with_hidden(model, ids.to(device), mask.to(device))  # h [B, T, H]
         for i, s in enumerate(chunk):
             hidden.append(h[i, s.positions].float().cpu())  # [P_i, H]
-            targets += [s.outcome] * len(s.positions)
+            targets += list(s.labels) if s.labels is not None else [s.outcome] * len(s.positions)
             final += [False] * (len(s.positions) - 1) + [True]
     model.train(was_training)
     return PrefixFeatures(torch.cat(hidden), torch.tensor(targets), torch.tensor(final))
@@ -126,16 +127,32 @@ def fit_value_head(
     rate = float(features.targets.float().mean().clamp(1e-3, 1 - 1e-3))
     with torch.no_grad():
         head.proj.bias.fill_(math.log(rate / (1 - rate)))
+
+    def batch_loss(gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
+        return value_loss(head.proj(features.hidden[idx]).squeeze(-1), features.targets[idx])
+
+    return train_head(head, batch_loss, cfg, on_step, "value")
+
+
+def train_head(
+    head: ValueHead,
+    batch_loss: Callable[[torch.Generator], torch.Tensor],
+    cfg: ValueConfig,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    name: str = "value",
+) -> ValueHead:
+    """``cfg.steps`` AdamW steps (cosine decay) on ``batch_loss(generator)``, the minibatch sampler's
+    generator seeded with ``cfg.seed``; logs ``<name>/loss`` and ``<name>/lr``."""
     optim = OptimConfig(cfg.lr, cfg.weight_decay, 1.0, max(1, cfg.steps // 20), cfg.steps, 0.1)
     engine = build_engine(head, "torch", optim, batch_size=cfg.batch_size)
     gen = torch.Generator().manual_seed(cfg.seed)
     head.train()
     for step in range(1, cfg.steps + 1):
-        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
-        loss = value_loss(head.proj(features.hidden[idx]).squeeze(-1), features.targets[idx])
+        loss = batch_loss(gen)
         engine.step(loss)
         if on_step is not None:
-            on_step(step, {"value/loss": float(loss.detach()), "value/lr": engine.lr})
+            on_step(step, {f"{name}/loss": float(loss.detach()), f"{name}/lr": engine.lr})
     return head.eval()
 
 

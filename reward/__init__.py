@@ -1,4 +1,4 @@
-"""Rewards: outcome verifiers (``verifiers``; free-form answers in ``answers``, math on math-verify)."""
+"""Rewards: outcome verifiers (``verifiers``, ``answers``), process reward models (``prm_labels``, ``prm``)."""
 
 from reward.verifiers import Verdict, check, extract_answer, verifier_counts, verify
 

@@ -1,16 +1,29 @@
-"""Process reward labels on hand-built trees, and dense step rewards in the learner samples."""
+"""Process reward models: label math on hand-built trees, dense rewards in the learner samples, the PRM
+model's scoring, the pairwise fit, Math-Shepherd completion search, and `arbor prm` end to end."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+from pathlib import Path
 
 import pytest
+import torch
 
 from actors.search import Scorers, run_searches
 from actors.search.tree import SearchTree, tree_to_samples
-from core.config import SearchConfig
+from core.config import SearchConfig, ValueConfig, load_config
+from core.model import ValueHead, build_tiny_model, hidden_size_of
 from core.tasks.base import Problem
+from core.tokenizer import build_char_tokenizer
+from launch.cli import main
+from launch.prm import label_trees, load_trees
+from learner.prm_fit import fit_pairwise_head, pair_accuracy, pairwise_loss
+from learner.value_fit import PrefixFeatures
+from reward.prm import ProcessRewardModel, load_prm, split_steps
 from reward.prm_labels import dense_step_rewards, sibling_pairs, step_labels
+from tests.conftest import DEFAULT_CONFIG, SMALL_SEARCH, TINY
 from tests.search_toy import PROMPT, FixedLogitPolicy, outcome
 
 
@@ -85,3 +98,97 @@ def test_zero_step_rewards_change_nothing(weight: float, global_advantage: float
         plain = tree_to_samples(tree, weight, global_advantage)
         zeros = tree_to_samples(tree, weight, global_advantage, step_rewards=[0.0] * len(tree.nodes))
         assert plain and zeros == plain
+
+
+# --- the PRM model ----------------------------------------------------------------------------------------
+
+
+def _prm() -> ProcessRewardModel:
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(load_config(None, TINY).model, tokenizer)
+    head = ValueHead(hidden_size_of(model))
+    torch.nn.init.normal_(head.proj.weight, std=1.0)  # a random head, so scores differ between states
+    return ProcessRewardModel(model, tokenizer, head, batch_size=2)
+
+
+def test_prm_scores_a_whole_tree_as_it_scores_each_state():
+    prm, tree = _prm(), _tree()
+    scores = prm.score_tree(tree)
+    alone = [prm.score(tree.prompt, tree.response(n)) for n in tree.nodes]
+    assert scores == pytest.approx(alone, abs=1e-5)  # batched and right-padded paths, one state at a time
+    assert len(set(round(s, 4) for s in scores)) > 3 and all(0 < s < 1 for s in scores)
+    assert split_steps("a\nb\nAnswer: 3") == ["a\n", "b\n", "Answer: 3"]
+
+
+def test_label_trees_gives_each_node_one_row_and_pairs_by_row():
+    labelled = label_trees([_tree()], build_char_tokenizer(), "soft", 1)
+    assert sorted(s.node for s in labelled.steps) == [0, 1, 2, 3, 4, 5]
+    assert [(labelled.steps[i].node, labelled.steps[j].node) for i, j in labelled.pairs.tolist()] == [(1, 2), (3, 4)]
+    soft = [v for seq in labelled.seqs for v in seq.labels]
+    assert soft == [s.soft for s in labelled.steps]
+    # a row's position is the last token of its node's step: "Q?\n" then "a\n" ends at token 4
+    assert labelled.seqs[0].positions[:2] == [2, 4]
+
+
+def test_pairwise_loss_and_fit():
+    assert float(pairwise_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.0]))) == pytest.approx(
+        (math.log1p(math.exp(-2.0)) + math.log(2.0)) / 2
+    )
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(400, 8, generator=gen)
+    truth = hidden @ torch.randn(8, generator=gen)  # a linear score the pairs are drawn from
+    a, b = torch.randint(0, 400, (2, 2000), generator=gen)
+    pairs = torch.stack([torch.where(truth[a] > truth[b], a, b), torch.where(truth[a] > truth[b], b, a)], 1)
+    features = PrefixFeatures(hidden, (truth > 0).float(), torch.zeros(400, dtype=torch.bool))
+    head = fit_pairwise_head(features, pairs[:1500], ValueConfig(steps=200, batch_size=128, lr=0.05))
+    with torch.no_grad():
+        scores = head(hidden)
+    assert pair_accuracy(scores, pairs[1500:]) > 0.95
+    assert pair_accuracy(scores, pairs[:0]) is None
+
+
+# --- search -----------------------------------------------------------------------------------------------
+
+
+def test_shepherd_search_grows_completions_from_every_step():
+    cfg = dataclasses.replace(SearchConfig(), kind="shepherd", num_samples=3, children=2)
+    problems = [Problem("arith", f"toy/{i}", f"toy/{i}", PROMPT, {"answer": 1}) for i in range(5)]
+    for tree in run_searches(FixedLogitPolicy(seed=1), problems, cfg, lambda p: Scorers(terminal=outcome)):
+        first = [tree.nodes[c] for c in tree.root.children]
+        assert tree.kind == "shepherd" and len(first) == 3
+        for step in first:  # the toy's first steps never end the response
+            assert len(tree.terminals(step)) == 1 + 2  # its own chain and two more completions
+        assert len(tree.terminals()) == 3 * 3
+
+
+# --- arbor prm, end to end --------------------------------------------------------------------------------
+
+
+def test_arbor_prm_trains_reloads_and_guides_search(policy_checkpoints: dict[str, Path], tmp_path: Path):
+    root = tmp_path / "runs"
+    common = [*TINY, *SMALL_SEARCH, f"run.root={root}", "threads=1", "task.eval_size=4"]
+    shepherd = ["search.kind=shepherd", "search.num_samples=3", "search.children=2", "prm.problems=12"]
+    policy = f"model.path={policy_checkpoints['sft']}"
+    assert main(["prm", str(DEFAULT_CONFIG), *common, *shepherd, policy, "prm.steps=30"]) == 0
+    (run,) = root.glob("prm-*")
+    report = json.loads((run / "prm_report.json").read_text())
+    assert report["trees"] == 12 and report["fit"]["steps"] > 12 and report["held_out"]["steps"] > 0
+    trees = load_trees(run / "trees.jsonl")
+    assert len(trees) == 12 and {t.kind for t in trees} == {"shepherd"}
+
+    prm = load_prm(run / "checkpoints" / "prm")
+    assert 0 < prm.score(trees[0].prompt, trees[0].response(trees[0].terminals()[0])) < 1
+
+    # the saved trees label again without searching; hard labels this time
+    assert (
+        main(["prm", str(DEFAULT_CONFIG), *common, policy, f"prm.trees={run / 'trees.jsonl'}", "prm.label=hard"]) == 0
+    )
+    assert len(list(root.glob("prm-*"))) == 2
+
+    # the PRM as the only value source of evaluation-time search (the SFT checkpoint has no value head)
+    budgets = ["search.budgets=[2]", "search.kinds=[best_of_n,beam]", "search.leaf_value=prm", "eval.num_samples=0"]
+    prm_path = f"prm.path={run / 'checkpoints' / 'prm'}"
+    assert main(["eval", str(DEFAULT_CONFIG), *common, policy, prm_path, *budgets]) == 0
+    (eval_run,) = root.glob("eval-*")
+    points = json.loads((eval_run / "scaling.json").read_text())["points"]
+    assert {(p["kind"], p["budget"]) for p in points} == {("best_of_n", 2), ("beam", 2)}

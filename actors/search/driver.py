@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from actors.search.answer import AnswerExtractor, choose_answer
 from actors.search.backend import StepBackend, StepRequest
 from actors.search.beam import beam_search
-from actors.search.best_of_n import best_of_n
+from actors.search.best_of_n import best_of_n, shepherd
 from actors.search.expand import Scorers, SearchProc
 from actors.search.mcts import mcts
 from actors.search.tree import SearchTree, compute_mc_values
@@ -63,6 +63,8 @@ def make_search(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, rng: rand
         return best_of_n(tree, cfg, scorers, cfg.num_samples, cfg.temperature)
     if cfg.kind == "greedy":
         return best_of_n(tree, cfg, scorers, 1, 0.0)
+    if cfg.kind == "shepherd":
+        return shepherd(tree, cfg, scorers)
     raise ValueError(f"unknown search kind '{cfg.kind}'")
 
 

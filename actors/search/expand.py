@@ -58,6 +58,8 @@ def add_steps(
     """
     if node.value_estimate is None:
         node.value_estimate = result.prefix_value
+    if node.value_estimate is None and scorers.prm is not None:  # the root, when the PRM is the only value source
+        node.value_estimate = float(scorers.prm(tree.prompt, tree.response(node)))
     steps = result.steps
     if merge_duplicates:
         seen: set[tuple[int, ...]] = {tuple(tree.nodes[c].token_ids) for c in node.children}

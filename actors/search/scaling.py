@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from actors.search.backend import StepBackend
 from actors.search.driver import evaluation_scorers, run_searches
+from actors.search.expand import Scorers
 from actors.search.tree import SearchTree, search_stats
 from core.config import SearchConfig
 from core.tasks.base import Problem
@@ -80,14 +81,16 @@ def scaling_curve(
     cfg: SearchConfig,
     kinds: Sequence[str] = KINDS,
     judge: Judge = verifier_judge,
+    scorers_for: Callable[[Problem], Scorers] = evaluation_scorers,
 ) -> list[ScalingPoint]:
     """Accuracy and cost of each kind at each of ``cfg.budgets`` (greedy once, at budget 1).
 
-    Every kind picks its answer by ``cfg.answer_by``.
+    Every kind picks its answer by ``cfg.answer_by``. ``scorers_for`` gives each problem its value sources
+    (never the verifier: the value head by default, or a PRM for ``search.leaf_value=prm``).
     """
     points: list[ScalingPoint] = []
     if "greedy" in kinds:
-        trees = run_searches(backend, problems, budget_config(cfg, "greedy", 1), evaluation_scorers)
+        trees = run_searches(backend, problems, budget_config(cfg, "greedy", 1), scorers_for)
         points.append(_point("greedy", 1, trees, problems, judge))
     for budget in cfg.budgets:
         spent = 0
@@ -96,9 +99,9 @@ def scaling_curve(
                 continue
             if kind == "mcts":
                 if not spent:  # MCTS needs best-of-N's spend at this budget to match it
-                    trees = run_searches(backend, problems, budget_config(cfg, "best_of_n", budget), evaluation_scorers)
+                    trees = run_searches(backend, problems, budget_config(cfg, "best_of_n", budget), scorers_for)
                     spent = max(1, round(search_stats(trees)["search/tokens_generated_per_tree"]))
-            trees = run_searches(backend, problems, budget_config(cfg, kind, budget, spent), evaluation_scorers)
+            trees = run_searches(backend, problems, budget_config(cfg, kind, budget, spent), scorers_for)
             points.append(_point(kind, budget, trees, problems, judge))
             if kind == "best_of_n":
                 spent = max(1, round(points[-1].generated_tokens))

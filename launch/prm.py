@@ -1,0 +1,238 @@
+"""``arbor prm CONFIG``: train a process reward model from search trees.
+
+1. Trees: read from ``prm.trees`` (JSONL, one ``SearchTree`` JSON per line, e.g. the ``trees.jsonl`` an
+   earlier ``arbor prm`` wrote), or searched now: the policy (``model.path``) runs ``search.kind`` on
+   ``prm.problems`` training problems with verifier-scored leaves, and the trees are saved to the run.
+2. Labels (``reward.prm_labels``): Math-Shepherd soft or hard labels for every node with enough scored
+   completions below it, and sibling preference pairs. Whole problems are held out (``prm.holdout_fraction``).
+3. Fit: a head on the frozen trunk (the policy's, or ``prm.base``) reading each state's last token, by
+   regression on the labels or Bradley-Terry on the pairs (``prm.loss``).
+4. Report on the held-out trees (step AUC against the hard label, Brier score against the soft label,
+   pair accuracy) and save ``checkpoints/prm``: trunk, tokenizer and head, loadable by
+   ``reward.prm.load_prm`` (``prm.path=...`` for PRM-guided search and dense rewards).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from rich.table import Table
+from transformers import PreTrainedTokenizerBase
+
+from actors.search import HFStepBackend, SearchTree, run_searches, training_scorers
+from core.config import ArborConfig, ValueConfig
+from core.errors import DataError
+from core.model import ValueHead, hidden_size_of, load_pretrained, load_value_head, save_checkpoint
+from core.tasks import step_separator
+from launch.commands import distinct_problems, prepare
+from launch.report import console, progress_bar
+from learner.prm_fit import fit_pairwise_head, pair_accuracy
+from learner.value_fit import LabelledSequence, PrefixFeatures, fit_value_head, prefix_features, roc_auc
+from reward.prm import encode_segments
+from reward.prm_labels import StepLabel, sibling_pairs, step_labels
+
+log = logging.getLogger("arbor.prm")
+# Between the value fit's stretch of training seeds (2^30 up) and the rollout shards (2^31 up).
+PRM_INDEX_OFFSET = 3 << 29
+
+
+def save_trees(path: Path, trees: Sequence[SearchTree]) -> None:
+    """One tree's JSON per line."""
+    with path.open("w") as f:
+        for tree in trees:
+            f.write(tree.dumps() + "\n")
+
+
+def load_trees(path: str | Path) -> list[SearchTree]:
+    """Trees saved by :func:`save_trees`; a line that is not a tree is skipped and logged with its line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"prm.trees: no such file: {path}")
+    trees = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            trees.append(SearchTree.from_json(json.loads(line)))
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("skipping %s:%d: not a search tree (%s)", path, number, exc)
+    if not trees:
+        raise DataError(f"prm.trees: {path} holds no search tree")
+    return trees
+
+
+@dataclasses.dataclass
+class LabelledTrees:
+    """Every labelled node of some trees as one feature row, and the sibling pairs as row indices."""
+
+    seqs: list[LabelledSequence]
+    steps: list[StepLabel]  # one per feature row, in row order
+    pairs: torch.Tensor  # [P, 2] (preferred row, rejected row)
+
+
+def label_trees(
+    trees: Sequence[SearchTree], tokenizer: PreTrainedTokenizerBase, label: str, min_completions: int
+) -> LabelledTrees:
+    """Each labelled node once: the paths to the leaves are walked in order and a node is taken on the first
+    path that reaches it, so shared prefixes are not counted twice."""
+    seqs: list[LabelledSequence] = []
+    steps: list[StepLabel] = []
+    pairs: list[tuple[int, int]] = []
+    for tree in trees:
+        labels = {s.node: s for s in step_labels(tree, min_completions)}
+        row: dict[int, int] = {}
+        for leaf in (n for n in tree.nodes if not n.children):
+            path = tree.path(leaf)
+            ids, ends = encode_segments(tokenizer, [tree.prompt, *(n.text for n in path[1:])])
+            new = [(n, end) for n, end in zip(path, ends) if n.id in labels and n.id not in row]
+            if not new:
+                continue
+            for n, _ in new:
+                row[n.id] = len(steps)
+                steps.append(labels[n.id])
+            values = tuple(labels[n.id].soft if label == "soft" else labels[n.id].hard for n, _ in new)
+            seqs.append(LabelledSequence(ids, [end for _, end in new], 0.0, tree.problem_uid, values))
+        pairs += [(row[a], row[b]) for a, b in sibling_pairs(tree, min_completions) if a in row and b in row]
+    return LabelledTrees(seqs, steps, torch.tensor(pairs, dtype=torch.long).view(-1, 2))
+
+
+def split_trees(trees: Sequence[SearchTree], holdout_fraction: float, seed: int):
+    """(fit, held-out) trees with whole problems on one side; at least one problem on each side."""
+    groups = sorted({t.problem_uid for t in trees})
+    if len(groups) < 2:
+        raise DataError(f"a held-out split needs trees of at least 2 problems; got {len(groups)}")
+    random.Random(seed).shuffle(groups)
+    held = set(groups[: min(len(groups) - 1, max(1, round(holdout_fraction * len(groups))))])
+    return [t for t in trees if t.problem_uid not in held], [t for t in trees if t.problem_uid in held]
+
+
+@torch.no_grad()
+def prm_report(head: ValueHead, features: PrefixFeatures, labelled: LabelledTrees) -> dict:
+    """How the PRM's scores on ``features`` rank and fit the trees' labels; the root (the prompt) is left out
+    of the step figures, being no step."""
+    scores = head(features.hidden).tolist() if len(features.hidden) else []
+    steps = [(s, lab) for s, lab in zip(scores, labelled.steps) if lab.node != 0]
+    n = max(len(steps), 1)
+    return {
+        "steps": len(steps),
+        "pairs": len(labelled.pairs),
+        "hard_rate": sum(lab.hard for _, lab in steps) / n,
+        "soft_mean": sum(lab.soft for _, lab in steps) / n,
+        "mean_score": sum(s for s, _ in steps) / n,
+        "multi_completion_share": sum(lab.completions > 1 for _, lab in steps) / n,
+        "step_auc": roc_auc([s for s, _ in steps], [lab.hard for _, lab in steps]),
+        "soft_brier": sum((s - lab.soft) ** 2 for s, lab in steps) / n,
+        "pair_accuracy": pair_accuracy(torch.tensor(scores), labelled.pairs) if scores else None,
+    }
+
+
+def _table(report: dict) -> Table:
+    table = Table(title=f"PRM: {report['trees']} trees, {report['label']} labels, {report['loss']} loss")
+    table.add_column("metric")
+    table.add_column("fit", justify="right")
+    table.add_column("held-out", justify="right")
+    for key, spec in [
+        ("steps", "d"),
+        ("pairs", "d"),
+        ("hard_rate", ".3f"),
+        ("soft_mean", ".3f"),
+        ("multi_completion_share", ".3f"),
+        ("mean_score", ".3f"),
+        ("step_auc", ".3f"),
+        ("soft_brier", ".4f"),
+        ("pair_accuracy", ".3f"),
+    ]:
+        cells = [report[side][key] for side in ("fit", "held_out")]
+        table.add_row(key.replace("_", " "), *("n/a" if c is None else format(c, spec) for c in cells))
+    return table
+
+
+def search_label_trees(cfg: ArborConfig, task, held_out_keys: set[str], model, tokenizer) -> list[SearchTree]:
+    """``prm.problems`` training problems searched by the policy with ``search.kind``, leaves verified."""
+    problems = distinct_problems(
+        task, cfg.prm.problems, PRM_INDEX_OFFSET + cfg.prm.seed * 1_000_003, None, held_out_keys
+    )
+    head = load_value_head(cfg.model.path, model) if cfg.model.path else None
+    backend = HFStepBackend(
+        model,
+        tokenizer,
+        head or ValueHead(hidden_size_of(model)),  # without a fitted head, every leaf starts at 0.5
+        seed=cfg.prm.seed,
+        max_batch_rows=cfg.search.max_batch_rows,
+        step_sep=step_separator(cfg.task),
+    )
+    search = dataclasses.replace(cfg.search, terminal_value="verifier", seed=cfg.prm.seed)
+    trees: list[SearchTree] = []
+    with progress_bar() as bar:
+        job = bar.add_task("search", total=len(problems), info="")
+        chunk = max(1, search.trees_in_flight * 2)
+        for start in range(0, len(problems), chunk):
+            trees += run_searches(backend, problems[start : start + chunk], search, training_scorers)
+            leaves = [n.outcome for t in trees for n in t.terminals() if n.outcome is not None]
+            bar.update(job, advance=min(chunk, len(problems) - start), info=f"{sum(leaves) / max(len(leaves), 1):.1%}")
+    return trees
+
+
+def run_prm(cfg: ArborConfig) -> dict:
+    """Train a PRM head on labels from search trees; report on held-out trees; save ``checkpoints/prm``."""
+    p = cfg.prm
+    task, held_out, model, tokenizer, run_dir, logger = prepare(cfg, "prm")
+    console.print(f"[bold]arbor prm[/] policy={cfg.model.path or 'untrained default'} run={run_dir}")
+    try:
+        t0 = time.time()
+        if p.trees:
+            trees = load_trees(p.trees)
+        else:
+            trees = search_label_trees(cfg, task, {q.key for q in held_out}, model, tokenizer)
+            save_trees(run_dir / "trees.jsonl", trees)
+        search_s = time.time() - t0
+        trunk, trunk_tokenizer = load_pretrained(p.base) if p.base else (model, tokenizer)
+        fit_trees, held_trees = split_trees(trees, p.holdout_fraction, p.seed)
+        fit = label_trees(fit_trees, trunk_tokenizer, p.label, p.min_completions)
+        held = label_trees(held_trees, trunk_tokenizer, p.label, p.min_completions)
+        if not fit.seqs:
+            raise DataError("no labelled steps: no tree has a scored completion (prm.min_completions)")
+        with console.status("reading the frozen trunk's hidden states"):
+            pad = trunk_tokenizer.pad_token_id or 0
+            fit_x = prefix_features(trunk, fit.seqs, p.forward_batch_size, pad)
+            held_x = prefix_features(trunk, held.seqs, p.forward_batch_size, pad)
+        optim = ValueConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, seed=p.seed)
+
+        def on_step(step: int, metrics: dict[str, float]) -> None:
+            if step % 10 == 0 or step == p.steps:
+                logger.log({k.replace("value/", "prm/"): v for k, v in metrics.items()}, step=step)
+
+        with console.status(f"fitting the PRM head ({p.loss}, {len(fit.steps)} steps, {len(fit.pairs)} pairs)"):
+            if p.loss == "pairwise":
+                head = fit_pairwise_head(fit_x, fit.pairs, optim, on_step)
+            else:
+                head = fit_value_head(fit_x, optim, on_step)
+        report = {
+            "trees": len(trees),
+            "label": p.label,
+            "loss": p.loss,
+            "search_seconds": search_s,
+            "fit": prm_report(head, fit_x, fit),
+            "held_out": prm_report(head, held_x, held),
+        }
+        (run_dir / "prm_report.json").write_text(json.dumps(report, indent=2))
+        meta = {"command": "prm", "policy": cfg.model.path, "base": p.base, "label": p.label, "loss": p.loss}
+        ckpt = save_checkpoint(run_dir / "checkpoints" / "prm", trunk, trunk_tokenizer, head, meta | report)
+        report["checkpoint"] = str(ckpt)
+        summary = {"checkpoint": str(ckpt)} | {
+            f"prm_held_out/{k}": v for k, v in report["held_out"].items() if isinstance(v, (int, float))
+        }
+        logger.log({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}, step=p.steps)
+        logger.summary(summary)
+    finally:
+        logger.close()
+    console.print(_table(report))
+    console.print(f"checkpoint: {ckpt}\nrun directory: {run_dir}")
+    return report

@@ -1,0 +1,121 @@
+"""A process reward model: a causal LM trunk and a scalar head scoring every reasoning-step prefix.
+
+``arbor prm`` (``launch/prm.py``) trains the head on Math-Shepherd labels or sibling preferences read off
+search trees (``reward.prm_labels``) and saves it beside the trunk, in the layout of every Arbor
+checkpoint (``value_head.safetensors`` next to an HF model directory). Loaded here, it plugs in twice:
+
+- into search as the leaf evaluator: :meth:`ProcessRewardModel.scorer` is the ``Scorers.prm`` of
+  ``actors.search`` (``search.leaf_value=prm``), scoring each new step's state;
+- into the learner as a dense step reward: :meth:`ProcessRewardModel.score_tree` scores every node of a
+  finished tree, and ``reward.prm_labels.dense_step_rewards`` turns the scores into the per-step rewards
+  that ``actors.search.tree_to_samples`` adds to the outcome.
+
+Text goes in, not token ids: the prompt and each step are encoded one by one and concatenated, and a
+state is scored at the last token of its last segment, so a PRM on another tokenizer than the policy's
+works the same way, and training reads exactly the positions that inference scores.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from core.errors import ModelLoadError
+from core.model import VALUE_HEAD_FILE, ValueHead, forward_with_hidden, load_pretrained, load_value_head
+from core.tasks.base import STEP_SEP
+
+
+def encode_segments(tokenizer: PreTrainedTokenizerBase, segments: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Token ids of ``segments`` (prompt, step 1, step 2, ...) encoded one by one, and the index of each
+    segment's last token (an empty segment ends where the one before it did)."""
+    ids: list[int] = []
+    ends: list[int] = []
+    for segment in segments:
+        ids += tokenizer.encode(segment, add_special_tokens=False)
+        if not ids:
+            raise ValueError("the first segment (the prompt) encodes to no tokens")
+        ends.append(len(ids) - 1)
+    return ids, ends
+
+
+def split_steps(response: str, step_sep: str = STEP_SEP) -> list[str]:
+    """A response cut after every step separator, separators kept: the steps a search tree holds."""
+    return [s for s in re.split(f"(?<={re.escape(step_sep)})", response) if s]
+
+
+class ProcessRewardModel:
+    """Scores states (prompt + steps so far) with P(a correct answer follows) under the labels it was fit on."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        head: ValueHead,
+        *,
+        step_sep: str = STEP_SEP,
+        batch_size: int = 32,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.head = head.eval()
+        self.step_sep = step_sep
+        self.batch_size = batch_size
+        self.device = next(model.parameters()).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.tokens_forwarded = 0  # the PRM's own cost, apart from the policy's
+
+    @torch.no_grad()
+    def score_paths(self, paths: Sequence[Sequence[str]]) -> list[list[float]]:
+        """For each path (prompt, step 1, ..., step k): the score of the state after each segment ([k + 1])."""
+        encoded = [encode_segments(self.tokenizer, p) for p in paths]
+        out: list[list[float]] = []
+        for start in range(0, len(encoded), self.batch_size):
+            chunk = encoded[start : start + self.batch_size]
+            rows = [torch.tensor(ids, dtype=torch.long) for ids, _ in chunk]
+            ids = pad_sequence(rows, batch_first=True, padding_value=self.pad_id).to(self.device)  # [B, T]
+            mask = pad_sequence([torch.ones_like(r) for r in rows], batch_first=True).to(self.device)  # [B, T]
+            _, hidden, _ = forward_with_hidden(self.model, ids, mask)  # hidden [B, T, H]
+            values = self.head(hidden.float())  # [B, T]
+            self.tokens_forwarded += int(mask.sum())
+            out += [values[i, ends].tolist() for i, (_, ends) in enumerate(chunk)]
+        return out
+
+    def score(self, prompt: str, response: str) -> float:
+        """The score of the state ``prompt + response`` (``response`` is cut into steps at the separator)."""
+        return self.score_paths([[prompt, *split_steps(response, self.step_sep)]])[0][-1]
+
+    def scorer(self) -> Callable[[str, str], float]:
+        """``(prompt, response so far) -> score``: the ``Scorers.prm`` a search calls on every new step."""
+        return self.score
+
+    def score_tree(self, tree: Any) -> list[float | None]:
+        """Per node of a search tree (``.prompt``, ``.nodes`` with ``.text``, ``.parent``, ``.children``), the
+        score of its state; one forward per root-to-leaf path scores every node on it."""
+        leaves = [n for n in tree.nodes if not n.children]
+        paths = []
+        for leaf in leaves:
+            path = [leaf]
+            while path[-1].parent is not None:
+                path.append(tree.nodes[path[-1].parent])
+            paths.append(path[::-1])
+        scores: list[float | None] = [None] * len(tree.nodes)
+        texts = [[tree.prompt, *(n.text for n in path[1:])] for path in paths]
+        for path, values in zip(paths, self.score_paths(texts)):
+            for node, value in zip(path, values):
+                scores[node.id] = value
+        return scores
+
+
+def load_prm(path: str | Path, step_sep: str = STEP_SEP) -> ProcessRewardModel:
+    """The PRM saved at ``path`` by ``arbor prm`` (or any checkpoint with a value head); never downloads."""
+    model, tokenizer = load_pretrained(path)
+    head = load_value_head(path, model)
+    if head is None:
+        raise ModelLoadError(f"prm.path: {path} has no {VALUE_HEAD_FILE}; train one with `arbor prm CONFIG`")
+    return ProcessRewardModel(model, tokenizer, head, step_sep=step_sep)
