@@ -161,6 +161,7 @@ class ValueConfig:
 @dataclass
 class PRMConfig:
     path: str | None = None  # PRM checkpoint (`arbor prm` output) for search.leaf_value=prm and dense step rewards
+    kind: str = "explicit"  # explicit: a head on a trunk, fit on step labels | implicit: PRIME's log-ratio PRM
     base: str | None = None  # trunk under the PRM head: None, the policy (model.path); else a separate model
     trees: str | None = None  # JSONL of saved search trees to label; None: search prm.problems training problems first
     problems: int = 256  # training problems searched (with the search section) when prm.trees is unset
@@ -173,6 +174,8 @@ class PRMConfig:
     lr: float = 1e-2  # peak learning rate (AdamW, cosine decay)
     weight_decay: float = 0.0  # AdamW weight decay on the head's weight
     forward_batch_size: int = 64  # sequences per frozen-trunk forward
+    beta: float = 0.05  # implicit PRM: r_t = beta x log(pi_prm / pi_ref) of each response token (PRIME's 0.05)
+    implicit_lr: float = 1e-4  # implicit PRM: learning rate of the whole model copy (AdamW)
     reward_lambda: float = 0.0  # dense reward: a step earns lambda x its step score on top of the outcome (0: off)
     step_score: str = "progress"  # progress: PRM(after) - PRM(before), sums to a constant per path | value: PRM(after)
     seed: int = 0  # problems, search and minibatch order
@@ -458,11 +461,14 @@ def validate_value(v: ValueConfig) -> None:
 
 def validate_prm(p: PRMConfig, s: SearchConfig) -> None:
     """Checks on the ``prm`` section (and the search settings that need a PRM); each error names its key."""
+    _choice("prm.kind", p.kind, ("explicit", "implicit"))
     _choice("prm.label", p.label, ("soft", "hard"))
     _choice("prm.loss", p.loss, ("regression", "pairwise"))
     _choice("prm.step_score", p.step_score, ("progress", "value"))
     for name in ("problems", "min_completions", "steps", "batch_size", "lr", "forward_batch_size"):
         _positive(f"prm.{name}", getattr(p, name))
+    _positive("prm.beta", p.beta)
+    _positive("prm.implicit_lr", p.implicit_lr)
     _positive("prm.weight_decay", p.weight_decay, allow_zero=True)
     _positive("prm.reward_lambda", p.reward_lambda, allow_zero=True)
     if not 0.0 < p.holdout_fraction < 1.0:

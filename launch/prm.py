@@ -1,4 +1,4 @@
-"""``arbor prm CONFIG``: train a process reward model from search trees.
+"""``arbor prm CONFIG``: train a process reward model from search trees (explicit, or PRIME's implicit one).
 
 1. Trees: read from ``prm.trees`` (JSONL, one ``SearchTree`` JSON per line, e.g. the ``trees.jsonl`` an
    earlier ``arbor prm`` wrote), or searched now: the policy (``model.path``) runs ``search.kind`` on
@@ -7,6 +7,8 @@
    completions below it, and sibling preference pairs. Whole problems are held out (``prm.holdout_fraction``).
 3. Fit: a head on the frozen trunk (the policy's, or ``prm.base``) reading each state's last token, by
    regression on the labels or Bradley-Terry on the pairs (``prm.loss``).
+   ``prm.kind=implicit`` instead trains a copy of the policy on the trees' verified responses with PRIME's
+   loss (``reward.implicit_prm``), the policy as its reference; the labels only score the report.
 4. Report on the held-out trees (step AUC against the hard label, Brier score against the soft label,
    pair accuracy) and save ``checkpoints/prm``: trunk, tokenizer and head, loadable by
    ``reward.prm.load_prm`` (``prm.path=...`` for PRM-guided search and dense rewards).
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -28,14 +31,15 @@ from transformers import PreTrainedTokenizerBase
 
 from actors.search import HFStepBackend, SearchTree, run_searches, training_scorers
 from core.config import ArborConfig, ValueConfig
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.model import ValueHead, hidden_size_of, load_pretrained, load_value_head, save_checkpoint
 from core.tasks import step_separator
 from launch.commands import distinct_problems, prepare
-from launch.report import console, progress_bar
+from launch.report import advance, console, progress_bar
 from learner.prm_fit import fit_pairwise_head, pair_accuracy
-from learner.value_fit import LabelledSequence, PrefixFeatures, fit_value_head, prefix_features, roc_auc
-from reward.prm import encode_segments
+from learner.value_fit import LabelledSequence, fit_value_head, prefix_features, roc_auc
+from reward.implicit_prm import ImplicitPRM, ImplicitPRMTrainer, VerifiedResponse
+from reward.prm import ProcessRewardModel, encode_segments
 from reward.prm_labels import StepLabel, sibling_pairs, step_labels
 
 log = logging.getLogger("arbor.prm")
@@ -74,6 +78,7 @@ class LabelledTrees:
 
     seqs: list[LabelledSequence]
     steps: list[StepLabel]  # one per feature row, in row order
+    rows: list[tuple[int, int]]  # (tree index, node id) of each feature row
     pairs: torch.Tensor  # [P, 2] (preferred row, rejected row)
 
 
@@ -84,8 +89,9 @@ def label_trees(
     path that reaches it, so shared prefixes are not counted twice."""
     seqs: list[LabelledSequence] = []
     steps: list[StepLabel] = []
+    rows: list[tuple[int, int]] = []
     pairs: list[tuple[int, int]] = []
-    for tree in trees:
+    for t, tree in enumerate(trees):
         labels = {s.node: s for s in step_labels(tree, min_completions)}
         row: dict[int, int] = {}
         for leaf in (n for n in tree.nodes if not n.children):
@@ -97,10 +103,11 @@ def label_trees(
             for n, _ in new:
                 row[n.id] = len(steps)
                 steps.append(labels[n.id])
+                rows.append((t, n.id))
             values = tuple(labels[n.id].soft if label == "soft" else labels[n.id].hard for n, _ in new)
             seqs.append(LabelledSequence(ids, [end for _, end in new], 0.0, tree.problem_uid, values))
         pairs += [(row[a], row[b]) for a, b in sibling_pairs(tree, min_completions) if a in row and b in row]
-    return LabelledTrees(seqs, steps, torch.tensor(pairs, dtype=torch.long).view(-1, 2))
+    return LabelledTrees(seqs, steps, rows, torch.tensor(pairs, dtype=torch.long).view(-1, 2))
 
 
 def split_trees(trees: Sequence[SearchTree], holdout_fraction: float, seed: int):
@@ -113,11 +120,9 @@ def split_trees(trees: Sequence[SearchTree], holdout_fraction: float, seed: int)
     return [t for t in trees if t.problem_uid not in held], [t for t in trees if t.problem_uid in held]
 
 
-@torch.no_grad()
-def prm_report(head: ValueHead, features: PrefixFeatures, labelled: LabelledTrees) -> dict:
-    """How the PRM's scores on ``features`` rank and fit the trees' labels; the root (the prompt) is left out
-    of the step figures, being no step."""
-    scores = head(features.hidden).tolist() if len(features.hidden) else []
+def prm_report(scores: Sequence[float], labelled: LabelledTrees) -> dict:
+    """How the PRM's scores (one per feature row) rank and fit the trees' labels; the root (the prompt) is
+    left out of the step figures, being no step."""
     steps = [(s, lab) for s, lab in zip(scores, labelled.steps) if lab.node != 0]
     n = max(len(steps), 1)
     return {
@@ -134,7 +139,8 @@ def prm_report(head: ValueHead, features: PrefixFeatures, labelled: LabelledTree
 
 
 def _table(report: dict) -> Table:
-    table = Table(title=f"PRM: {report['trees']} trees, {report['label']} labels, {report['loss']} loss")
+    how = "implicit (PRIME)" if report["kind"] == "implicit" else f"{report['label']} labels, {report['loss']} loss"
+    table = Table(title=f"PRM: {report['trees']} trees, {how}")
     table.add_column("metric")
     table.add_column("fit", justify="right")
     table.add_column("held-out", justify="right")
@@ -180,11 +186,68 @@ def search_label_trees(cfg: ArborConfig, task, held_out_keys: set[str], model, t
     return trees
 
 
-def run_prm(cfg: ArborConfig) -> dict:
-    """Train a PRM head on labels from search trees; report on held-out trees; save ``checkpoints/prm``."""
+def verified_responses(trees: Sequence[SearchTree], tokenizer: PreTrainedTokenizerBase) -> list[VerifiedResponse]:
+    """Every scored terminal path of ``trees``, tokenized segment by segment: the implicit PRM's data."""
+    out = []
+    for tree in trees:
+        for leaf in tree.terminals():
+            if leaf.outcome is not None:
+                ids, ends = encode_segments(tokenizer, [tree.prompt, *(n.text for n in tree.path(leaf)[1:])])
+                out.append(VerifiedResponse(ids, ends[0] + 1, float(leaf.outcome)))
+    return out
+
+
+def fit_explicit(cfg: ArborConfig, trunk, tokenizer, fit: LabelledTrees, held: LabelledTrees, on_step):
+    """A head on the frozen trunk (regression or pairwise); returns it and its scores of the fit and held rows."""
     p = cfg.prm
+    if p.loss == "pairwise" and not len(fit.pairs):
+        raise DataError("prm.loss=pairwise: no sibling preference pairs (siblings with different outcomes)")
+    with console.status("reading the frozen trunk's hidden states"):
+        pad = tokenizer.pad_token_id or 0
+        fit_x = prefix_features(trunk, fit.seqs, p.forward_batch_size, pad)
+        held_x = prefix_features(trunk, held.seqs, p.forward_batch_size, pad)
+    optim = ValueConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, seed=p.seed)
+    with console.status(f"fitting the PRM head ({p.loss}, {len(fit.steps)} steps, {len(fit.pairs)} pairs)"):
+        if p.loss == "pairwise":
+            head = fit_pairwise_head(fit_x, fit.pairs, optim, on_step)
+        else:
+            head = fit_value_head(fit_x, optim, on_step)
+    with torch.no_grad():
+        return head, head(fit_x.hidden).tolist(), head(held_x.hidden).tolist()
+
+
+def fit_implicit(cfg: ArborConfig, policy, tokenizer, trees: Sequence[SearchTree], on_step) -> ImplicitPRM:
+    """PRIME's implicit PRM: a copy of the policy trained on the trees' verified responses against the policy."""
+    p = cfg.prm
+    chains = verified_responses(trees, tokenizer)
+    if not chains:
+        raise DataError("prm.kind=implicit: the trees hold no verified response")
+    prm = ImplicitPRM(copy.deepcopy(policy), policy, tokenizer, p.beta, step_sep=step_separator(cfg.task))
+    trainer = ImplicitPRMTrainer(prm, p.implicit_lr, p.weight_decay)
+    gen = torch.Generator().manual_seed(p.seed)
+    with progress_bar() as bar:
+        job = bar.add_task("implicit PRM", total=p.steps, info="")
+        for step in range(1, p.steps + 1):
+            idx = torch.randint(0, len(chains), (min(p.batch_size, len(chains)),), generator=gen).tolist()
+            loss = trainer.update([chains[i] for i in idx])
+            advance(bar, job, step, p.steps, "implicit PRM", f"loss {loss:.4f}")
+            on_step(step, {"prm/loss": loss})
+    return prm
+
+
+def tree_scores(prm: ProcessRewardModel, trees: Sequence[SearchTree], labelled: LabelledTrees) -> list[float]:
+    """The PRM's score of every labelled row, read by scoring each tree that has one."""
+    per_tree = {t: prm.score_tree(trees[t]) for t in sorted({t for t, _ in labelled.rows})}
+    return [per_tree[t][node] for t, node in labelled.rows]  # type: ignore[misc]
+
+
+def run_prm(cfg: ArborConfig) -> dict:
+    """Train a PRM on labels from search trees; report on held-out trees; save ``checkpoints/prm``."""
+    p = cfg.prm
+    if p.kind == "implicit" and not cfg.model.path:
+        raise ConfigError("prm.kind=implicit needs config key 'model.path': the policy is its reference model")
     task, held_out, model, tokenizer, run_dir, logger = prepare(cfg, "prm")
-    console.print(f"[bold]arbor prm[/] policy={cfg.model.path or 'untrained default'} run={run_dir}")
+    console.print(f"[bold]arbor prm[/] kind={p.kind} policy={cfg.model.path or 'untrained default'} run={run_dir}")
     try:
         t0 = time.time()
         if p.trees:
@@ -199,31 +262,30 @@ def run_prm(cfg: ArborConfig) -> dict:
         held = label_trees(held_trees, trunk_tokenizer, p.label, p.min_completions)
         if not fit.seqs:
             raise DataError("no labelled steps: no tree has a scored completion (prm.min_completions)")
-        with console.status("reading the frozen trunk's hidden states"):
-            pad = trunk_tokenizer.pad_token_id or 0
-            fit_x = prefix_features(trunk, fit.seqs, p.forward_batch_size, pad)
-            held_x = prefix_features(trunk, held.seqs, p.forward_batch_size, pad)
-        optim = ValueConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, seed=p.seed)
 
         def on_step(step: int, metrics: dict[str, float]) -> None:
             if step % 10 == 0 or step == p.steps:
                 logger.log({k.replace("value/", "prm/"): v for k, v in metrics.items()}, step=step)
 
-        with console.status(f"fitting the PRM head ({p.loss}, {len(fit.steps)} steps, {len(fit.pairs)} pairs)"):
-            if p.loss == "pairwise":
-                head = fit_pairwise_head(fit_x, fit.pairs, optim, on_step)
-            else:
-                head = fit_value_head(fit_x, optim, on_step)
+        meta = {"command": "prm", "kind": p.kind, "policy": cfg.model.path, "label": p.label, "loss": p.loss}
+        if p.kind == "implicit":
+            prm = fit_implicit(cfg, model, tokenizer, fit_trees, on_step)
+            fit_scores, held_scores = tree_scores(prm, fit_trees, fit), tree_scores(prm, held_trees, held)
+            trunk, head = prm.model, None
+            meta |= {"beta": p.beta, "reference": str(Path(cfg.model.path).resolve())}  # type: ignore[arg-type]
+        else:
+            head, fit_scores, held_scores = fit_explicit(cfg, trunk, trunk_tokenizer, fit, held, on_step)
+            meta |= {"base": p.base}
         report = {
             "trees": len(trees),
+            "kind": p.kind,
             "label": p.label,
             "loss": p.loss,
             "search_seconds": search_s,
-            "fit": prm_report(head, fit_x, fit),
-            "held_out": prm_report(head, held_x, held),
+            "fit": prm_report(fit_scores, fit),
+            "held_out": prm_report(held_scores, held),
         }
         (run_dir / "prm_report.json").write_text(json.dumps(report, indent=2))
-        meta = {"command": "prm", "policy": cfg.model.path, "base": p.base, "label": p.label, "loss": p.loss}
         ckpt = save_checkpoint(run_dir / "checkpoints" / "prm", trunk, trunk_tokenizer, head, meta | report)
         report["checkpoint"] = str(ckpt)
         summary = {"checkpoint": str(ckpt)} | {

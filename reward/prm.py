@@ -17,6 +17,7 @@ works the same way, and training reads exactly the positions that inference scor
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +28,14 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.errors import ModelLoadError
-from core.model import VALUE_HEAD_FILE, ValueHead, forward_with_hidden, load_pretrained, load_value_head
+from core.model import (
+    ARBOR_META_FILE,
+    VALUE_HEAD_FILE,
+    ValueHead,
+    forward_with_hidden,
+    load_pretrained,
+    load_value_head,
+)
 from core.tasks.base import STEP_SEP
 
 
@@ -44,6 +52,14 @@ def encode_segments(tokenizer: PreTrainedTokenizerBase, segments: Sequence[str])
     return ids, ends
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded [B, T] ids and the [B, T] mask of real tokens (positions stay those of each row alone)."""
+    tensors = [torch.tensor(r, dtype=torch.long) for r in rows]
+    ids = pad_sequence(tensors, batch_first=True, padding_value=pad_id).to(device)
+    mask = pad_sequence([torch.ones_like(t) for t in tensors], batch_first=True).to(device)
+    return ids, mask
+
+
 def split_steps(response: str, step_sep: str = STEP_SEP) -> list[str]:
     """A response cut after every step separator, separators kept: the steps a search tree holds."""
     return [s for s in re.split(f"(?<={re.escape(step_sep)})", response) if s]
@@ -56,14 +72,14 @@ class ProcessRewardModel:
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        head: ValueHead,
+        head: ValueHead | None,
         *,
         step_sep: str = STEP_SEP,
         batch_size: int = 32,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.head = head.eval()
+        self.head = head.eval() if head is not None else None  # None: a subclass scores states its own way
         self.step_sep = step_sep
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
@@ -77,14 +93,17 @@ class ProcessRewardModel:
         out: list[list[float]] = []
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start : start + self.batch_size]
-            rows = [torch.tensor(ids, dtype=torch.long) for ids, _ in chunk]
-            ids = pad_sequence(rows, batch_first=True, padding_value=self.pad_id).to(self.device)  # [B, T]
-            mask = pad_sequence([torch.ones_like(r) for r in rows], batch_first=True).to(self.device)  # [B, T]
-            _, hidden, _ = forward_with_hidden(self.model, ids, mask)  # hidden [B, T, H]
-            values = self.head(hidden.float())  # [B, T]
+            ids, mask = pad_rows([ids for ids, _ in chunk], self.pad_id, self.device)
+            values = self.state_values(ids, mask, [ends[0] + 1 for _, ends in chunk])  # [B, T]
             self.tokens_forwarded += int(mask.sum())
             out += [values[i, ends].tolist() for i, (_, ends) in enumerate(chunk)]
         return out
+
+    def state_values(self, ids: torch.Tensor, mask: torch.Tensor, prompt_lengths: list[int]) -> torch.Tensor:
+        """Score of the state ending at every position ([B, T] ids and mask -> [B, T]): the head on the trunk."""
+        assert self.head is not None
+        _, hidden, _ = forward_with_hidden(self.model, ids, mask)  # hidden [B, T, H]
+        return self.head(hidden.float())
 
     def score(self, prompt: str, response: str) -> float:
         """The score of the state ``prompt + response`` (``response`` is cut into steps at the separator)."""
@@ -113,8 +132,18 @@ class ProcessRewardModel:
 
 
 def load_prm(path: str | Path, step_sep: str = STEP_SEP) -> ProcessRewardModel:
-    """The PRM saved at ``path`` by ``arbor prm`` (or any checkpoint with a value head); never downloads."""
+    """The PRM saved at ``path`` by ``arbor prm`` (or any checkpoint with a value head); never downloads.
+
+    An implicit PRM (``prm.kind=implicit``) loads its reference policy from the path its metadata names.
+    """
     model, tokenizer = load_pretrained(path)
+    meta_file = Path(path) / ARBOR_META_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if meta.get("kind") == "implicit":
+        from reward.implicit_prm import ImplicitPRM
+
+        reference, _ = load_pretrained(meta["reference"])
+        return ImplicitPRM(model, reference, tokenizer, float(meta["beta"]), step_sep=step_sep)
     head = load_value_head(path, model)
     if head is None:
         raise ModelLoadError(f"prm.path: {path} has no {VALUE_HEAD_FILE}; train one with `arbor prm CONFIG`")

@@ -3,6 +3,7 @@ model's scoring, the pairwise fit, Math-Shepherd completion search, and `arbor p
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -21,7 +22,16 @@ from launch.cli import main
 from launch.prm import label_trees, load_trees
 from learner.prm_fit import fit_pairwise_head, pair_accuracy, pairwise_loss
 from learner.value_fit import PrefixFeatures
-from reward.prm import ProcessRewardModel, load_prm, split_steps
+from reward.implicit_prm import (
+    ImplicitPRM,
+    ImplicitPRMTrainer,
+    VerifiedResponse,
+    implicit_prm_loss,
+    implicit_q,
+    response_mask,
+    token_log_ratios,
+)
+from reward.prm import ProcessRewardModel, encode_segments, load_prm, split_steps
 from reward.prm_labels import dense_step_rewards, sibling_pairs, step_labels
 from tests.conftest import DEFAULT_CONFIG, SMALL_SEARCH, TINY
 from tests.search_toy import PROMPT, FixedLogitPolicy, outcome
@@ -145,6 +155,40 @@ def test_pairwise_loss_and_fit():
         scores = head(hidden)
     assert pair_accuracy(scores, pairs[1500:]) > 0.95
     assert pair_accuracy(scores, pairs[:0]) is None
+
+
+# --- PRIME's implicit PRM -------------------------------------------------------------------------------
+
+
+def test_implicit_rewards_match_hand_computation():
+    ids = torch.tensor([[0, 1, 0]])
+    prm_logits = torch.zeros(1, 3, 2)  # p = (1/2, 1/2) everywhere
+    ref_logits = torch.tensor([[[0.0, math.log(3.0)]] * 3])  # p = (1/4, 3/4) everywhere
+    ratios = token_log_ratios(prm_logits, ref_logits, ids)
+    assert ratios.tolist()[0] == pytest.approx([0.0, math.log(0.5 / 0.75), math.log(0.5 / 0.25)])
+    mask = response_mask(torch.ones(1, 3, dtype=torch.long), [2])  # the prompt is the first two tokens
+    assert implicit_q(ratios, mask, beta=0.1).tolist()[0] == pytest.approx([0.0, 0.0, 0.1 * math.log(2.0)])
+    assert float(implicit_prm_loss(torch.tensor([0.0]), torch.tensor([1.0]))) == pytest.approx(math.log(2.0))
+
+
+def test_implicit_prm_equal_to_its_reference_scores_every_state_one_half():
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(load_config(None, TINY).model, tokenizer)
+    prm = ImplicitPRM(copy.deepcopy(model), model, tokenizer, beta=0.05)
+    assert prm.score_tree(_tree()) == pytest.approx([0.5] * 7)  # log-ratios are all 0, so Q is 0
+
+
+def test_implicit_prm_learns_from_outcomes_alone():
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(load_config(None, TINY).model, tokenizer)
+    prm = ImplicitPRM(copy.deepcopy(model), model, tokenizer, beta=1.0)
+    good, bad = encode_segments(tokenizer, ["Q?\n", "Answer: 1"]), encode_segments(tokenizer, ["Q?\n", "Answer: 2"])
+    batch = [VerifiedResponse(good[0], 3, 1.0), VerifiedResponse(bad[0], 3, 0.0)] * 4
+    trainer = ImplicitPRMTrainer(prm, lr=1e-3)
+    losses = [trainer.update(batch) for _ in range(40)]
+    assert losses[0] == pytest.approx(math.log(2.0), abs=1e-4) and losses[-1] < 0.2  # starts at Q = 0
+    assert prm.score("Q?\n", "Answer: 1") > 0.8 > 0.2 > prm.score("Q?\n", "Answer: 2")
+    assert prm.score("Q?\n", "") == pytest.approx(0.5)  # the bare prompt has no response tokens
 
 
 # --- search -----------------------------------------------------------------------------------------------
