@@ -176,6 +176,7 @@ class PRMConfig:
     forward_batch_size: int = 64  # sequences per frozen-trunk forward
     beta: float = 0.05  # implicit PRM: r_t = beta x log(pi_prm / pi_ref) of each response token (PRIME's 0.05)
     implicit_lr: float = 1e-4  # implicit PRM: learning rate of the whole model copy (AdamW)
+    online: bool = False  # implicit PRM in training: update it on every finished tree's verified responses (PRIME)
     reward_lambda: float = 0.0  # dense reward: a step earns lambda x its step score on top of the outcome (0: off)
     step_score: str = "progress"  # progress: PRM(after) - PRM(before), sums to a constant per path | value: PRM(after)
     seed: int = 0  # problems, search and minibatch order
@@ -189,6 +190,7 @@ class TrainConfig:
     )
     steps: int = 300  # learner steps budget
     max_wall_s: float = 0.0  # also stop after this many seconds of RL (0: steps alone decide)
+    snapshot_every_s: float = 0.0  # save the policy (HF format) to snapshots/t-SECONDS every this many RL seconds
     batch_size: int = 64  # step samples per learner step, over all ranks
     lr: float = 3e-4  # peak learning rate (AdamW)
     min_lr_ratio: float = 1.0  # cosine decay ends at lr * min_lr_ratio (1: constant after warm-up)
@@ -494,7 +496,7 @@ def validate_train(t: TrainConfig, r: ResourcesConfig) -> None:
         _positive(f"train.{name}", getattr(t, name))
     for name in ("sync_trees_per_round", "min_size_to_sample", "samples_per_insert", "log_every"):
         _positive(f"train.{name}", getattr(t, name))
-    for name in ("max_wall_s", "warmup_steps", "weight_decay", "grad_clip", "value_coef", "entropy_coef"):
+    for name in ("max_wall_s", "snapshot_every_s", "warmup_steps", "weight_decay", "grad_clip", "value_coef", "entropy_coef"):
         _positive(f"train.{name}", getattr(t, name), allow_zero=True)
     for name in ("kl_coef", "max_policy_lag", "eval_every", "eval_search_simulations", "checkpoint_every"):
         _positive(f"train.{name}", getattr(t, name), allow_zero=True)

@@ -38,7 +38,7 @@ from launch.commands import distinct_problems, prepare
 from launch.report import advance, console, progress_bar
 from learner.prm_fit import fit_pairwise_head, pair_accuracy
 from learner.value_fit import LabelledSequence, fit_value_head, prefix_features, roc_auc
-from reward.implicit_prm import ImplicitPRM, ImplicitPRMTrainer, VerifiedResponse
+from reward.implicit_prm import ImplicitPRM, ImplicitPRMTrainer, verified_responses
 from reward.prm import ProcessRewardModel, encode_segments
 from reward.prm_labels import StepLabel, sibling_pairs, step_labels
 
@@ -184,17 +184,6 @@ def search_label_trees(cfg: ArborConfig, task, held_out_keys: set[str], model, t
             leaves = [n.outcome for t in trees for n in t.terminals() if n.outcome is not None]
             bar.update(job, advance=min(chunk, len(problems) - start), info=f"{sum(leaves) / max(len(leaves), 1):.1%}")
     return trees
-
-
-def verified_responses(trees: Sequence[SearchTree], tokenizer: PreTrainedTokenizerBase) -> list[VerifiedResponse]:
-    """Every scored terminal path of ``trees``, tokenized segment by segment: the implicit PRM's data."""
-    out = []
-    for tree in trees:
-        for leaf in tree.terminals():
-            if leaf.outcome is not None:
-                ids, ends = encode_segments(tokenizer, [tree.prompt, *(n.text for n in tree.path(leaf)[1:])])
-                out.append(VerifiedResponse(ids, ends[0] + 1, float(leaf.outcome)))
-    return out
 
 
 def fit_explicit(cfg: ArborConfig, trunk, tokenizer, fit: LabelledTrees, held: LabelledTrees, on_step):

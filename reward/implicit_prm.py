@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.tasks.base import STEP_SEP
-from reward.prm import ProcessRewardModel, pad_rows
+from reward.prm import ProcessRewardModel, encode_segments, pad_rows
 
 
 def token_log_ratios(prm_logits: torch.Tensor, ref_logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -90,6 +91,18 @@ class VerifiedResponse:
     ids: list[int]  # prompt + response tokens (the PRM tokenizer's, segment by segment)
     prompt_length: int  # tokens of the prompt
     outcome: float  # the verifier's 0/1
+
+
+def verified_responses(trees: Sequence[Any], tokenizer: PreTrainedTokenizerBase) -> list[VerifiedResponse]:
+    """Every scored terminal path of some search trees (``.prompt``, ``.terminals()``, ``.path(node)``),
+    tokenized segment by segment as the PRM scores them: what the implicit PRM learns from."""
+    out = []
+    for tree in trees:
+        for leaf in tree.terminals():
+            if leaf.outcome is not None:
+                ids, ends = encode_segments(tokenizer, [tree.prompt, *(n.text for n in tree.path(leaf)[1:])])
+                out.append(VerifiedResponse(ids, ends[0] + 1, float(leaf.outcome)))
+    return out
 
 
 class ImplicitPRMTrainer:

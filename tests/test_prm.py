@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors.search import Scorers, run_searches
+from actors.search import Scorers, run_searches, training_scorers
+from actors.search.process_reward import ProcessRewards
 from actors.search.tree import SearchTree, tree_to_samples
 from core.config import SearchConfig, ValueConfig, load_config
-from core.model import ValueHead, build_tiny_model, hidden_size_of
+from core.errors import ConfigError
+from core.model import ValueHead, build_tiny_model, hidden_size_of, save_checkpoint
 from core.tasks.base import Problem
 from core.tokenizer import build_char_tokenizer
 from launch.cli import main
@@ -203,6 +205,51 @@ def test_shepherd_search_grows_completions_from_every_step():
         for step in first:  # the toy's first steps never end the response
             assert len(tree.terminals(step)) == 1 + 2  # its own chain and two more completions
         assert len(tree.terminals()) == 3 * 3
+
+
+def test_process_rewards_wires_the_prm_into_search_and_samples(tmp_path: Path):
+    tree, tokenizer = _tree(), build_char_tokenizer()
+    plain = ProcessRewards(load_config(None, TINY))  # no PRM in the config: nothing loaded, samples unchanged
+    assert plain.prm is None and plain.samples(tree, 0.5, 1.0) == tree_to_samples(tree, 0.5, 1.0)
+    assert plain.scorers_for(training_scorers) is training_scorers
+
+    prm = _prm()
+    save_checkpoint(tmp_path / "prm", prm.model, tokenizer, prm.head)
+    use = [f"prm.path={tmp_path / 'prm'}", "prm.reward_lambda=0.5", "prm.step_score=value", "search.leaf_value=prm"]
+    process = ProcessRewards(load_config(None, [*TINY, *use]))
+    scores = process.prm.score_tree(tree)
+    assert scores == pytest.approx(prm.score_tree(tree), abs=1e-5)  # the saved PRM, reloaded
+    expected = tree_to_samples(tree, step_rewards=dense_step_rewards(tree, scores, 0.5, "value"))
+    got = process.samples(tree, 0.0, 0.0)
+    assert got == expected and got != tree_to_samples(tree)
+    a1 = next(s for s in got if s.meta["node"] == 3)
+    assert a1.reward == pytest.approx(1.0 + 0.5 * scores[3])
+    problem = Problem("arith", "toy/0", "toy/0", PROMPT, {"answer": 1})
+    assert process.scorers_for(training_scorers)(problem).prm is not None
+
+    with pytest.raises(ConfigError, match="prm.online"):  # online updates need an implicit PRM
+        ProcessRewards(load_config(None, [*TINY, *use, "prm.online=true"]))
+
+
+def test_online_implicit_prm_learns_from_every_finished_tree(tmp_path: Path):
+    tokenizer = build_char_tokenizer()
+    policy = build_tiny_model(load_config(None, TINY).model, tokenizer)
+    save_checkpoint(tmp_path / "policy", policy, tokenizer)
+    save_checkpoint(
+        tmp_path / "prm",
+        policy,
+        tokenizer,
+        meta={"kind": "implicit", "beta": 0.05, "reference": str(tmp_path / "policy")},
+    )
+    use = [f"prm.path={tmp_path / 'prm'}", "prm.reward_lambda=0.1", "prm.online=true", "prm.implicit_lr=1e-3"]
+    process = ProcessRewards(load_config(None, [*TINY, *use]))
+    assert isinstance(process.prm, ImplicitPRM)
+    before = [p.detach().clone() for p in process.prm.model.parameters()]
+    samples = process.samples(_tree(), 0.0, 0.0)
+    assert len(process.online_losses) == 1 and process.online_losses[0] == pytest.approx(math.log(2.0), abs=1e-4)
+    assert any(not torch.equal(a, b) for a, b in zip(before, process.prm.model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, process.prm.reference.parameters()))  # the reference stays
+    assert any(s.reward != (1.0 if s.terminal and s.meta["node"] == 3 else 0.0) for s in samples)
 
 
 # --- arbor prm, end to end --------------------------------------------------------------------------------

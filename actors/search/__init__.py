@@ -1,8 +1,9 @@
-"""Tree search over reasoning steps: MCTS (PUCT), value-guided beam search and best-of-N.
+"""Tree search over reasoning steps: MCTS (PUCT), value-guided beam search, best-of-N, Math-Shepherd completions.
 
 Every search fills the same :class:`SearchTree` record; ``run_searches`` batches many trees into one
 model call per round through a :class:`StepBackend` ("continue these prefixes by one step"), whose HF
-implementation reuses each node's prefix KV. ``tree_to_samples`` turns a tree into learner samples.
+implementation reuses each node's prefix KV. ``tree_to_samples`` turns a tree into learner samples;
+``ProcessRewards`` adds a process reward model to the search and to the samples.
 """
 
 from actors.search.answer import choose_answer
@@ -10,12 +11,14 @@ from actors.search.backend import StepBackend, StepOutput, StepRequest, StepResu
 from actors.search.driver import evaluation_scorers, make_search, run_searches, training_scorers
 from actors.search.expand import Scorers
 from actors.search.hf_backend import HFStepBackend
+from actors.search.process_reward import ProcessRewards
 from actors.search.scaling import ScalingPoint, scaling_curve, scaling_table
 from actors.search.tree import Node, SearchTree, compute_mc_values, search_stats, tree_to_samples
 
 __all__ = [
     "HFStepBackend",
     "Node",
+    "ProcessRewards",
     "ScalingPoint",
     "Scorers",
     "SearchTree",
