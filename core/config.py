@@ -496,8 +496,9 @@ def validate_train(t: TrainConfig, r: ResourcesConfig) -> None:
         _positive(f"train.{name}", getattr(t, name))
     for name in ("sync_trees_per_round", "min_size_to_sample", "samples_per_insert", "log_every"):
         _positive(f"train.{name}", getattr(t, name))
-    for name in ("max_wall_s", "snapshot_every_s", "warmup_steps", "weight_decay", "grad_clip", "value_coef", "entropy_coef"):
+    for name in ("max_wall_s", "snapshot_every_s", "warmup_steps", "weight_decay", "grad_clip", "value_coef"):
         _positive(f"train.{name}", getattr(t, name), allow_zero=True)
+    _positive("train.entropy_coef", t.entropy_coef, allow_zero=True)
     for name in ("kl_coef", "max_policy_lag", "eval_every", "eval_search_simulations", "checkpoint_every"):
         _positive(f"train.{name}", getattr(t, name), allow_zero=True)
     _positive("train.tree_every", t.tree_every, allow_zero=True)

@@ -212,6 +212,8 @@ class Trainer:
         self.samples_trained = int(resume.state.get("samples_trained", 0)) if resume else 0
         self.sync_seconds: list[float] = []
         self.last_eval: float | None = None
+        self.next_snapshot_s = cfg.train.snapshot_every_s  # RL seconds at which the next snapshot is due
+        self.snapshot_step = -1  # learner step of the latest snapshot
         self.evals: list[dict[str, Any]] = list(resume.state.get("evals", [])) if resume else []
         self.reference_path: str | None = resume.state.get("reference_path") if resume else None
 
@@ -400,6 +402,8 @@ class Trainer:
                     last_log = time.time()
         rl_seconds = time.time() - t0
         self.stop_actors()
+        if t.snapshot_every_s and self.snapshot_step != self.step:  # the end of the budget is a point too
+            self.snapshot(run_dir, rl_seconds + prior_seconds)
         ckpt = self.checkpoint(run_dir, rl_seconds + prior_seconds)
         buffer_stats = ray.get(self.buffer.stats.remote())
         coord = ray.get(self.coordinator.snapshot.remote())
@@ -480,6 +484,24 @@ class Trainer:
                 logger.log_text("search/tree", text, step=step)
         if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.steps:
             self.checkpoint(run_dir, t_rl)
+        if t.snapshot_every_s and t_rl >= self.next_snapshot_s:
+            self.snapshot(run_dir, t_rl)
+
+    def snapshot(self, run_dir: Path, t_rl: float) -> Path:
+        """The current policy in HF format at ``snapshots/t-SECONDS`` (wall-time curves: bench/vs_trl.py)."""
+        import ray
+
+        path = run_dir / "snapshots" / f"t-{t_rl:08.1f}"
+        ray.get(self.ranks[0].with_policy.remote(save_snapshot, str(path), {"step": self.step, "rl_seconds": t_rl}))
+        every = self.cfg.train.snapshot_every_s
+        self.next_snapshot_s = (math.floor(t_rl / every) + 1) * every
+        self.snapshot_step = self.step
+        return path
+
+
+def save_snapshot(model, tokenizer, path: str, meta: dict[str, Any]) -> str:
+    """Save the learner's current policy as an HF checkpoint (runs on learner rank 0)."""
+    return str(save_checkpoint(Path(path), model, tokenizer, meta={"command": "train"} | meta))
 
 
 def greedy_eval(model, tokenizer, problems: list[Problem], eval_cfg) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
+from safetensors.torch import load_file
 
 from core.config import ModelConfig, load_config
 from core.errors import ConfigError, DataError
@@ -153,11 +155,20 @@ def test_resume_continues_at_same_step_and_version(async_run, init_ckpt, tmp_pat
 
 
 def test_sync_mode_trains_on_policy(init_ckpt, tmp_path):
-    cfg = load_config(DEFAULT_CONFIG, train_overrides(tmp_path, init_ckpt, **{"train.mode": "sync", "train.steps": 3}))
-    r = run_train(cfg)
+    extra = {"train.mode": "sync", "train.steps": 3, "train.snapshot_every_s": 1e-3}
+    r = run_train(load_config(DEFAULT_CONFIG, train_overrides(tmp_path, init_ckpt, **extra)))
     assert r["steps"] == 3
     assert r["max_trained_lag"] <= 1  # a round trains on its own samples; only leftovers wait one round
     assert r["buffer_dropped"] == 0
+    # Wall-time snapshots (bench/vs_trl.py's curve points): one per step at this tiny interval, none twice,
+    # seconds increasing, and the last one holds the final policy.
+    snaps = sorted((Path(r["run_dir"]) / "snapshots").glob("t-*"))
+    assert len(snaps) == 3
+    seconds = [float(p.name[2:]) for p in snaps]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+    last = load_file(str(snaps[-1] / "model.safetensors"))
+    final = load_file(str(Path(r["checkpoint"]) / "model.safetensors"))
+    assert last.keys() == final.keys() and all(torch.equal(last[k], final[k]) for k in final)
 
 
 def test_killed_rollout_actor_restarts_with_current_weights(init_ckpt, tmp_path):
