@@ -31,6 +31,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/sft_throughput.py
 	$(BIN)/python bench/train_e2e.py
+	$(BIN)/python bench/limits.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,487 @@
+"""Limits: each of Arbor's hot paths against this machine's own ceiling, as a ratio, in one run.
+
+    .venv/bin/python bench/limits.py [CONFIG] [key=value ...]       # configs/countdown_tiny.yaml; ~2 min on 2 cores
+    .venv/bin/python bench/limits.py --device cuda [key=value ...]  # the GPU figures; says "no cuda" without one
+
+Every ratio is Arbor over the limit (1 = at the limit), from two things timed back to back in this run,
+``REPEATS`` times after a warm-up (the in-process replay ``REPLAY_ROUNDS`` times); the median is reported.
+All on the config's model (random init unless ``model.path=DIR``) with ``threads`` torch threads for every
+measurement, the peak included (default 1: what each rollout actor and learner rank runs with in
+``arbor train``, resources.actor_threads / learner_threads).
+
+1. ``matmul_peak_gflops``: best fp32 ``torch.matmul`` rate over the square ``MATMUL_SIZES`` (compute-bound).
+2. ``learner_mfu_{torch,deepspeed}``: ``ActorCriticLearner.update`` on the step samples of a real search;
+   FLOPs = 6 x matmul params (every nn.Linear, LM head included) x real tokens trained (padding not
+   counted), over the peak. ``learner_mfu_attn_*`` adds PaLM's attention term, 12 x layers x width x row
+   length per token.
+3. ``rollout_flops_vs_peak``: the config's search (MCTS) through HFStepBackend; 2 x matmul params x tokens
+   forwarded (``SearchTree.tokens_forwarded``) per second, over the peak.
+4. ``weight_sync_vs_memcpy``: a torch ``copy_`` of as many bytes over the real path: ``publish_state`` ->
+   ``WeightChannel.publish`` (ray.put) -> a RolloutWorker actor's ``pull`` (ray.get, ``load_weights``).
+5. ``replay_{insert,sample}_vs_deque``: ReplayBuffer items/s over ``collections.deque`` doing the same
+   appends and poplefts (FIFO; ``random.choices`` for a prioritized sampler) of the same StepSamples, one
+   tree per insert and one learner batch per sample; ``service_*_vs_ray_deque``: the ReplayService actor
+   over a deque behind a plain Ray actor, the same round trips.
+
+``--device cuda``: bf16 matmul peak, the learner's MFU under bf16 autocast, HF-backend decode against the
+memory-bandwidth bound (every model call reads every weight once), and the NCCL broadcast of the weights
+between two GPUs (when there are two) against a device copy. The last line printed is JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from actors.replay import RateLimiter, ReplayBuffer, ReplayService  # noqa: E402
+from actors.search import HFStepBackend, run_searches, tree_to_samples  # noqa: E402
+from core.config import ArborConfig, load_config  # noqa: E402
+from core.model import ValueHead, build_policy, hidden_size_of, load_value_head, matmul_params  # noqa: E402
+from core.samples import StepSample  # noqa: E402
+from core.tasks import build_task  # noqa: E402
+from learner.actor_critic import ActorCriticLearner, collate_steps  # noqa: E402
+
+REPEATS = 5  # timed rounds per figure, after a warm-up; each ratio is the median over them
+MATMUL_SIZES = (512, 1024, 2048)  # fp32 on CPU: all compute-bound; the best rate is the peak
+CUDA_MATMUL_SIZES = (4096, 8192)
+BENCH = ["wandb.mode=disabled", "threads=1", "train.batch_size=128"]  # overridable like any key
+REPLAY_ITEMS = 8192  # items per in-process replay round (the default buffer_capacity)
+REPLAY_ROUNDS = 25  # a deque round takes about a millisecond: many rounds keep its median steady
+SERVICE_ITEMS = 2048  # items per round through Ray
+Trees = list[list[StepSample]]  # each finished tree's step samples
+CPU = torch.device("cpu")
+
+
+def machine() -> dict:
+    """CPU model, cores, torch threads and version, date."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+    return {
+        "cpu": names[0] if names else "unknown",
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def timed(fn: Callable[[], object], device: torch.device = CPU) -> float:
+    """Seconds ``fn`` takes, the device's queue drained before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def matmul_peak(sizes=MATMUL_SIZES, dtype=torch.float32, device=CPU, seconds: float = 0.25) -> float:
+    """Best FLOP/s of square ``torch.matmul`` over ``sizes``, each warmed up, then run for ~``seconds``."""
+    best = 0.0
+    for n in sizes:
+        a, b, out = (torch.randn(n, n, device=device).to(dtype) for _ in range(3))
+        timed(lambda a=a, b=b, out=out: torch.matmul(a, b, out=out), device)
+        reps, spent = 0, 0.0
+        while spent < seconds:
+            spent += timed(lambda a=a, b=b, out=out: torch.matmul(a, b, out=out), device)
+            reps += 1
+        best = max(best, 2 * n**3 * reps / spent)
+    return best
+
+
+def copy_seconds(nbytes: int, device=CPU, repeats: int = 9) -> float:
+    """Median time of ``dst.copy_(src)`` over ``nbytes`` bytes, after one warm-up copy."""
+    src, dst = (torch.ones(nbytes, dtype=torch.uint8, device=device) for _ in range(2))
+    return statistics.median([timed(lambda: dst.copy_(src), device) for _ in range(repeats + 1)][1:])
+
+
+def medians(rows: list[tuple[float, ...]], names: tuple[str, ...]) -> dict[str, float]:
+    """Each column of ``rows`` (one row a round) by its median, under its name."""
+    return {name: statistics.median(r[i] for r in rows) for i, name in enumerate(names)}
+
+
+def policy(cfg: ArborConfig, device=CPU):
+    """(model, tokenizer, value head) as the config names them: the checkpoint's head, else a fresh one."""
+    model, tokenizer = build_policy(cfg.model)
+    head = (load_value_head(cfg.model.path, model) if cfg.model.path else None) or ValueHead(hidden_size_of(model))
+    return model.to(device), tokenizer, head.to(device)
+
+
+def make_learner(cfg: ArborConfig, engine: str, device=CPU) -> ActorCriticLearner:
+    """The real learner (policy + value head under ``engine``) at the config's batch size."""
+    model, tokenizer, head = policy(cfg, device)
+    return ActorCriticLearner(
+        model,
+        head,
+        dataclasses.replace(cfg.train, engine=engine),
+        pad_id=tokenizer.pad_token_id,
+        max_len=int(model.config.max_position_embeddings),
+        temperature=cfg.search.temperature,
+        rank_batch_size=cfg.train.batch_size,
+    )
+
+
+def train_flops(learner: ActorCriticLearner, samples: list[StepSample]) -> tuple[float, float, int]:
+    """(6N x real tokens, that plus PaLM's 12·L·d·T attention term, real tokens) of one update on ``samples``."""
+    lengths = collate_steps(samples, learner.pad_id, learner.max_len, 0).attention_mask.sum(1).double()
+    cfg = learner.model.config
+    dense = 6.0 * matmul_params(learner.model) * float(lengths.sum())
+    attn = 12.0 * cfg.num_hidden_layers * cfg.hidden_size * float((lengths**2).sum())
+    return dense, dense + attn, int(lengths.sum())
+
+
+def batches(trees: Trees, size: int, n: int) -> list[list[StepSample]]:
+    """``n`` learner batches of ``size`` samples, cycling through the trees' samples."""
+    stream = itertools.cycle([s for t in trees for s in t])
+    return [[next(stream) for _ in range(size)] for _ in range(n)]
+
+
+def search(backend: HFStepBackend, cfg: ArborConfig, first: int, n: int) -> tuple[Trees, dict]:
+    """Search training problems ``first .. first + n - 1``: each tree's samples (tagged as a rollout actor tags
+    them) and the round's generated and forwarded tokens and seconds."""
+    task = build_task(cfg.task)
+    problems = [task.train_problem(i) for i in range(first, first + n)]
+    t0 = time.perf_counter()
+    found = run_searches(backend, problems, cfg.search)
+    seconds = time.perf_counter() - t0
+    trees = []
+    for tree in found:
+        samples = tree_to_samples(tree, cfg.train.value_head_weight, cfg.train.global_advantage)
+        tag = {"tree": tree.problem_uid, "tree_size": len(samples)}
+        trees.append([dataclasses.replace(s, meta={**s.meta, **tag}) for s in samples])
+    generated, forwarded = sum(t.tokens_generated for t in found), sum(t.tokens_forwarded for t in found)
+    return [t for t in trees if t], {"generated": generated, "forwarded": forwarded, "seconds": seconds}
+
+
+def rollout_rounds(cfg: ArborConfig, peaks: list[float]) -> tuple[Trees, dict]:
+    """A warm-up search, then ``REPEATS`` rounds of (peak, a search of ``trees_in_flight`` new problems).
+    Returns the trees' samples and the figures; appends the rounds' peaks to ``peaks``."""
+    model, tokenizer, head = policy(cfg)
+    backend = HFStepBackend(model, tokenizer, head, seed=cfg.search.seed, max_batch_rows=cfg.search.max_batch_rows)
+    n = cfg.search.trees_in_flight
+    search(backend, cfg, 0, max(1, n // 4))
+    trees, rows, flops = [], [], 2.0 * matmul_params(model)
+    for r in range(REPEATS):
+        peaks.append(peak := matmul_peak())
+        got, c = search(backend, cfg, (r + 1) * n, n)
+        trees += got
+        generated, forwarded = c["generated"] / c["seconds"], c["forwarded"] / c["seconds"]
+        rows.append((generated, forwarded, flops * forwarded / 1e9, flops * forwarded / peak))
+    names = ("generated_tokens_per_s", "forwarded_tokens_per_s", "gflops", "flops_vs_peak")
+    return trees, medians(rows, tuple(f"rollout_{n}" for n in names))
+
+
+def learner_rounds(cfg: ArborConfig, trees: Trees, peaks: list[float]) -> tuple[dict, ActorCriticLearner]:
+    """Each engine: a warm-up update, then ``REPEATS`` rounds of (peak, one update per engine, the order swapped
+    every round). Returns the figures and the torch engine's learner (it publishes the weights later)."""
+    learners, out = {}, {}
+    for kind in ("torch", "deepspeed"):
+        try:
+            learners[kind] = make_learner(cfg, kind)
+        except Exception as e:  # DeepSpeed may not run on every machine: report it, measure the rest
+            out[f"learner_error_{kind}"] = f"{type(e).__name__}: {e}"
+    first, *timed_batches = batches(trees, cfg.train.batch_size, REPEATS + 1)
+    for learner in learners.values():
+        learner.update(first, 0)
+    rows: dict[str, list[tuple[float, ...]]] = {k: [] for k in learners}
+    for r, batch in enumerate(timed_batches):
+        peaks.append(peak := matmul_peak())
+        dense, with_attn, tokens = train_flops(learners["torch"], batch)
+        for kind in list(learners)[:: 1 if r % 2 == 0 else -1]:
+            s = timed(lambda kind=kind, batch=batch: learners[kind].update(batch, 0))
+            rows[kind].append((tokens / s, dense / s / 1e9, dense / s / peak, with_attn / s / peak, s))
+    for kind, got in rows.items():
+        names = ("tokens_per_s", "gflops", "mfu", "mfu_attn", "step_seconds")
+        out |= medians(got, tuple(f"learner_{n}_{kind}" for n in names))
+    return out | {"learner_batch_samples": cfg.train.batch_size}, learners["torch"]
+
+
+def fill(trees: Trees, items: int) -> Trees:
+    """Whole trees, cycled, until they hold at least ``items`` samples."""
+    out: Trees = []
+    for tree in itertools.cycle(trees):
+        if sum(map(len, out)) >= items:
+            return out
+        out.append(tree)
+    return out
+
+
+def open_limiter(items: int) -> RateLimiter:
+    # A window as wide as the round: this measures the buffer's own cost, never a wait.
+    return RateLimiter(min_size_to_sample=1, samples_per_insert=1.0, error_buffer=float(items))
+
+
+def replay_round(trees: Trees, batch: int, cfg: ArborConfig) -> tuple[float, ...]:
+    """Buffer inserts/s, deque appends/s, buffer samples/s, deque samples/s (the same items and calls), and the
+    two ratios."""
+    total, t = sum(map(len, trees)), cfg.train
+    draws = total // batch
+    buffer = ReplayBuffer(2 * total, t.sampler, t.max_policy_lag, open_limiter(2 * total), t.seed)
+    d: deque = deque()
+
+    def pop(n: int) -> list[StepSample]:
+        return [d.popleft() for _ in range(n)] if t.sampler == "fifo" else random.choices(d, k=n)
+
+    insert = timed(lambda: [buffer.try_insert(tree) for tree in trees])
+    sample = timed(lambda: [buffer.try_sample(batch, 0) for _ in range(draws)])
+    append = timed(lambda: [d.append(s) for tree in trees for s in tree])
+    popped = timed(lambda: [pop(batch) for _ in range(draws)])
+    stats = buffer.stats()
+    assert (stats["inserted"], stats["sampled"]) == (total, draws * batch), "a refused call: the figures would lie"
+    return (
+        total / insert,
+        total / append,
+        draws * batch / sample,
+        draws * batch / popped,
+        append / insert,
+        popped / sample,
+    )
+
+
+def replay_figures(trees: Trees, cfg: ArborConfig) -> dict:
+    """The in-process buffer against a bare deque, ``REPLAY_ROUNDS`` rounds of ``REPLAY_ITEMS`` items."""
+    rows = [replay_round(fill(trees, REPLAY_ITEMS), cfg.train.batch_size, cfg) for _ in range(REPLAY_ROUNDS)]
+    names = ("replay_insert", "deque_append", "replay_sample", "deque_sample")
+    ratios = ("replay_insert_vs_deque", "replay_sample_vs_deque")
+    return medians(rows, (*(f"{n}_per_s" for n in names), *ratios)) | {"replay_sampler": cfg.train.sampler}
+
+
+class DequeActor:
+    """A bare deque behind a plain Ray actor: the ReplayService's baseline (the same round trips)."""
+
+    def __init__(self):
+        self.items: deque = deque()
+
+    def insert(self, samples: list[StepSample]) -> bool:
+        self.items.extend(samples)
+        return True
+
+    def sample(self, n: int, current_version: int, timeout_s: float = 1.0) -> list[StepSample]:
+        return [self.items.popleft() for _ in range(n)]
+
+
+def service_round(actors: tuple, trees: Trees, batch: int) -> tuple[float, ...]:
+    """Per actor (ReplayService, DequeActor): items/s in, items/s out, round trips/s; then the three ratios.
+    The two actors take turns call by call, so a stall of the shared machine hits both alike."""
+    import ray
+
+    total = sum(map(len, trees))
+    draws = total // batch
+    seconds = [[0.0, 0.0] for _ in actors]  # per actor: inserting, sampling
+    calls = [(0, lambda a, tree=tree: a.insert.remote(tree)) for tree in trees]
+    calls += [(1, lambda a: a.sample.remote(batch, 0, 1.0))] * draws
+    for kind, call in calls:
+        for i, actor in enumerate(actors):
+            t0 = time.perf_counter()
+            reply = ray.get(call(actor))
+            seconds[i][kind] += time.perf_counter() - t0
+            assert reply is not None and reply is not False, "a refused call: the figures would lie"
+    out = tuple(x for ins, smp in seconds for x in (total / ins, draws * batch / smp, len(calls) / (ins + smp)))
+    return (*out, *(out[i] / out[i + 3] for i in range(3)))
+
+
+def ray_rounds(cfg: ArborConfig, learner: ActorCriticLearner, trees: Trees) -> dict:
+    """Weight sync through the real channel into a real RolloutWorker, and the ReplayService round trips."""
+    import ray
+
+    from actors.rollout import RolloutWorker
+    from core.channels import Coordinator, WeightChannel, state_bytes
+    from core.model import save_checkpoint
+    from launch.train import ACTOR_ENV
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer = build_policy(cfg.model)[1]
+            init = cfg.model.path or str(save_checkpoint(tmp, learner.model, tokenizer, learner.value_head))
+            env = {"env_vars": dict(ACTOR_ENV)}
+            coordinator = ray.remote(Coordinator).options(num_cpus=0).remote()
+            cap = 4 * SERVICE_ITEMS
+            service = ray.remote(ReplayService).options(num_cpus=0, runtime_env=env)
+            service = service.remote(capacity=cap, sampler=cfg.train.sampler, rate_limiter=open_limiter(cap))
+            channel = WeightChannel(coordinator)
+            channel.publish(0, learner.publish_state())
+            worker = ray.remote(RolloutWorker).options(num_cpus=1, runtime_env=env)
+            worker = worker.remote(cfg, 0, 1, init, coordinator, service)
+            sync = []
+            for version in range(1, REPEATS + 2):  # the first round is a warm-up
+                pulled = ray.get(worker.report.remote())["pull_seconds"]
+                t0 = time.perf_counter()
+                state = learner.publish_state()
+                t1 = time.perf_counter()
+                channel.publish(version, state)
+                t2 = time.perf_counter()
+                ray.get(worker.pull.remote())
+                total = time.perf_counter() - t0
+                load = ray.get(worker.report.remote())["pull_seconds"] - pulled
+                nbytes = state_bytes(state)
+                copy = copy_seconds(nbytes)
+                sync.append((total, t1 - t0, t2 - t1, load, copy, copy / total))
+            assert ray.get(worker.report.remote())["version"] == REPEATS + 1, "the actor missed a version"
+            actors = (service, ray.remote(DequeActor).options(num_cpus=0).remote())
+            calls = fill(trees, SERVICE_ITEMS)
+            # the first round is a warm-up: it starts the deque actor
+            svc = [service_round(actors, calls, cfg.train.batch_size) for _ in range(REPEATS + 1)][1:]
+    finally:
+        ray.shutdown()
+    names = ("weight_sync", "publish_state", "channel_publish", "actor_pull_load", "memcpy")
+    figures = medians(sync[1:], (*(f"{n}_seconds" for n in names), "weight_sync_vs_memcpy"))
+    names = ("insert_per_s", "sample_per_s", "round_trips_per_s")
+    svc_names = (*(f"service_{n}" for n in names), *(f"ray_deque_{n}" for n in names))
+    svc_names += tuple(f"service_{n.replace('_per_s', '')}_vs_ray_deque" for n in names)
+    return figures | medians(svc, svc_names) | {"weight_bytes": nbytes}
+
+
+def _nccl_rank(rank: int, nbytes: int, port: int, repeats: int, result) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", rank=rank, world_size=2)
+    buf, dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda"), torch.device("cuda", rank)
+    times = []
+    for _ in range(repeats + 1):
+        dist.barrier()
+        times.append(timed(lambda: dist.broadcast(buf, 0), dev))
+    if rank == 0:
+        result.put(statistics.median(times[1:]))
+    dist.destroy_process_group()
+
+
+def nccl_broadcast_seconds(nbytes: int, repeats: int = 9) -> float:
+    """Median time to broadcast ``nbytes`` from GPU 0 to GPU 1 over NCCL (two spawned ranks)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_nccl_rank, args=(nbytes, port, repeats, result), nprocs=2)
+    return result.get()
+
+
+def gpu_figures(cfg: ArborConfig, dev: torch.device, sizes=CUDA_MATMUL_SIZES, bandwidth_bytes: int = 1 << 30) -> dict:
+    """bf16 peak, learner MFU under bf16 autocast, search decode against the bandwidth bound, weight sync."""
+    peak = matmul_peak(sizes, torch.bfloat16, dev)
+    bandwidth = 2 * bandwidth_bytes / copy_seconds(bandwidth_bytes, dev)  # a copy reads and writes every byte
+    model, tokenizer, head = policy(cfg, dev)
+    backend = HFStepBackend(model, tokenizer, head, seed=cfg.search.seed, max_batch_rows=cfg.search.max_batch_rows)
+    n = cfg.search.trees_in_flight
+    search(backend, cfg, 0, max(1, n // 4))
+    calls = backend.model_calls
+    trees, c = search(backend, cfg, n, n)
+    weight_bytes = sum(p.numel() * p.element_size() for p in itertools.chain(model.parameters(), head.parameters()))
+    at_bound = (backend.model_calls - calls) * weight_bytes / bandwidth  # seconds if every call only read weights
+    learner, mfu = make_learner(cfg, "torch", dev), []
+    for i, batch in enumerate(batches(trees, cfg.train.batch_size, REPEATS + 1)):
+        # collate_steps builds its tensors with factory calls: the device context puts them on the GPU
+        with torch.device(dev), torch.autocast(dev.type, dtype=torch.bfloat16):
+            s = timed(lambda batch=batch: learner.update(batch, 0), dev)
+        if i:
+            mfu.append(train_flops(learner, batch)[0] / s / peak)
+    state = learner.publish_state()
+    nbytes = sum(t.numel() * t.element_size() for t in state.values())
+    copy = copy_seconds(nbytes, dev)
+    out = {
+        "bf16_matmul_peak_tflops": peak / 1e12,
+        "memory_bandwidth_gb_s": bandwidth / 1e9,
+        "learner_mfu_bf16": statistics.median(mfu),
+        "decode_tokens_per_s": c["generated"] / c["seconds"],
+        "decode_vs_bandwidth_bound": at_bound / c["seconds"],
+        "weight_bytes": nbytes,
+        "device_copy_seconds": copy,
+        "nccl_broadcast_seconds": "needs 2 GPUs",
+    }
+    if dev.type == "cuda" and torch.cuda.device_count() >= 2:
+        nccl = nccl_broadcast_seconds(nbytes)
+        out |= {"nccl_broadcast_seconds": nccl, "nccl_sync_vs_device_copy": copy / nccl}
+    return out
+
+
+def table(r: dict) -> str:
+    """The CPU figures as rows of (figure, Arbor, limit, ratio); the GPU figures as key: value lines."""
+    if r["device"] != "cpu":
+        return "\n".join(f"{k:>26}: {v:.4g}" if isinstance(v, float) else f"{k:>26}: {v}" for k, v in r.items())
+    peak = f"{r['matmul_peak_gflops']:.1f} GFLOP/s fp32 matmul"
+    rows = [("figure", "Arbor", "limit", "ratio")]
+    for kind in ("torch", "deepspeed"):
+        if f"learner_mfu_{kind}" not in r:
+            rows.append((f"learner MFU ({kind})", r[f"learner_error_{kind}"][:60], peak, "-"))
+            continue
+        arbor = f"{r[f'learner_tokens_per_s_{kind}']:.0f} tok/s, {r[f'learner_gflops_{kind}']:.2f} GFLOP/s"
+        ratio = f"{r[f'learner_mfu_{kind}']:.3f} ({r[f'learner_mfu_attn_{kind}']:.3f} with attention)"
+        rows.append((f"learner MFU ({kind})", arbor, peak, ratio))
+    gen, fwd, gf = r["rollout_generated_tokens_per_s"], r["rollout_forwarded_tokens_per_s"], r["rollout_gflops"]
+    rollout = f"{gen:.0f} gen tok/s ({fwd:.0f} fwd, {gf:.2f} GFLOP/s)"
+    rows.append(("rollout FLOP/s", rollout, peak, f"{r['rollout_flops_vs_peak']:.4f}"))
+    sync = f"{r['weight_sync_seconds'] * 1e3:.1f} ms for {r['weight_bytes'] / 1e6:.1f} MB"
+    rows.append(("weight sync", sync, f"{r['memcpy_seconds'] * 1e3:.2f} ms copy_", f"{r['weight_sync_vs_memcpy']:.4f}"))
+    for name, arbor, limit, against, ratio in (
+        ("ReplayBuffer insert items/s", "replay_insert", "deque_append", "deque", "replay_insert_vs_deque"),
+        ("ReplayBuffer sample items/s", "replay_sample", "deque_sample", "deque", "replay_sample_vs_deque"),
+        ("ReplayService insert items/s", "service_insert", "ray_deque_insert", "deque actor", ""),
+        ("ReplayService sample items/s", "service_sample", "ray_deque_sample", "deque actor", ""),
+        ("ReplayService round trips/s", "service_round_trips", "ray_deque_round_trips", "deque actor", ""),
+    ):
+        ratio = ratio or f"{arbor}_vs_ray_deque"
+        rows.append((name, f"{r[arbor + '_per_s']:.0f}", f"{r[limit + '_per_s']:.0f} {against}", f"{r[ratio]:.4f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    head = f"{r['cpu']}, {r['cores']} cores, {r['threads']} torch thread(s), {r['date']}, {r['seconds']:.0f} s"
+    return "\n".join([head, *lines])
+
+
+def main(argv: list[str]) -> dict:
+    command = " ".join([".venv/bin/python bench/limits.py", *argv])
+    device = "cpu"
+    if "--device" in argv:
+        i = argv.index("--device")
+        device, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
+        if device not in ("cpu", "cuda"):
+            raise SystemExit(f"--device must be cpu or cuda, got {device!r}")
+    config = argv[0] if argv and "=" not in argv[0] else "configs/countdown_tiny.yaml"
+    cfg = load_config(config, [*BENCH, *[a for a in argv if "=" in a]])
+    t0 = time.time()
+    if device == "cuda" and not torch.cuda.is_available():
+        result = machine() | {"device": device, "command": command, "cuda": "no cuda"}
+    else:
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # save_checkpoint's bar would break up the table
+        result = machine() | {"device": device, "command": command}
+    if device == "cuda" and "cuda" not in result:
+        result |= {"gpu": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count()}
+        result |= gpu_figures(cfg, torch.device("cuda"))
+    elif device == "cpu":
+        peaks: list[float] = []
+        trees, rollout = rollout_rounds(cfg, peaks)
+        learned, learner = learner_rounds(cfg, trees, peaks)
+        result |= rollout | learned | replay_figures(trees, cfg) | ray_rounds(cfg, learner, trees)
+        result["matmul_peak_gflops"] = statistics.median(peaks) / 1e9
+    result["seconds"] = time.time() - t0
+    print(table(result))
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
