@@ -25,7 +25,7 @@ from reward.bounded import BoundedWorker, CallTimeout
 _ANSWER_TAG = ANSWER_PREFIX.strip()  # "Answer:", so "Answer:27" still counts as the answer line
 MAX_RESPONSE_CHARS = 20_000  # longer responses are judged wrong unread: no answer needs this much text
 MAX_NUMBER_CHARS = 60  # a "number" longer than this is not an answer (and would make a huge Fraction)
-MATH_TIMEOUT_S = 2  # math-verify's bound on each parse and comparison (whole seconds: signal.alarm)
+MATH_TIMEOUT_S = 5  # math-verify's bound on each parse and comparison (its own default; whole seconds)
 
 _HASHES = re.compile(r"^\s*####\s*(.*)$", re.MULTILINE)
 _LABELLED = re.compile(r"^\s*(?:A|Final answer)\s*:\s*(.+)$", re.MULTILINE | re.IGNORECASE)

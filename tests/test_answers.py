@@ -159,7 +159,7 @@ def test_pathological_math_answer_is_false_with_a_logged_reason(caplog: pytest.L
         verdict = check("math", "Answer: \\boxed{10^{10^{10}}}", {"answer": "9"})
     assert not verdict.correct and not verdict.crashed
     assert "pathological" in verdict.reason and "pathological" in caplog.text
-    assert time.perf_counter() - start < 10  # math.py's bound: 3 x 2 s inside the worker, 8 s hard
+    assert time.perf_counter() - start < 20  # the bound: 5 s per parse or comparison inside the worker, 17 s hard
     assert verifier_counts()["timed_out"] == before + 1
     assert not verify("math", "x" * 30_000, {"answer": "1"})  # overlong responses are not read at all
     assert verify("math", "Answer: 3", {"answer": "3"})  # and the worker still answers afterwards
