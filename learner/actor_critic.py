@@ -72,6 +72,11 @@ class StepBatch:
     lags: list[int]  # learner version minus sample version, per sample
     num_tokens: int  # real tokens in the batch
 
+    def to(self, device: torch.device) -> StepBatch:
+        """The batch with every tensor on ``device`` (collation builds them on the CPU)."""
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return StepBatch(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
+
 
 def pack_rows(
     seqs: list[tuple[int, ...]], spans: list[tuple[int, int]], max_len: int | None = None
@@ -217,13 +222,17 @@ class ActorCriticLearner:
         return self.net.model
 
     @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
     def value_head(self) -> ValueHead:
         return self.net.value_head
 
     def update(self, samples: list[StepSample], current_version: int) -> dict[str, float]:
         """One gradient step on ``samples`` (trained by policy ``current_version``); returns metrics."""
         t0 = time.perf_counter()
-        batch = collate_steps(samples, self.pad_id, self.max_len, current_version)
+        batch = collate_steps(samples, self.pad_id, self.max_len, current_version).to(self.device)
         logits, values = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         logp = token_logprobs(logits, batch.input_ids, self.temperature)  # [B, L-1]
         ref_logp = None
@@ -355,14 +364,6 @@ class ActorCriticLearner:
         state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         state |= {VALUE_PREFIX + k: v.detach().to("cpu", copy=True) for k, v in self.value_head.state_dict().items()}
         return state
-
-
-def _per_sample_sums(batch: StepBatch, logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of each sample's action-token log-probs (current and behaviour): [S], [S]."""
-    cum = torch.cat([logp.new_zeros(logp.shape[0], 1), logp.cumsum(-1)], dim=-1)  # [R, L]
-    cum_b = torch.cat([logp.new_zeros(logp.shape[0], 1), batch.behav_logp.cumsum(-1)], dim=-1)
-    rows, start, end = batch.sample_row, batch.state_end, batch.action_end  # targets start..end-1
-    return cum[rows, end] - cum[rows, start], cum_b[rows, end] - cum_b[rows, start]
 
 
 def _per_sample_sums(batch: StepBatch, logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
