@@ -32,14 +32,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.search import HFStepBackend, choose_answer, run_searches, search_stats  # noqa: E402
+from actors.search import HFStepBackend, run_searches, search_stats  # noqa: E402
 from actors.search.driver import evaluation_scorers  # noqa: E402
-from actors.search.scaling import accuracy, budget_config  # noqa: E402
+from actors.search.scaling import accuracy, accuracy_by_rule, budget_config  # noqa: E402
 from core.config import ArborConfig, load_config  # noqa: E402
 from core.model import build_policy, load_value_head  # noqa: E402
 from core.tasks import build_task  # noqa: E402
 from launch.commands import run_sft, run_value  # noqa: E402
-from reward import extract_answer  # noqa: E402
 
 BUDGET = 16  # best-of-N chains; MCTS gets the tokens they spent
 BEST_OF_N_ANSWER = "value_vote"  # how best-of-N picks among its chains (value-weighted majority vote)
@@ -96,17 +95,6 @@ def search_tokens_per_s(backend: HFStepBackend, problems, cfg: ArborConfig) -> t
     return sum(t.tokens_generated for t in trees), time.perf_counter() - t0
 
 
-def rule_accuracies(trees, problems) -> dict[str, float]:
-    """Held-out accuracy of the same trees under every answer rule (no new search needed)."""
-    out = {}
-    for rule in RULES:
-        for tree, problem in zip(trees, problems):
-            node = choose_answer(tree, rule, lambda r, kind=problem.task: extract_answer(kind, r))
-            tree.answer_node = node.id if node is not None else None
-        out[rule] = accuracy(trees, problems)
-    return out
-
-
 def prepare(config: str, base: list[str], reuse: str | None) -> tuple[ArborConfig, dict]:
     """SFT then the value fit (or, with ``reuse``, an earlier run's value checkpoint and report)."""
     if reuse is not None:
@@ -145,7 +133,7 @@ def main(argv: list[str]) -> dict:
     mcts = run_searches(backend, problems, budget_config(cfg.search, "mcts", BUDGET, spent), evaluation_scorers)
     mcts_s = time.perf_counter() - t1
     bon_acc, mcts_acc = accuracy(bon, problems), accuracy(mcts, problems)
-    bon_rules, mcts_rules = rule_accuracies(bon, problems), rule_accuracies(mcts, problems)
+    bon_rules, mcts_rules = accuracy_by_rule(bon, problems, RULES), accuracy_by_rule(mcts, problems, RULES)
     mcts_stats = search_stats(mcts)
 
     # the same MCTS without prefix reuse, on a slice (it is slow by construction)

@@ -13,13 +13,14 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from actors.search.answer import choose_answer
 from actors.search.backend import StepBackend
 from actors.search.driver import evaluation_scorers, run_searches
 from actors.search.expand import Scorers
 from actors.search.tree import SearchTree, search_stats
 from core.config import SearchConfig
 from core.tasks.base import Problem
-from reward import verify
+from reward import extract_answer, verify
 
 KINDS = ("greedy", "best_of_n", "beam", "mcts")
 
@@ -48,6 +49,20 @@ def accuracy(trees: Sequence[SearchTree], problems: Sequence[Problem], judge: Ju
         if tree.answer_node is not None:
             right += judge(problem, tree.response(tree.nodes[tree.answer_node]))
     return right / max(len(problems), 1)
+
+
+def accuracy_by_rule(
+    trees: Sequence[SearchTree], problems: Sequence[Problem], rules: Sequence[str], judge: Judge = verifier_judge
+) -> dict[str, float]:
+    """Accuracy of the same trees under each answer rule (no new search needed); leaves each tree's
+    ``answer_node`` at the last rule's choice."""
+    out = {}
+    for rule in rules:
+        for tree, problem in zip(trees, problems):
+            node = choose_answer(tree, rule, lambda r, kind=problem.task: extract_answer(kind, r))
+            tree.answer_node = node.id if node is not None else None
+        out[rule] = accuracy(trees, problems, judge)
+    return out
 
 
 def _point(kind: str, budget: int, trees: list[SearchTree], problems: Sequence[Problem], judge: Judge) -> ScalingPoint:
