@@ -1,4 +1,5 @@
-"""Rewards: outcome verifiers (``verifiers``, ``answers``), process reward models (``prm_labels``, ``prm``)."""
+"""Rewards: outcome verifiers (``verifiers``, ``answers``; math-verify in ``bounded`` workers) and process reward
+models (``prm_labels``, ``prm``, PRIME's ``implicit_prm``)."""
 
 from reward.verifiers import Verdict, check, extract_answer, verifier_counts, verify
 

@@ -270,11 +270,17 @@ def test_arbor_prm_trains_reloads_and_guides_search(policy_checkpoints: dict[str
     prm = load_prm(run / "checkpoints" / "prm")
     assert 0 < prm.score(trees[0].prompt, trees[0].response(trees[0].terminals()[0])) < 1
 
-    # the saved trees label again without searching; hard labels this time
-    assert (
-        main(["prm", str(DEFAULT_CONFIG), *common, policy, f"prm.trees={run / 'trees.jsonl'}", "prm.label=hard"]) == 0
-    )
-    assert len(list(root.glob("prm-*"))) == 2
+    # the saved trees label again without searching; hard labels, on a separate model's trunk this time
+    saved = f"prm.trees={run / 'trees.jsonl'}"
+    base = f"prm.base={policy_checkpoints['value']}"
+    assert main(["prm", str(DEFAULT_CONFIG), *common, policy, saved, "prm.label=hard", base, "run.name=base"]) == 0
+    meta = json.loads((root / "base" / "checkpoints" / "prm" / "arbor.json").read_text())
+    assert meta["base"] == str(policy_checkpoints["value"]) and meta["label"] == "hard"
+    # and PRIME's implicit PRM, which reloads with the policy as its reference
+    implicit = ["prm.kind=implicit", "prm.steps=3", "prm.batch_size=4", "run.name=implicit"]
+    assert main(["prm", str(DEFAULT_CONFIG), *common, policy, saved, *implicit]) == 0
+    assert isinstance(load_prm(root / "implicit" / "checkpoints" / "prm"), ImplicitPRM)
+    assert json.loads((root / "implicit" / "prm_report.json").read_text())["held_out"]["steps"] > 0
 
     # the PRM as the only value source of evaluation-time search (the SFT checkpoint has no value head)
     budgets = ["search.budgets=[2]", "search.kinds=[best_of_n,beam]", "search.leaf_value=prm", "eval.num_samples=0"]
