@@ -32,6 +32,8 @@ bench: install
 	$(BIN)/python bench/sft_throughput.py
 	$(BIN)/python bench/train_e2e.py
 	$(BIN)/python bench/limits.py
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/vs_trl.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from actors.search import HFStepBackend, SearchTree, run_searches, search_stats, training_scorers, tree_to_samples
+from actors.search import HFStepBackend, ProcessRewards, SearchTree, run_searches, search_stats, training_scorers
 from core.channels import BufferClient, WeightChannel, split_published
 from core.config import ArborConfig, ModelConfig
 from core.model import ValueHead, build_policy, hidden_size_of, load_value_head
-from core.tasks import Problem, build_task
+from core.tasks import Problem, build_task, step_separator
 
 # Rollout shards live far from the SFT stream (index 0 up) and the value fit's stretch (2^30 up).
 ROLLOUT_INDEX_OFFSET = 1 << 31
@@ -68,8 +68,10 @@ class RolloutWorker:
             policy_version=-1,
             seed=cfg.train.seed * 7919 + actor_index + (10_000 if self.restarted else 0),
             max_batch_rows=cfg.search.max_batch_rows,
+            step_sep=step_separator(cfg.task),
         )
-        self.task = build_task(cfg.task)
+        self.task = build_task(cfg.task, tokenizer)  # the tokenizer: task.data.template=chat
+        self.process = ProcessRewards(cfg)  # the PRM as leaf evaluator and dense step reward, when configured
         self.held_out = {p.key for p in self.task.eval_problems()}
         # The buffer records each actor's cursor with every insert it accepts, so a restarted actor resumes
         # right after the last tree the buffer actually took.
@@ -149,7 +151,7 @@ class RolloutWorker:
                     self.backend,
                     [p for _, p in batch],
                     search_cfg,
-                    training_scorers,
+                    self.process.scorers_for(training_scorers),
                     between_rounds=self._pull_between_rounds if max_trees <= 0 else None,
                     on_finished=on_finished,
                 )
@@ -163,7 +165,7 @@ class RolloutWorker:
 
     def _emit(self, tree: SearchTree, next_cursor: int) -> None:
         """Stream one finished tree's samples into the buffer (blocking under backpressure), then report."""
-        samples = tree_to_samples(tree, self.cfg.train.value_head_weight, self.cfg.train.global_advantage)
+        samples = self.process.samples(tree, self.cfg.train.value_head_weight, self.cfg.train.global_advantage)
         tree_id = f"{self.name}/{tree.problem_uid}"
         samples = [dataclasses.replace(s, meta={**s.meta, "tree": tree_id, "tree_size": len(samples)}) for s in samples]
         t0 = time.perf_counter()

@@ -3,7 +3,7 @@
     python bench/vs_trl.py [--sft DIR] [--budget-s 300] [--points 5] [key=value ...]
 
 1. The SFT init: ``--sft DIR`` (an ``arbor sft`` checkpoint), else ``arbor sft`` on the config first.
-2. TRL (``configs/trl_grpo.yaml`` holds its settings): ``GRPOTrainer`` on the config's training problems,
+2. TRL (``bench/trl_grpo.yaml`` holds its settings): ``GRPOTrainer`` on the config's training problems,
    rewarded by the same verifier (``reward.verify``), CPU, for ``--budget-s`` seconds of training.
 3. Arbor: ``arbor train`` (``train.init=model`` from the same init, the config's recipe) for the same
    seconds of RL.
@@ -14,7 +14,7 @@ greedy decoding on the same held-out problems, so the curves are comparable poin
 ``curves.png`` and ``curves.md`` under ``runs/bench-vs-trl-*/`` and prints as its last line JSON with
 ``trl_final_accuracy``, ``arbor_final_accuracy`` and ``time_to_trl_final_accuracy_ratio``: the first
 point at which Arbor reached TRL's final accuracy over the first point at which TRL did (null when Arbor
-never did, or when TRL's final accuracy is already the init's, where the ratio says nothing).
+never did, or when TRL's final accuracy is at or below the init's, where the ratio says nothing).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from launch.train import run_train  # noqa: E402
 from reward import verify  # noqa: E402
 
 CONFIG = "configs/countdown_tiny.yaml"
-TRL_CONFIG = "configs/trl_grpo.yaml"
+TRL_CONFIG = str(Path(__file__).with_name("trl_grpo.yaml"))
 TRL_INDEX_OFFSET = 5 << 30  # TRL's training problems: a stretch of seeds no other command uses
 
 

@@ -1,7 +1,8 @@
 """The cluster path: a real `ray start --head` on 127.0.0.1, a tiny `arbor train` sent with `ray job submit`.
 
-The head gets its own ports and temp dir; `ray stop` at the end stops this test's processes (no other Ray
-runs while it does: tests run one at a time).
+The head gets its own ports and temp dir; at the end the test stops only the processes of that head (each
+names its temp dir on its command line) and their children, never another Ray on the machine: `ray stop`
+would kill every Ray process of the user, a training run included.
 """
 
 from __future__ import annotations
@@ -26,6 +27,26 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_head(temp_dir: str) -> None:
+    """Kill the Ray processes started under ``temp_dir`` (and their children, the job's driver included)."""
+    import psutil
+
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(temp_dir in arg for arg in proc.info["cmdline"] or []) and proc.pid != os.getpid():
+            procs.append(proc)
+            try:
+                procs.extend(proc.children(recursive=True))
+            except psutil.Error:
+                pass
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=30)
 
 
 def test_submit_command_names_the_job_and_its_runtime_env():
@@ -90,7 +111,7 @@ def test_ray_job_submit_runs_training_to_success(tmp_path):
         text = status.stdout + status.stderr
         assert "arbor-test-job' succeeded" in text or "SUCCEEDED" in text, text[-2000:]
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_head(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
     result = json.loads((tmp_path / "runs" / "job" / "result.json").read_text())
     assert result["steps"] == 3 and result["version"] == 3
