@@ -23,10 +23,19 @@ from actors.search import HFStepBackend, ProcessRewards, SearchTree, run_searche
 from core.channels import BufferClient, WeightChannel, split_published
 from core.config import ArborConfig, ModelConfig
 from core.model import ValueHead, build_policy, hidden_size_of, load_value_head
-from core.tasks import Problem, build_task, step_separator
+from core.tasks import Problem, Task, build_task, step_separator
+from core.tasks.base import demonstration_pool
 
 # Rollout shards live far from the SFT stream (index 0 up) and the value fit's stretch (2^30 up).
 ROLLOUT_INDEX_OFFSET = 1 << 31
+
+
+def problems_to_skip(cfg: ArborConfig, task: Task) -> set[str]:
+    """Keys rollouts never search: held-out content, and the SFT demonstrations when ``sft.num_problems`` caps them."""
+    keys = {p.key for p in task.eval_problems()}
+    if cfg.sft.num_problems:
+        keys |= {p.key for p in demonstration_pool(task, cfg.sft.num_problems, cfg.sft.difficulty_mix)}
+    return keys
 
 
 class StopSearch(Exception):
@@ -72,7 +81,7 @@ class RolloutWorker:
         )
         self.task = build_task(cfg.task, tokenizer)  # the tokenizer: task.data.template=chat
         self.process = ProcessRewards(cfg)  # the PRM as leaf evaluator and dense step reward, when configured
-        self.held_out = {p.key for p in self.task.eval_problems()}
+        self.skip_keys = problems_to_skip(cfg, self.task)
         # The buffer records each actor's cursor with every insert it accepts, so a restarted actor resumes
         # right after the last tree the buffer actually took.
         self.cursor = ray.get(buffer.cursors.remote()).get(self.name, 0)
@@ -116,10 +125,10 @@ class RolloutWorker:
     # ---- problems -----------------------------------------------------------------------------
 
     def problem_at(self, cursor: int) -> Problem | None:
-        """The cursor-th problem of this actor's shard (None where it collides with held-out content)."""
+        """The cursor-th problem of this actor's shard (None where it is held out or an SFT demonstration)."""
         index = ROLLOUT_INDEX_OFFSET + self.cfg.train.seed * 1_000_003 + cursor * self.num_actors + self.index
         problem = self.task.train_problem(index)
-        return None if problem.key in self.held_out else problem
+        return None if problem.key in self.skip_keys else problem
 
     def _next_problems(self, n: int) -> list[tuple[int, Problem]]:
         out = []

@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.evaluate import evaluate  # noqa: E402
+from actors.rollout import problems_to_skip  # noqa: E402
 from actors.search import HFStepBackend, run_searches, training_scorers, tree_to_samples  # noqa: E402
 from core.channels import split_published  # noqa: E402
 from core.config import load_config  # noqa: E402
@@ -46,7 +47,7 @@ def main(argv: list[str]) -> dict:
     torch.set_num_threads(cfg.threads or 2)
     task = build_task(cfg.task)
     held_out = task.eval_problems()
-    held_keys = {p.key for p in held_out}
+    skip_keys = problems_to_skip(cfg, task)  # held out, and the SFT demonstrations when sft.num_problems is set
     model, tokenizer = build_policy(cfg.model)
     head = load_value_head(model_dir, model) or ValueHead(hidden_size_of(model))
     eval_cfg = dataclasses.replace(cfg.eval, num_samples=SAMPLES, ks=[1])
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> dict:
         while len(problems) < ROUND_TREES:
             p = task.train_problem(index)
             index += 1
-            if p.key not in held_keys:
+            if p.key not in skip_keys:
                 problems.append(p)
         t0 = time.perf_counter()
         trees = run_searches(backend, problems, cfg.search, training_scorers)

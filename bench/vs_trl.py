@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from actors.evaluate import evaluate  # noqa: E402
+from actors.rollout import problems_to_skip  # noqa: E402
 from core.config import ModelConfig, load_config  # noqa: E402
 from core.model import build_policy  # noqa: E402
 from core.tasks import build_task  # noqa: E402
@@ -52,12 +53,12 @@ def trl_run(init: str, cfg, budget_s: float, every_s: float, out: Path) -> list[
 
     settings = OmegaConf.to_container(OmegaConf.load(TRL_CONFIG), resolve=True)
     task = build_task(cfg.task)
-    held = {p.key for p in task.eval_problems()}
+    skip = problems_to_skip(cfg, task)  # as Arbor's rollouts: held out, and the SFT demonstrations
     rows, i, wanted = [], TRL_INDEX_OFFSET, int(settings.pop("problems"))
     while len(rows) < wanted:
         p = task.train_problem(i)
         i += 1
-        if p.key not in held:
+        if p.key not in skip:
             rows.append({"prompt": p.prompt, "reference": json.dumps(p.reference)})
     kind = cfg.task.name
 

@@ -82,6 +82,7 @@ class SFTConfig:
     grad_clip: float = 1.0  # max gradient norm
     difficulty_mix: list[float] | None = None  # weight per difficulty level of training problems; None: uniform
     corrupt_fraction: float = 0.1  # share of traces with one injected error, so the init is imperfect
+    num_problems: int = 0  # distinct problems SFT demonstrates, a fixed pool RL never draws; 0: the whole stream
     engine: str = "deepspeed"  # deepspeed | torch: which engine runs the update
     zero_stage: int = 0  # DeepSpeed ZeRO stage (0, 1 or 2)
     seed: int = 0  # data order and corruption seed
@@ -374,6 +375,7 @@ def validate(cfg: ArborConfig) -> None:
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name))
     _positive("sft.steps", cfg.sft.steps, allow_zero=True)
+    _positive("sft.num_problems", cfg.sft.num_problems, allow_zero=True)
     _positive("eval.num_samples", cfg.eval.num_samples, allow_zero=True)
     if not 0.0 <= cfg.sft.corrupt_fraction <= 1.0:
         raise ConfigError(f"config key 'sft.corrupt_fraction' must lie in [0, 1]; got {cfg.sft.corrupt_fraction}")

@@ -27,6 +27,7 @@ from core.errors import ConfigError
 from core.model import VALUE_HEAD_FILE, build_policy, load_value_head, save_checkpoint
 from core.runs import RunLogger, make_run_dir
 from core.tasks import DATA_TASKS, Problem, Task, build_task, step_separator
+from core.tasks.base import distinct_problems
 from core.tasks.jsonl import question_key
 from launch.report import advance, console, plot_scaling, progress_bar, results_table, value_table
 from learner.sft import train_sft
@@ -70,7 +71,8 @@ def run_sft(cfg: ArborConfig) -> dict:
     """SFT warm start on solver traces, with held-out evaluation of the init and of the result."""
     task, held_out, model, tokenizer, run_dir, logger = prepare(cfg, "sft")
     n_params = sum(p.numel() for p in model.parameters())
-    console.print(f"[bold]arbor sft[/] task={cfg.task.name} params={n_params / 1e6:.2f}M run={run_dir}")
+    pool = f" demonstrations={cfg.sft.num_problems}" if cfg.sft.num_problems else ""
+    console.print(f"[bold]arbor sft[/] task={cfg.task.name}{pool} params={n_params / 1e6:.2f}M run={run_dir}")
     results: dict[str, EvalResult] = {}
     try:
         if cfg.sft.eval_before_after:
@@ -120,30 +122,6 @@ def value_problems(task: Task, cfg: ArborConfig, exclude_keys: set[str]) -> list
     """``value.problems`` distinct training problems for the value fit; held-out content is skipped."""
     first = VALUE_INDEX_OFFSET + cfg.value.seed * 1_000_003
     return distinct_problems(task, cfg.value.problems, first, cfg.value.difficulty_mix, exclude_keys)
-
-
-def distinct_problems(
-    task: Task, count: int, first_index: int, mix: list[float] | None, exclude_keys: set[str]
-) -> list[Problem]:
-    """``count`` training problems from ``first_index`` on, distinct by content and outside ``exclude_keys``.
-
-    Distinct by content: two seeds can draw the same problem, and a duplicate would let a fit and its
-    held-out report (split by problem) share content. A data task with fewer distinct rows than ``count``
-    gives them all.
-    """
-    out: list[Problem] = []
-    taken = set(exclude_keys)
-    index = first_index
-    misses = 0
-    while len(out) < count and misses < 10 * count + 1000:
-        problem = task.train_problem(index, mix)
-        index += 1
-        if problem.key not in taken:
-            taken.add(problem.key)
-            out.append(problem)
-        else:
-            misses += 1
-    return out
 
 
 def value_sampling_config(cfg: ArborConfig) -> SearchConfig:

@@ -34,7 +34,8 @@ from core.config import ArborConfig, ValueConfig
 from core.errors import ConfigError, DataError
 from core.model import ValueHead, hidden_size_of, load_pretrained, load_value_head, save_checkpoint
 from core.tasks import step_separator
-from launch.commands import distinct_problems, prepare
+from core.tasks.base import distinct_problems
+from launch.commands import prepare
 from launch.report import advance, console, progress_bar
 from learner.prm_fit import fit_pairwise_head, pair_accuracy
 from learner.value_fit import LabelledSequence, fit_value_head, prefix_features, roc_auc

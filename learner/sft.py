@@ -15,7 +15,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.config import ArborConfig
-from core.tasks import Task
+from core.tasks import Problem, Task
+from core.tasks.base import demonstration_pool
 from learner.engine import OptimConfig, build_engine
 
 IGNORE = -100  # label value the loss skips: prompt and padding positions
@@ -60,17 +61,31 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[t
     return ids, mask, labels
 
 
+def _problem_stream(task: Task, cfg: ArborConfig) -> Iterator[Problem]:
+    """Training problems in index order; different seeds read different stretches of the seed range."""
+    index = cfg.sft.seed * 1_000_003
+    while True:
+        yield task.train_problem(index, cfg.sft.difficulty_mix)
+        index += 1
+
+
+def _pool_stream(task: Task, cfg: ArborConfig, rng: random.Random) -> Iterator[Problem]:
+    """The ``sft.num_problems`` demonstration pool, reshuffled every pass."""
+    pool = demonstration_pool(task, cfg.sft.num_problems, cfg.sft.difficulty_mix)
+    while True:
+        yield from rng.sample(pool, len(pool))
+
+
 def sft_batches(
     task: Task, tokenizer: PreTrainedTokenizerBase, cfg: ArborConfig, exclude_keys: set[str]
 ) -> Iterator[SFTBatch]:
     """An endless stream of training batches; problems whose content is held out are skipped."""
     rng = random.Random(cfg.sft.seed)
-    index = cfg.sft.seed * 1_000_003  # different seeds read different stretches of the training seed range
+    stream = _pool_stream(task, cfg, rng) if cfg.sft.num_problems else _problem_stream(task, cfg)
     while True:
         examples, corrupt = [], 0
         while len(examples) < cfg.sft.batch_size:
-            problem = task.train_problem(index, cfg.sft.difficulty_mix)
-            index += 1
+            problem = next(stream)
             if problem.key in exclude_keys or problem.solution is None:
                 continue
             trace = problem.solution

@@ -70,6 +70,7 @@ def test_type_mismatch_names_key_and_expected_type():
         ("model.arch=gpt2", "model.arch"),
         ("sft.zero_stage=3", "sft.zero_stage"),
         ("sft.corrupt_fraction=1.5", "sft.corrupt_fraction"),
+        ("sft.num_problems=-1", "sft.num_problems"),
         ("model.hidden_size=0", "model.hidden_size"),
         ("task.name=gsm8k", "task.data.path"),
     ],

@@ -7,11 +7,13 @@ import copy
 import pytest
 import torch
 
-from core.config import ModelConfig
+from core.config import ModelConfig, load_config
 from core.model import build_policy
 from core.tasks import build_task
+from core.tasks.base import demonstration_pool
 from learner.engine import OptimConfig, build_engine, lr_lambda
 from learner.sft import IGNORE, collate, encode_example, sft_batches, train_sft
+from tests.conftest import DEFAULT_CONFIG
 
 SMALL = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_seq_len=64)
 
@@ -43,6 +45,29 @@ def test_training_batches_skip_held_out_problems_and_corrupt_a_share(tiny_cfg):
     assert batch.num_corrupt == tiny_cfg.sft.batch_size
     decoded = tok.batch_decode(batch.input_ids, skip_special_tokens=True)
     assert not any(text.startswith(first.prompt) for text in decoded)
+
+
+def test_sft_pool_cycles_a_fixed_set_of_demonstrations(tiny_cfg):
+    task = build_task(tiny_cfg.task)
+    _, tok = build_policy(tiny_cfg.model)
+    tiny_cfg.sft.num_problems, tiny_cfg.sft.corrupt_fraction = 5, 0.0
+    pool = demonstration_pool(task, 5)
+    assert len({p.key for p in pool}) == 5 and demonstration_pool(task, 5) == pool  # distinct and fixed
+    batches = sft_batches(task, tok, tiny_cfg, exclude_keys=set())
+    prompts = [text.split("\n")[0] for _ in range(3) for text in tok.batch_decode(next(batches).input_ids)]
+    # every pass shows each demonstration once, so 3 batches hold all 5 and nothing else
+    assert sorted(set(prompts)) == sorted(p.prompt.strip() for p in pool)
+    assert len(prompts) == 3 * tiny_cfg.sft.batch_size >= 10
+
+
+def test_sft_pool_larger_than_the_task_names_the_key():
+    small = build_task(
+        load_config(
+            DEFAULT_CONFIG, ["task.countdown.max_numbers=3", "task.countdown.max_operand=3", "task.eval_size=4"]
+        ).task
+    )
+    with pytest.raises(ValueError, match=r"sft.num_problems=5000: the task has only \d+ distinct"):
+        demonstration_pool(small, 5000)
 
 
 @pytest.mark.parametrize("zero_stage", [0, 2])

@@ -18,9 +18,12 @@ import ray
 import torch
 from safetensors.torch import load_file
 
+from actors.rollout import ROLLOUT_INDEX_OFFSET, problems_to_skip
 from core.config import ModelConfig, load_config
 from core.errors import ConfigError, DataError
 from core.model import ValueHead, build_policy, hidden_size_of, save_checkpoint
+from core.tasks import build_task
+from core.tasks.base import demonstration_pool
 from launch.cli import main
 from launch.train import run_train
 from tests.conftest import DEFAULT_CONFIG
@@ -211,6 +214,19 @@ def test_killed_rollout_actor_restarts_with_current_weights(init_ckpt, tmp_path)
     stats = out["actors"]["rollout-0"]
     assert stats["restarted"] and stats["first_version"] == restarts[0]["version"]
     assert out["buffer_dropped"] == 0
+
+
+def test_rollouts_skip_held_out_and_sft_demonstrations():
+    cfg = load_config(DEFAULT_CONFIG, ["sft.num_problems=2000"])
+    task = build_task(cfg.task)
+    skip = problems_to_skip(cfg, task)
+    pool = {p.key for p in demonstration_pool(task, 2000)}
+    shard = [task.train_problem(ROLLOUT_INDEX_OFFSET + i).key for i in range(300)]
+    assert 0 < sum(key in pool for key in shard) < 300  # the cap matters: a shard meets demonstrations
+    assert skip == {p.key for p in task.eval_problems()} | pool
+    assert problems_to_skip(load_config(DEFAULT_CONFIG, ["sft.num_problems=0"]), task) == {
+        p.key for p in task.eval_problems()
+    }
 
 
 def test_buffer_refuses_a_partial_tree():
