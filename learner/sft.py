@@ -15,12 +15,14 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.config import ArborConfig
+from core.errors import DataError
 from core.tasks import Problem, Task
 from core.tasks.base import demonstration_pool
 from learner.engine import OptimConfig, build_engine
 
 IGNORE = -100  # label value the loss skips: prompt and padding positions
 MAX_CONSECUTIVE_NONFINITE = 20  # non-finite losses in a row before SFT gives up
+MAX_CONSECUTIVE_SKIPS = 100_000  # held-out or solution-less problems in a row before SFT says none is usable
 
 
 @dataclass
@@ -82,12 +84,20 @@ def sft_batches(
     """An endless stream of training batches; problems whose content is held out are skipped."""
     rng = random.Random(cfg.sft.seed)
     stream = _pool_stream(task, cfg, rng) if cfg.sft.num_problems else _problem_stream(task, cfg)
+    skipped = 0
     while True:
         examples, corrupt = [], 0
         while len(examples) < cfg.sft.batch_size:
             problem = next(stream)
             if problem.key in exclude_keys or problem.solution is None:
+                skipped += 1
+                if skipped >= MAX_CONSECUTIVE_SKIPS:
+                    raise DataError(
+                        f"SFT found no usable demonstration in {skipped} training problems in a row: each was "
+                        "held out or had no worked solution (check the task's solution field and sft.num_problems)"
+                    )
                 continue
+            skipped = 0
             trace = problem.solution
             if rng.random() < cfg.sft.corrupt_fraction:
                 trace = task.corrupt(trace, rng)

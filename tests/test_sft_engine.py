@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from core.config import ModelConfig, load_config
+from core.errors import DataError
 from core.model import build_policy
 from core.tasks import build_task
 from core.tasks.base import demonstration_pool
@@ -58,6 +59,15 @@ def test_sft_pool_cycles_a_fixed_set_of_demonstrations(tiny_cfg):
     # every pass shows each demonstration once, so 3 batches hold all 5 and nothing else
     assert sorted(set(prompts)) == sorted(p.prompt.strip() for p in pool)
     assert len(prompts) == 3 * tiny_cfg.sft.batch_size >= 10
+
+
+def test_sft_with_no_usable_demonstration_stops_with_a_message(tiny_cfg):
+    task = build_task(tiny_cfg.task)
+    _, tok = build_policy(tiny_cfg.model)
+    tiny_cfg.sft.num_problems = 5
+    every_demo = {p.key for p in demonstration_pool(task, 5)}  # all held out: nothing left to train on
+    with pytest.raises(DataError, match="no usable demonstration in 100000 training problems in a row"):
+        next(sft_batches(task, tok, tiny_cfg, exclude_keys=every_demo))
 
 
 def test_sft_pool_larger_than_the_task_names_the_key():
