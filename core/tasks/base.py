@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
+from core.errors import ConfigError
+
 STEP_SEP = "\n"
 ANSWER_PREFIX = "Answer: "
 
@@ -133,7 +135,7 @@ def demonstration_pool(task: Task, size: int, level_mix: list[float] | None = No
     """
     pool = distinct_problems(task, size, 0, level_mix, set())
     if len(pool) < size:
-        raise ValueError(
+        raise ConfigError(
             f"sft.num_problems={size}: the task has only {len(pool)} distinct training problems "
             "(lower sft.num_problems, or set 0 for the whole training stream)"
         )
