@@ -1,0 +1,78 @@
+"""What RL could reach from a checkpoint: the held-out problems each search solves at least once.
+
+    python bench/headroom.py MODEL_DIR [key=value ...]     # MODEL_DIR: an SFT checkpoint (arbor sft)
+
+RL raises greedy accuracy by making the policy's own successes more likely, so the problems its search
+solves at least once (scored with the verifier, as in training) bound what sharpening can add. For each
+search setting below this prints that any-correct rate on the held-out set next to greedy accuracy, with
+the scored answers per tree, their accuracy and the search's seconds (on the same 2 cores, one after the
+other). A setting that finds more solved problems per second gives the learner more signal for the same
+rollout time. The last line printed is JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from actors.evaluate import evaluate  # noqa: E402
+from actors.search import HFStepBackend, run_searches, training_scorers  # noqa: E402
+from core.config import load_config  # noqa: E402
+from core.model import ValueHead, build_policy, hidden_size_of, load_value_head  # noqa: E402
+from core.tasks import build_task  # noqa: E402
+
+SETTINGS = {  # name -> search overrides on top of the config's search section
+    "mcts (config)": [],
+    "mcts, 48 simulations": ["search.simulations=48"],
+    "best_of_n, 8": ["search.kind=best_of_n", "search.num_samples=8"],
+    "best_of_n, 16": ["search.kind=best_of_n", "search.num_samples=16"],
+}
+
+
+def main(argv: list[str]) -> dict:
+    model_dir, overrides = argv[0], argv[1:]
+    base = (REPO / "configs" / "countdown_tiny.yaml", [f"model.path={model_dir}", *overrides])
+    cfg = load_config(*base)
+    torch.set_num_threads(cfg.threads or 2)
+    task = build_task(cfg.task)
+    held_out = task.eval_problems()
+    model, tokenizer = build_policy(cfg.model)
+    head = load_value_head(model_dir, model) or ValueHead(hidden_size_of(model))
+    greedy = evaluate(model, tokenizer, held_out, dataclasses.replace(cfg.eval, num_samples=0)).greedy_accuracy
+    print(f"{len(held_out)} held-out problems, greedy accuracy {greedy:.3f}")
+    rows = {}
+    for name, extra in SETTINGS.items():
+        search = load_config(base[0], [*base[1], *extra]).search
+        backend = HFStepBackend(copy.deepcopy(model), tokenizer, copy.deepcopy(head), seed=search.seed)
+        t0 = time.perf_counter()
+        trees = run_searches(backend, held_out, search, training_scorers)
+        seconds = time.perf_counter() - t0
+        outcomes = [[n.outcome for n in t.terminals() if n.outcome is not None] for t in trees]
+        scored = [o for tree in outcomes for o in tree]
+        rows[name] = {
+            "any_correct": sum(any(o == 1.0 for o in tree) for tree in outcomes) / len(trees),
+            "answers_per_tree": len(scored) / len(trees),
+            "answer_accuracy": sum(scored) / max(len(scored), 1),
+            "seconds": round(seconds, 1),
+        }
+        r = rows[name]
+        print(
+            f"{name:22s} any-correct {r['any_correct']:.3f}  answers/tree {r['answers_per_tree']:5.2f}  "
+            f"answer accuracy {r['answer_accuracy']:.3f}  {r['seconds']:6.1f} s"
+        )
+    result = {"problems": len(held_out), "greedy_accuracy": greedy, "searches": rows, "overrides": overrides}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
