@@ -11,6 +11,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from actors.evaluate import EvalResult, evaluate, given_responses, score_responses
+from actors.rollout import problems_to_skip
 from actors.search import (
     HFStepBackend,
     ScalingPoint,
@@ -118,10 +119,13 @@ def run_sft(cfg: ArborConfig) -> dict:
     return summary
 
 
-def value_problems(task: Task, cfg: ArborConfig, exclude_keys: set[str]) -> list[Problem]:
-    """``value.problems`` distinct training problems for the value fit; held-out content is skipped."""
+def value_problems(task: Task, cfg: ArborConfig) -> list[Problem]:
+    """``value.problems`` distinct training problems for the value fit, none that rollouts skip (held out, or
+    an SFT demonstration: :func:`actors.rollout.problems_to_skip`). The policy has memorised the SFT pool,
+    so its outcomes there would teach the head values it never meets in search."""
     first = VALUE_INDEX_OFFSET + cfg.value.seed * 1_000_003
-    return distinct_problems(task, cfg.value.problems, first, cfg.value.difficulty_mix, exclude_keys)
+    skip = problems_to_skip(cfg, task)
+    return distinct_problems(task, cfg.value.problems, first, cfg.value.difficulty_mix, skip)
 
 
 def value_sampling_config(cfg: ArborConfig) -> SearchConfig:
@@ -157,7 +161,7 @@ def run_value(cfg: ArborConfig) -> dict:
         f"[bold]arbor value[/] policy={cfg.model.path} problems={v.problems}x{v.samples_per_problem} run={run_dir}"
     )
     try:
-        problems = value_problems(task, cfg, {p.key for p in held_out})
+        problems = value_problems(task, cfg)
         sampling = value_sampling_config(cfg)
         backend = HFStepBackend(
             model, tokenizer, seed=v.seed, max_batch_rows=cfg.search.max_batch_rows, step_sep=step_separator(cfg.task)

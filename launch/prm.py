@@ -29,6 +29,7 @@ import torch
 from rich.table import Table
 from transformers import PreTrainedTokenizerBase
 
+from actors.rollout import problems_to_skip
 from actors.search import HFStepBackend, SearchTree, run_searches, training_scorers
 from core.config import ArborConfig, ValueConfig
 from core.errors import ConfigError, DataError
@@ -161,11 +162,10 @@ def _table(report: dict) -> Table:
     return table
 
 
-def search_label_trees(cfg: ArborConfig, task, held_out_keys: set[str], model, tokenizer) -> list[SearchTree]:
-    """``prm.problems`` training problems searched by the policy with ``search.kind``, leaves verified."""
-    problems = distinct_problems(
-        task, cfg.prm.problems, PRM_INDEX_OFFSET + cfg.prm.seed * 1_000_003, None, held_out_keys
-    )
+def search_label_trees(cfg: ArborConfig, task, skip_keys: set[str], model, tokenizer) -> list[SearchTree]:
+    """``prm.problems`` training problems searched by the policy with ``search.kind``, leaves verified; none of
+    ``skip_keys`` (the held-out set and the SFT demonstrations, as rollouts skip them)."""
+    problems = distinct_problems(task, cfg.prm.problems, PRM_INDEX_OFFSET + cfg.prm.seed * 1_000_003, None, skip_keys)
     head = load_value_head(cfg.model.path, model) if cfg.model.path else None
     backend = HFStepBackend(
         model,
@@ -243,7 +243,7 @@ def run_prm(cfg: ArborConfig) -> dict:
         if p.trees:
             trees = load_trees(p.trees)
         else:
-            trees = search_label_trees(cfg, task, {q.key for q in held_out}, model, tokenizer)
+            trees = search_label_trees(cfg, task, problems_to_skip(cfg, task), model, tokenizer)
             save_trees(run_dir / "trees.jsonl", trees)
         search_s = time.time() - t0
         trunk, trunk_tokenizer = load_pretrained(p.base) if p.base else (model, tokenizer)

@@ -122,15 +122,23 @@ def test_value_needs_a_policy_and_checks_its_section(tmp_path: Path, capsys):
             load_config(DEFAULT_CONFIG, [override])
 
 
-def test_value_problems_are_distinct_by_content():
-    """Seeds can repeat a problem; the fit and its held-out report split by problem, so content must not repeat."""
+def test_value_problems_are_distinct_by_content_and_skip_held_out_and_sft_pool():
+    """Seeds can repeat a problem; the fit and its held-out report split by problem, so content must not repeat.
+    The fit draws from RL's problems only: never held out, never one of the SFT demonstrations."""
     from core.tasks import build_task
+    from core.tasks.base import demonstration_pool
     from launch.commands import value_problems
 
     cfg = load_config(DEFAULT_CONFIG, ["value.problems=512"])
+    assert cfg.sft.num_problems == 1000  # the default recipe caps SFT to a pool
     task = build_task(cfg.task)
     held = {p.key for p in task.eval_problems()}
-    problems = value_problems(task, cfg, held)
+    pool = {p.key for p in demonstration_pool(task, cfg.sft.num_problems, cfg.sft.difficulty_mix)}
+    problems = value_problems(task, cfg)
     keys = [p.key for p in problems]
     assert len(problems) == 512 and len(set(keys)) == 512
     assert not set(keys) & held
+    assert not set(keys) & pool
+    # without the cap, pool problems are fair game: the same stretch of seeds then meets some of them
+    uncapped = value_problems(task, load_config(DEFAULT_CONFIG, ["value.problems=512", "sft.num_problems=0"]))
+    assert {p.key for p in uncapped} & pool
