@@ -58,6 +58,8 @@ def prepare(cfg: ArborConfig, command: str):
     model, tokenizer = build_policy(cfg.model)
     task = build_task(cfg.task, tokenizer)
     held_out = task.eval_problems()
+    if command in ("sft", "value", "prm"):  # they use the SFT pool: one larger than the task stops here
+        problems_to_skip(cfg, task)
     run_dir = make_run_dir(cfg, command)
     return task, held_out, model, tokenizer, run_dir, RunLogger(run_dir, cfg, command)
 

@@ -30,6 +30,7 @@ import torch
 
 from actors.evaluate import evaluate
 from actors.replay import ReplayBuffer
+from actors.rollout import problems_to_skip
 from actors.search import HFStepBackend, SearchTree, evaluation_scorers, run_searches
 from actors.search.scaling import accuracy
 from core.config import ArborConfig, ModelConfig, to_yaml
@@ -597,6 +598,7 @@ def run_train(cfg: ArborConfig) -> dict[str, Any]:
         raise ConfigError("arbor train samples its behaviour policy: config key 'search.temperature' must be > 0")
     task = build_task(cfg.task)
     held_out = task.eval_problems()
+    problems_to_skip(cfg, task)  # an sft.num_problems larger than the task stops here, before Ray starts
     demos = None
     if cfg.train.demonstrations:
         _, tok = build_policy(cfg.model if not resume else ModelConfig(path=str(resume.checkpoint)))

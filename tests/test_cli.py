@@ -66,6 +66,19 @@ def test_wrong_type_exits_2(capsys):
     assert "sft.steps" in err and "int" in err
 
 
+@pytest.mark.parametrize("command", ["sft", "train"])
+def test_sft_pool_larger_than_the_task_exits_2_before_any_work(tmp_path: Path, capsys, command: str):
+    """Countdown with three numbers up to 3 has a few dozen problems; a 5000-problem pool is refused at once:
+    no run directory, no init evaluation, no Ray."""
+    small = ["task.countdown.max_numbers=3", "task.countdown.max_operand=3", "task.eval_size=4"]
+    root = tmp_path / "runs"
+    args = [command, str(DEFAULT_CONFIG), *FAST, *small, f"run.root={root}", "sft.num_problems=5000"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "sft.num_problems=5000" in err and "distinct training problems" in err
+    assert not root.exists() or not any(root.iterdir())
+
+
 def test_missing_model_directory_is_named_and_existing_runs_untouched(tmp_path: Path, capsys):
     root = tmp_path / "runs"
     keep = root / "earlier"
