@@ -56,23 +56,36 @@ def build_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Pr
 
 def load_pretrained(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a local HF causal LM directory and its tokenizer; never reaches a hub."""
+    path = _checkpoint_dir(path)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the "Loading weights" bar, once per actor, buries the run's own output
+    tokenizer = _load_tokenizer(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model.path: cannot load {path}: {exc}") from None
+    return model, tokenizer
+
+
+def _checkpoint_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(f"model.path: directory not found: {path}")
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"model.path: {path} has no config.json, so it is not a Hugging Face checkpoint")
-    from transformers.utils import logging as hf_logging
+    return path
 
-    hf_logging.disable_progress_bar()  # the "Loading weights" bar, once per actor, buries the run's own output
+
+def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model.path: cannot load {path}: {exc}") from None
     if tokenizer.pad_token_id is None:  # many LMs ship without one; generation batches need it
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    return model, tokenizer
+    return tokenizer
 
 
 def build_policy(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -81,6 +94,11 @@ def build_policy(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizer
         return load_pretrained(cfg.path)
     tokenizer = build_char_tokenizer()
     return build_tiny_model(cfg, tokenizer), tokenizer
+
+
+def build_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer :func:`build_policy` would return, without loading or building the model."""
+    return _load_tokenizer(_checkpoint_dir(cfg.path)) if cfg.path else build_char_tokenizer()
 
 
 class ValueHead(nn.Module):

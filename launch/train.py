@@ -35,7 +35,7 @@ from actors.search import HFStepBackend, SearchTree, evaluation_scorers, run_sea
 from actors.search.scaling import accuracy
 from core.config import ArborConfig, ModelConfig, to_yaml
 from core.errors import ConfigError, DataError
-from core.model import ValueHead, build_policy, hidden_size_of, load_value_head, save_checkpoint
+from core.model import ValueHead, build_policy, build_tokenizer, hidden_size_of, load_value_head, save_checkpoint
 from core.runs import RunLogger, make_run_dir
 from core.tasks import Problem, build_task
 from launch.report import console, progress_bar, render_tree, train_table
@@ -538,8 +538,9 @@ def actor_metrics(stats: dict[str, dict[str, Any]], seconds: float) -> dict[str,
 # ---- evaluation before and after ---------------------------------------------------------------
 
 
-def evaluate_policy(cfg: ArborConfig, path: str, held_out: list[Problem]) -> dict[str, float]:
-    """Held-out greedy accuracy and MCTS-with-value-head accuracy of the checkpoint at ``path``."""
+def evaluate_policy(cfg: ArborConfig, path: str, held_out: list[Problem]) -> tuple[dict[str, float], list[dict]]:
+    """Held-out greedy accuracy and MCTS-with-value-head accuracy of the checkpoint at ``path``, and a few
+    greedy responses (prompt, response, verdict) to read."""
     model, tokenizer = build_policy(ModelConfig(path=path))
     head = load_value_head(path, model) or ValueHead(hidden_size_of(model))
     greedy = evaluate(model, tokenizer, held_out, dataclasses.replace(cfg.eval, num_samples=0))
@@ -559,7 +560,7 @@ def evaluate_policy(cfg: ArborConfig, path: str, held_out: list[Problem]) -> dic
         trees = run_searches(backend, held_out, search, evaluation_scorers)
         out["search_accuracy"] = accuracy(trees, held_out)
         out["search_generated_tokens"] = sum(tr.tokens_generated for tr in trees) / len(trees)
-    return out
+    return out, greedy.samples
 
 
 def warm_start(cfg: ArborConfig, run_dir: Path, logger: RunLogger, task, held_out) -> str:
@@ -596,13 +597,14 @@ def run_train(cfg: ArborConfig) -> dict[str, Any]:
         raise ConfigError("train.init=model needs config key 'model.path' (e.g. an SFT checkpoint directory)")
     if cfg.search.temperature <= 0:
         raise ConfigError("arbor train samples its behaviour policy: config key 'search.temperature' must be > 0")
-    task = build_task(cfg.task)
+    # The policy's tokenizer: task.data.template=chat wraps the held-out prompts as the actors wrap theirs.
+    tokenizer = build_tokenizer(cfg.model if not resume else ModelConfig(path=str(resume.checkpoint)))
+    task = build_task(cfg.task, tokenizer)
     held_out = task.eval_problems()
     problems_to_skip(cfg, task)  # an sft.num_problems larger than the task stops here, before Ray starts
     demos = None
     if cfg.train.demonstrations:
-        _, tok = build_policy(cfg.model if not resume else ModelConfig(path=str(resume.checkpoint)))
-        demos = load_demonstrations(cfg.train.demonstrations, tok, version=0)
+        demos = load_demonstrations(cfg.train.demonstrations, tokenizer, version=0)
     started = start_ray(cfg)
     trainer = Trainer(cfg, resume)
     try:
@@ -626,9 +628,9 @@ def run_train(cfg: ArborConfig) -> dict[str, Any]:
                 init_path = warm_start(cfg, run_dir, logger, task, held_out)
                 trainer.reference_path = init_path  # the KL reference stays the init, also after a resume
                 with console.status("evaluating the init policy (greedy and with search)"):
-                    before = evaluate_policy(cfg, init_path, held_out)
+                    before, shown = evaluate_policy(cfg, init_path, held_out)
                 logger.log({f"eval_init/{k}": v for k, v in before.items()}, step=0)
-                (run_dir / "eval_init.json").write_text(json.dumps(before, indent=2))
+                (run_dir / "eval_init.json").write_text(json.dumps(before | {"samples": shown}, indent=2))
             with console.status("starting the rollout actors, replay buffer and learner group"):
                 trainer.start_actors(init_path, run_dir)
             if demos and not resume:  # a resumed buffer holds them already
@@ -640,9 +642,9 @@ def run_train(cfg: ArborConfig) -> dict[str, Any]:
             state_file.write_text(json.dumps(state, indent=2))
             trainer.shutdown()
             with console.status("evaluating the trained policy (greedy and with search)"):
-                after = evaluate_policy(cfg, result["checkpoint"], held_out)
+                after, shown = evaluate_policy(cfg, result["checkpoint"], held_out)
             logger.log({f"eval_final/{k}": v for k, v in after.items()}, step=trainer.step)
-            (run_dir / "eval_final.json").write_text(json.dumps(after, indent=2))
+            (run_dir / "eval_final.json").write_text(json.dumps(after | {"samples": shown}, indent=2))
             result |= {"before": before, "after": after}
             summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
             summary |= {f"init_{k}": v for k, v in (before or {}).items()}

@@ -320,3 +320,39 @@ def test_placement_across_raylets(init_ckpt, tmp_path):
     assert r["steps"] == 2 and r["version"] == 2
     assert r["placement"]["actors"] == [rollout_node.node_id]
     assert sorted(r["placement"]["learner"]) == sorted(n.node_id for n in learner_nodes)
+
+
+CHAT = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def test_chat_template_applies_to_the_launchers_evaluation_too(tmp_path):
+    """task.data.template=chat with the policy's own template: the launcher builds its held-out set with the
+    policy's tokenizer, as the rollout actors do, so evaluation prompts are wrapped like training prompts."""
+    model, tokenizer = build_policy(TINY_MODEL)
+    tokenizer.chat_template = CHAT
+    init = tmp_path / "chat_init"
+    save_checkpoint(init, model, tokenizer, ValueHead(hidden_size_of(model)))
+    rows = [{"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(40)]
+    data = tmp_path / "g.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    extra = {
+        "task.name": "gsm8k",
+        "task.data.path": str(data),
+        "task.data.template": "chat",
+        "task.data.eval_fraction": 0.15,
+        "train.mode": "sync",
+        "train.steps": 1,
+        "train.eval_every": 0,
+        "train.checkpoint_every": 0,
+        "train.eval_search_simulations": 0,
+        "sft.num_problems": 0,
+    }
+    result = run_train(load_config(DEFAULT_CONFIG, train_overrides(tmp_path / "runs", init, **extra)))
+    assert result["steps"] == 1
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    samples = json.loads((run_dir / "eval_init.json").read_text())["samples"]
+    assert samples and all(s["prompt"].startswith("<|user|>What is ") for s in samples)
+    assert all(s["prompt"].endswith("<|assistant|>\n") for s in samples)
