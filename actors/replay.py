@@ -24,6 +24,7 @@ import os
 import random
 from collections import Counter
 from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
@@ -138,6 +139,9 @@ class ReplayBuffer:
         self.priority_eps = priority_eps
         self._rng = random.Random(seed)
         self._items: dict[int, _Item] = {}  # insertion order == age, oldest first
+        # policy version -> non-demonstration items of it: a sample checks staleness against the oldest
+        # version here instead of scanning every item, and scans only when something is stale
+        self._versions: Counter[int] = Counter()
         self._next_key = 0
         self._counters = dict.fromkeys(
             (
@@ -173,12 +177,13 @@ class ReplayBuffer:
             self._counters["blocked_inserts"] += 1
             return False
         for key in evictable[: max(0, n - free)]:
-            del self._items[key]
+            self._remove(key)
             self._counters["evicted_capacity"] += 1
             self.rate_limiter.deletes += 1
         for sample in samples:
             self._items[self._next_key] = _Item(self._next_key, sample, self.default_priority(sample))
             self._next_key += 1
+        self._versions.update(s.policy_version for s in samples if not s.meta.get(DEMO_FLAG, False))
         self.rate_limiter.inserts += n
         self._counters["inserted"] += n
         return True
@@ -199,14 +204,30 @@ class ReplayBuffer:
     def default_priority(self, sample: StepSample) -> float:
         return abs(sample.advantage) + self.priority_eps
 
+    def _add(self, item: _Item) -> None:
+        self._items[item.key] = item
+        if not item.is_demo:
+            self._versions[item.sample.policy_version] += 1
+
+    def _remove(self, key: int) -> _Item:
+        item = self._items.pop(key)
+        if not item.is_demo:
+            version = item.sample.policy_version
+            self._versions[version] -= 1
+            if not self._versions[version]:
+                del self._versions[version]
+        return item
+
     # ---- sample -------------------------------------------------------------------------------
 
     def evict_stale(self, current_version: int) -> int:
         """Evict and count non-demonstration items older than ``current_version - max_policy_lag``."""
         oldest_ok = current_version - self.max_policy_lag
+        if not self._versions or min(self._versions) >= oldest_ok:
+            return 0  # nothing stale: no scan (the version count is small, the buffer is not)
         stale = [k for k, it in self._items.items() if not it.is_demo and it.sample.policy_version < oldest_ok]
         for key in stale:
-            del self._items[key]
+            self._remove(key)
         self._counters["evicted_stale"] += len(stale)
         self.rate_limiter.deletes += len(stale)
         return len(stale)
@@ -222,7 +243,7 @@ class ReplayBuffer:
             self._counters["blocked_samples"] += 1
             return None
         if self.sampler == "fifo":
-            chosen = [self._items.pop(k) for k in list(self._items)[:n]]
+            chosen = [self._remove(k) for k in list(islice(self._items, n))]  # the n oldest, not a full copy
             self.rate_limiter.deletes += n
             self._counters["released"] += n
         else:
@@ -334,8 +355,7 @@ class ReplayBuffer:
             buf._rng.setstate(random_state_from_json(state["rng_state"]))
             for i, raw in enumerate(state["items"]):
                 field = f"items[{i}]"
-                item = _Item(raw["key"], StepSample.from_json(raw["sample"]), raw["priority"], raw["times_sampled"])
-                buf._items[item.key] = item
+                buf._add(_Item(raw["key"], StepSample.from_json(raw["sample"]), raw["priority"], raw["times_sampled"]))
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{path}: replay snapshot field {field!r} is malformed: {type(e).__name__}: {e}") from e
         if len(buf._items) != buf.rate_limiter.size or len(buf._items) > buf.capacity:
