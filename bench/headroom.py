@@ -40,8 +40,8 @@ SETTINGS = {  # name -> search overrides on top of the config's search section
 
 def main(argv: list[str]) -> dict:
     model_dir, overrides = argv[0], argv[1:]
-    base = (REPO / "configs" / "countdown_tiny.yaml", [f"model.path={model_dir}", *overrides])
-    cfg = load_config(*base)
+    config, common = REPO / "configs" / "countdown_tiny.yaml", [f"model.path={model_dir}", *overrides]
+    cfg = load_config(config, common)
     torch.set_num_threads(cfg.threads or 2)
     task = build_task(cfg.task)
     held_out = task.eval_problems()
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> dict:
     print(f"{len(held_out)} held-out problems, greedy accuracy {greedy:.3f}")
     rows = {}
     for name, extra in SETTINGS.items():
-        search = load_config(base[0], [*base[1], *extra]).search
+        search = load_config(config, [*common, *extra]).search
         backend = HFStepBackend(copy.deepcopy(model), tokenizer, copy.deepcopy(head), seed=search.seed)
         t0 = time.perf_counter()
         trees = run_searches(backend, held_out, search, training_scorers)
