@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from actors.search import HFStepBackend, ProcessRewards, SearchTree, run_searches, search_stats, training_scorers
-from core.channels import BufferClient, WeightChannel, split_published
+from core.channels import BufferClient, split_published, weight_channel
 from core.config import ArborConfig, ModelConfig
 from core.model import ValueHead, build_policy, hidden_size_of, load_value_head
 from core.tasks import Problem, Task, build_task, step_separator
@@ -60,12 +60,18 @@ class RolloutWorker:
         self.cfg = cfg
         self.name = f"rollout-{actor_index}"
         self.index, self.num_actors = actor_index, num_actors
-        self.channel = WeightChannel(coordinator)
+        device = "cuda" if cfg.resources.actor_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.channel = weight_channel(
+            cfg.train.weight_sync,
+            coordinator,
+            learner_on_gpu=cfg.resources.learner_gpus > 0,
+            actors_on_gpu=device == "cuda",
+            name=self.name,
+        )
         self.buffer = BufferClient(buffer)
         self.coordinator = coordinator
         model, tokenizer = build_policy(ModelConfig(path=init_path))
         head = load_value_head(init_path, model) or ValueHead(hidden_size_of(model))
-        device = "cuda" if cfg.resources.actor_gpus > 0 and torch.cuda.is_available() else "cpu"
         model.to(device)
         head.to(device)
         self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)

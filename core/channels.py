@@ -47,16 +47,27 @@ class Coordinator:
         self.stats: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.trees: list[dict] = []  # recent finished trees (JSON) for the dashboards
+        self.weight_server: dict[str, Any] | None = None  # train.weight_sync=collective: where actors pull
 
     def publish(self, version: int, weights: list[ray.ObjectRef]) -> None:
         if version <= self.version:
             raise ValueError(f"published version {version} is not newer than {self.version}")
         self.version, self.weights = version, list(weights)
 
+    def serve_weights(self, address: dict[str, Any]) -> None:
+        """The collective channel's server address (host, port, backend), set once by learner rank 0."""
+        self.weight_server = dict(address)
+
     def poll(self, have_version: int) -> dict[str, Any]:
-        """What an actor needs between rounds: the newest version, its weights if newer, the stop flag."""
+        """What an actor needs between rounds: the newest version, its weights if newer (object-store path),
+        the stop flag, and where the collective channel's server is (None on the object-store path)."""
         newer = self.version > have_version and bool(self.weights)
-        return {"version": self.version, "weights": self.weights if newer else None, "stop": self.stop}
+        return {
+            "version": self.version,
+            "weights": self.weights if newer else None,
+            "stop": self.stop,
+            "server": self.weight_server,
+        }
 
     def request_stop(self, stop: bool = True) -> None:
         self.stop = stop
@@ -100,6 +111,17 @@ class WeightChannel:
         reply = ray.get(self.coordinator.poll.remote(have_version))
         state = ray.get(reply["weights"][0]) if reply["weights"] else None
         return reply["version"], state, reply["stop"]
+
+
+def weight_channel(mode: str, coordinator: Any, *, learner_on_gpu: bool, actors_on_gpu: bool, name: str = "") -> Any:
+    """The channel ``train.weight_sync`` names: ``object_store`` (:class:`WeightChannel`) or ``collective``
+    (:class:`core.collective.CollectiveWeightChannel`: nccl when learner and actors both have GPUs, else gloo)."""
+    if mode == "object_store":
+        return WeightChannel(coordinator)
+    from core.collective import CollectiveWeightChannel, weight_backend
+
+    backend, device = weight_backend(learner_on_gpu, actors_on_gpu)
+    return CollectiveWeightChannel(coordinator, backend, device, name=name)
 
 
 class BufferClient:

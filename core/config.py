@@ -212,6 +212,7 @@ class TrainConfig:
     )
     value_head_weight: float = 0.0  # mix of the value head into the tree's Monte-Carlo V for advantages
     sync_every: int = 1  # learner steps between weight publications (each publication is a new policy version)
+    weight_sync: str = "object_store"  # object_store: one ray.put | collective: torch.distributed (nccl on GPUs)
     max_policy_lag: int = 8  # items more than this many versions behind the learner are evicted, never trained on
     buffer_capacity: int = 4096  # replay buffer items
     sampler: str = "fifo"  # fifo (each item trained on once) | prioritized (|advantage|, with replacement)
@@ -490,6 +491,7 @@ def validate_train(t: TrainConfig, r: ResourcesConfig) -> None:
     _choice("train.policy_loss", t.policy_loss, ("decoupled_ppo", "ppo", "vtrace"))
     _choice("train.is_mode", t.is_mode, ("cap", "mask"))
     _choice("train.sampler", t.sampler, ("fifo", "prioritized"))
+    _choice("train.weight_sync", t.weight_sync, ("object_store", "collective"))
     _choice("train.engine", t.engine, ("deepspeed", "torch"))
     _choice("resources.strategy", r.strategy, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
     if t.zero_stage not in (0, 1, 2):

@@ -359,10 +359,11 @@ class ActorCriticLearner:
             "learner/approx_kl_behav": float(masked_mean((batch.behav_logp - logp.detach()), mask)),
         }
 
-    def publish_state(self) -> dict[str, torch.Tensor]:
-        """The weights actors load: the LM's state dict plus the value head's under ``value_head.``, on CPU."""
-        state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        state |= {VALUE_PREFIX + k: v.detach().to("cpu", copy=True) for k, v in self.value_head.state_dict().items()}
+    def publish_state(self, device: str = "cpu") -> dict[str, torch.Tensor]:
+        """The weights actors load: the LM's state dict plus the value head's under ``value_head.``, copied to
+        ``device`` (CPU for the object store; the learner's GPU for the nccl channel)."""
+        state = {k: v.detach().to(device, copy=True) for k, v in self.model.state_dict().items()}
+        state |= {VALUE_PREFIX + k: v.detach().to(device, copy=True) for k, v in self.value_head.state_dict().items()}
         return state
 
 
@@ -372,10 +373,3 @@ def _per_sample_sums(batch: StepBatch, logp: torch.Tensor) -> tuple[torch.Tensor
     cum_b = torch.cat([logp.new_zeros(logp.shape[0], 1), batch.behav_logp.cumsum(-1)], dim=-1)
     rows, start, end = batch.sample_row, batch.state_end, batch.action_end  # targets start..end-1
     return cum[rows, end] - cum[rows, start], cum_b[rows, end] - cum_b[rows, start]
-
-
-def split_published(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(model state, value head state) from a published state dict."""
-    model = {k: v for k, v in state.items() if not k.startswith(VALUE_PREFIX)}
-    head = {k[len(VALUE_PREFIX) :]: v for k, v in state.items() if k.startswith(VALUE_PREFIX)}
-    return model, head

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from core.channels import WeightChannel
+from core.channels import weight_channel
 from core.config import ArborConfig, ModelConfig
 from core.model import ValueHead, build_policy, hidden_size_of, load_value_head, save_checkpoint
 from core.runs import random_state_from_json, random_state_to_json
@@ -45,8 +45,14 @@ class LearnerRank:
         self.cfg, self.rank, self.world = cfg, rank, world
         self.init_path = init_path
         self.reference_path = reference_path or init_path  # the frozen KL reference: the run's init policy
-        self.channel = WeightChannel(coordinator)
         self.device = "cuda" if cfg.resources.learner_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.channel = weight_channel(
+            cfg.train.weight_sync,
+            coordinator,
+            learner_on_gpu=self.device == "cuda",
+            actors_on_gpu=cfg.resources.actor_gpus > 0,
+            name=f"learner-{rank}",
+        )
         self.version = 0
         self.steps_since_publish = 0
 
@@ -99,10 +105,11 @@ class LearnerRank:
     # ---- training -----------------------------------------------------------------------------
 
     def publish(self) -> dict[str, float]:
-        """Rank 0 puts the current weights in the object store as ``self.version``."""
+        """Rank 0 publishes the current weights as ``self.version`` (object store, or the collective server)."""
         if self.rank != 0:
             return {}
-        return self.channel.publish(self.version, self.learner.publish_state())
+        device = getattr(self.channel, "device", "cpu")
+        return self.channel.publish(self.version, self.learner.publish_state(device))
 
     def step(self, samples: list[StepSample] | None, publish: bool | None = None) -> dict[str, Any] | None:
         """Train on this rank's slice of ``samples`` (the whole batch, shared); None when there was no batch.

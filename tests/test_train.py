@@ -174,14 +174,13 @@ def test_sync_mode_trains_on_policy(init_ckpt, tmp_path):
     assert last.keys() == final.keys() and all(torch.equal(last[k], final[k]) for k in final)
 
 
-def test_killed_rollout_actor_restarts_with_current_weights(init_ckpt, tmp_path):
+@pytest.mark.parametrize("weight_sync", ["object_store", "collective"])
+def test_killed_rollout_actor_restarts_with_current_weights(init_ckpt, tmp_path, weight_sync):
     """Kill the rollout actor mid-run: Ray restarts it, it pulls the current weights before searching,
-    the run finishes, and no partial tree reaches the buffer (the buffer refuses one outright)."""
-    overrides = train_overrides(
-        tmp_path,
-        init_ckpt,
-        **{"train.steps": 30, "train.eval_every": 0, "train.checkpoint_every": 0, "run.name": "failure"},
-    )
+    the run finishes, and no partial tree reaches the buffer (the buffer refuses one outright). On the
+    collective channel the restarted process joins the weight server again with a new gloo pair."""
+    extra = {"train.steps": 30, "train.eval_every": 0, "train.checkpoint_every": 0, "run.name": "failure"}
+    overrides = train_overrides(tmp_path, init_ckpt, **extra, **{"train.weight_sync": weight_sync})
     cfg = load_config(DEFAULT_CONFIG, overrides)
     ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
     try:

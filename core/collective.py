@@ -1,0 +1,242 @@
+"""The weight channel over torch.distributed groups: nccl between GPUs, gloo on CPU (``train.weight_sync=collective``).
+
+Same small interface as :class:`core.channels.WeightChannel`: the learner calls ``publish(version, state)``,
+an actor calls ``poll(have_version)`` between searches and gets ``(version, state or None, stop)``.
+
+How the bytes move:
+
+- Learner rank 0 runs a :class:`WeightServer`: a ``TCPStore`` on its node and one serving thread. ``publish``
+  copies the weights into one flat buffer per dtype (on the learner's GPU for nccl) and announces the version
+  through the :class:`~core.channels.Coordinator`; it moves no bytes to anyone.
+- An actor that sees a newer version joins once: it takes a ticket from the store and forms a two-rank group
+  (its own communicator) with the server. It then writes "I have version v" into the store; the serving
+  thread answers by broadcasting the newest version's number and buffers in that pair's group.
+- So pull-with-version holds as on the object-store path: an actor always gets the newest weights, however
+  many versions it was too busy to see. A busy actor never stalls the learner (the learner only copies),
+  a slow one never stalls the others beyond its own transfer, and a restarted actor joins again with a new
+  ticket; the dead pair is dropped when its transfer fails.
+
+Requests travel through the store (polled), not as pending collectives, so no rank ever waits inside a
+collective for a peer that may be gone (an nccl watchdog would tear the process down).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import ray
+import torch
+import torch.distributed as dist
+
+from core.channels import state_bytes
+
+log = logging.getLogger(__name__)
+
+POLL_S = (0.001, 0.02)  # the serving thread's pause between looks at the store: after work, and at most when idle
+TRANSFER_TIMEOUT = datetime.timedelta(minutes=5)  # one pair's transfer; longer is a failure
+
+
+def _pair_group(store: Any, ticket: int, rank: int, backend: str) -> Any:
+    """A two-rank process group (server rank 0, actor rank 1) private to one actor's ticket."""
+    prefixed = dist.PrefixStore(f"pair/{ticket}/", store)
+    if backend == "nccl":
+        options = dist.ProcessGroupNCCL.Options()
+        options._timeout = TRANSFER_TIMEOUT
+        return dist.ProcessGroupNCCL(prefixed, rank, 2, options)
+    return dist.ProcessGroupGloo(prefixed, rank, 2, TRANSFER_TIMEOUT)
+
+
+def flatten(state: dict[str, torch.Tensor], device: str) -> tuple[list[list[Any]], list[torch.Tensor]]:
+    """(layout, one flat buffer per dtype): layout rows are [name, dtype, shape, buffer index, offset]."""
+    dtypes: list[torch.dtype] = []
+    parts: list[list[torch.Tensor]] = []
+    layout: list[list[Any]] = []
+    offsets: list[int] = []
+    for name, tensor in state.items():
+        if tensor.dtype not in dtypes:
+            dtypes.append(tensor.dtype)
+            parts.append([])
+            offsets.append(0)
+        i = dtypes.index(tensor.dtype)
+        layout.append([name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), i, offsets[i]])
+        parts[i].append(tensor.detach().reshape(-1))
+        offsets[i] += tensor.numel()
+    flats = [torch.cat(p).to(device) for p in parts]
+    return layout, flats
+
+
+def unflatten(layout: list[list[Any]], flats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict back from :func:`flatten`'s layout and buffers (views into the buffers)."""
+    out = {}
+    for name, _dtype, shape, i, offset in layout:
+        n = 1
+        for d in shape:
+            n *= d
+        out[name] = flats[i][offset : offset + n].view(shape)
+    return out
+
+
+def empty_buffers(layout: list[list[Any]], device: str) -> list[torch.Tensor]:
+    """Receive buffers for a layout: one per dtype, sized to hold every tensor of that dtype."""
+    sizes: dict[int, tuple[torch.dtype, int]] = {}
+    for _name, dtype, shape, i, offset in layout:
+        n = 1
+        for d in shape:
+            n *= d
+        end = max(sizes.get(i, (None, 0))[1], offset + n)
+        sizes[i] = (getattr(torch, dtype), end)
+    return [torch.empty(sizes[i][1], dtype=sizes[i][0], device=device) for i in range(len(sizes))]
+
+
+class WeightServer:
+    """Learner rank 0's side: the store, the newest flat weights, and the thread that serves pulls."""
+
+    def __init__(self, backend: str, device: str, host: str | None = None):
+        self.backend, self.device = backend, device
+        self.host = host or ray.util.get_node_ip_address()
+        self.store = dist.TCPStore(self.host, 0, is_master=True, wait_for_workers=False)
+        self.latest: tuple[int, list[torch.Tensor]] | None = None  # replaced whole, never written in place
+        self.layout: list[list[Any]] | None = None
+        self.pairs: dict[int, Any] = {}  # ticket -> the pair's process group
+        self.accepted = 0  # tickets looked at so far
+        self.served = 0  # transfers done
+        self.failed: list[str] = []  # why pairs were dropped
+        self.closed = False
+        self.thread = threading.Thread(target=self._serve, name="weight-server", daemon=True)
+        self.thread.start()
+
+    @property
+    def address(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.store.port, "backend": self.backend}
+
+    def update(self, version: int, state: dict[str, torch.Tensor]) -> None:
+        layout, flats = flatten(state, self.device)
+        if self.layout is None:
+            self.layout = layout
+            self.store.set("layout", json.dumps(layout))
+        elif layout != self.layout:
+            raise ValueError("the published weights changed names, shapes or dtypes mid-run; actors cannot load them")
+        self.latest = (version, flats)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _serve(self) -> None:
+        pause = POLL_S[0]
+        while not self.closed:
+            busy = self._accept()
+            for ticket in list(self.pairs):
+                key = f"pair/{ticket}/want"
+                if self.store.check([key]):
+                    have = int(self.store.get(key))
+                    self.store.delete_key(key)
+                    self._send(ticket, have)
+                    busy = True
+            pause = POLL_S[0] if busy else min(2 * pause, POLL_S[1])
+            time.sleep(pause)
+
+    def _accept(self) -> bool:
+        """Form the group of every actor that took a ticket since the last look."""
+        tickets = self.store.add("tickets", 0)
+        new = range(self.accepted + 1, tickets + 1)
+        self.accepted = tickets
+        for ticket in new:
+            try:
+                self.pairs[ticket] = _pair_group(self.store, ticket, 0, self.backend)
+            except Exception as exc:  # the actor died between its ticket and its half of the group
+                self.failed.append(f"ticket {ticket}: {exc}")
+        return bool(new)
+
+    def _send(self, ticket: int, have: int) -> None:
+        version, flats = self.latest if self.latest is not None else (-1, [])
+        newer = version > have
+        header = torch.tensor([version if newer else -1], dtype=torch.int64, device=self.device)
+        try:
+            group = self.pairs[ticket]
+            group.broadcast(header, 0).wait()
+            if newer:
+                for flat in flats:
+                    group.broadcast(flat, 0).wait()
+            self.served += 1
+        except Exception as exc:  # the actor died mid-transfer: drop its pair; a restart takes a new ticket
+            log.warning("weight server: dropping pair %d: %s", ticket, exc)
+            self.failed.append(f"ticket {ticket}: {exc}")
+            self.pairs.pop(ticket, None)
+
+
+class CollectiveWeightChannel:
+    """Publisher (learner rank 0) and puller (actors) over pairwise groups; see the module docstring."""
+
+    def __init__(self, coordinator: Any, backend: str = "gloo", device: str = "cpu", name: str = "actor"):
+        self.coordinator = coordinator
+        self.backend, self.device, self.name = backend, device, name
+        self.server: WeightServer | None = None
+        self.store: Any = None
+        self.group: Any = None
+        self.buffers: list[torch.Tensor] = []
+        self.layout: list[list[Any]] | None = None
+        self.ticket = 0
+
+    # ---- learner side -------------------------------------------------------------------------
+
+    def publish(self, version: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Copy ``state`` into the server's flat buffers and announce ``version``; returns time and bytes."""
+        t0 = time.perf_counter()
+        if self.server is None:
+            self.server = WeightServer(self.backend, self.device)
+            ray.get(self.coordinator.serve_weights.remote(self.server.address))
+        self.server.update(version, state)
+        ray.get(self.coordinator.publish.remote(version, []))
+        return {"sync/publish_seconds": time.perf_counter() - t0, "sync/bytes": float(state_bytes(state))}
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    # ---- actor side ---------------------------------------------------------------------------
+
+    def poll(self, have_version: int) -> tuple[int, dict[str, torch.Tensor] | None, bool]:
+        """(latest version, its weights if newer than ``have_version`` else None, stop requested)."""
+        reply = ray.get(self.coordinator.poll.remote(have_version))
+        if reply["stop"] or reply["version"] <= have_version or reply["server"] is None:
+            return reply["version"], None, reply["stop"]
+        version = self.fetch(have_version, reply["server"])
+        if version <= have_version:
+            return reply["version"], None, reply["stop"]
+        return version, unflatten(self.layout, self.buffers), reply["stop"]
+
+    def fetch(self, have_version: int, server: dict[str, Any]) -> int:
+        """Ask the server for anything newer than ``have_version``; the received version (-1: nothing newer).
+        The weights land in ``self.buffers``."""
+        if self.group is None:
+            self._join(server)
+        self.store.set(f"pair/{self.ticket}/want", str(have_version))
+        header = torch.empty(1, dtype=torch.int64, device=self.device)
+        self.group.broadcast(header, 0).wait()
+        version = int(header.item())
+        if version > have_version:
+            for buf in self.buffers:
+                self.group.broadcast(buf, 0).wait()
+        return version
+
+    def _join(self, server: dict[str, Any]) -> None:
+        if server["backend"] != self.backend:
+            raise RuntimeError(
+                f"{self.name}: the weight server speaks {server['backend']} but this actor was set up for"
+                f" {self.backend} (train.weight_sync=collective needs GPUs on both sides for nccl)"
+            )
+        self.store = dist.TCPStore(server["host"], server["port"], is_master=False, timeout=TRANSFER_TIMEOUT)
+        self.layout = json.loads(self.store.get("layout"))
+        self.buffers = empty_buffers(self.layout, self.device)
+        self.ticket = self.store.add("tickets", 1)
+        self.group = _pair_group(self.store, self.ticket, 1, self.backend)
+
+
+def weight_backend(learner_on_gpu: bool, actors_on_gpu: bool) -> tuple[str, str]:
+    """(backend, device) of the collective channel: nccl on GPU only when both sides have one."""
+    return ("nccl", "cuda") if learner_on_gpu and actors_on_gpu else ("gloo", "cpu")
