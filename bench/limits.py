@@ -17,7 +17,8 @@ measurement, the peak included (default 1: what each rollout actor and learner r
 3. ``rollout_flops_vs_peak``: the config's search (MCTS) through HFStepBackend; 2 x matmul params x tokens
    forwarded (``SearchTree.tokens_forwarded``) per second, over the peak.
 4. ``weight_sync_vs_memcpy``: a torch ``copy_`` of as many bytes over the real path: ``publish_state`` ->
-   ``WeightChannel.publish`` (ray.put) -> a RolloutWorker actor's ``pull`` (ray.get, ``load_weights``).
+   ``WeightChannel.publish`` (ray.put) -> a RolloutWorker actor's ``pull`` (ray.get, ``load_weights``);
+   ``collective_weight_sync_vs_memcpy``: the same over ``train.weight_sync=collective`` (a gloo pair).
 5. ``replay_{insert,sample}_vs_deque``: ReplayBuffer items/s over ``collections.deque`` doing the same
    appends and poplefts (FIFO; ``random.choices`` for a prioritized sampler) of the same StepSamples, one
    tree per insert and one learner batch per sample; ``service_*_vs_ray_deque``: the ReplayService actor
@@ -42,6 +43,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -295,12 +297,40 @@ def service_round(actors: tuple, trees: Trees, batch: int) -> tuple[float, ...]:
     return (*out, *(out[i] / out[i + 3] for i in range(3)))
 
 
+SYNC_PARTS = ("weight_sync", "publish_state", "channel_publish", "actor_pull_load", "memcpy")
+
+
+def sync_rounds(channel: Any, worker: Any, learner: ActorCriticLearner) -> list[tuple[float, ...]]:
+    """``REPEATS + 1`` publications (the first a warm-up) through ``channel``, each pulled by ``worker``:
+    rows of SYNC_PARTS' seconds (total, publish_state, channel publish, the actor's pull and load, a copy_ of
+    as many bytes) and the copy over the total."""
+    import ray
+
+    from core.channels import state_bytes
+
+    rows = []
+    for version in range(1, REPEATS + 2):
+        pulled = ray.get(worker.report.remote())["pull_seconds"]
+        t0 = time.perf_counter()
+        state = learner.publish_state()
+        t1 = time.perf_counter()
+        channel.publish(version, state)
+        t2 = time.perf_counter()
+        ray.get(worker.pull.remote())
+        total = time.perf_counter() - t0
+        load = ray.get(worker.report.remote())["pull_seconds"] - pulled
+        copy = copy_seconds(state_bytes(state))
+        rows.append((total, t1 - t0, t2 - t1, load, copy, copy / total))
+    assert ray.get(worker.report.remote())["version"] == REPEATS + 1, "the actor missed a version"
+    return rows
+
+
 def ray_rounds(cfg: ArborConfig, learner: ActorCriticLearner, trees: Trees) -> dict:
     """Weight sync through the real channel into a real RolloutWorker, and the ReplayService round trips."""
     import ray
 
     from actors.rollout import RolloutWorker
-    from core.channels import Coordinator, WeightChannel, state_bytes
+    from core.channels import Coordinator, state_bytes, weight_channel
     from core.model import save_checkpoint
     from launch.train import ACTOR_ENV
 
@@ -310,37 +340,30 @@ def ray_rounds(cfg: ArborConfig, learner: ActorCriticLearner, trees: Trees) -> d
             tokenizer = build_policy(cfg.model)[1]
             init = cfg.model.path or str(save_checkpoint(tmp, learner.model, tokenizer, learner.value_head))
             env = {"env_vars": dict(ACTOR_ENV)}
-            coordinator = ray.remote(Coordinator).options(num_cpus=0).remote()
             cap = 4 * SERVICE_ITEMS
             service = ray.remote(ReplayService).options(num_cpus=0, runtime_env=env)
             service = service.remote(capacity=cap, sampler=cfg.train.sampler, rate_limiter=open_limiter(cap))
-            channel = WeightChannel(coordinator)
-            channel.publish(0, learner.publish_state())
-            worker = ray.remote(RolloutWorker).options(num_cpus=1, runtime_env=env)
-            worker = worker.remote(cfg, 0, 1, init, coordinator, service)
-            sync = []
-            for version in range(1, REPEATS + 2):  # the first round is a warm-up
-                pulled = ray.get(worker.report.remote())["pull_seconds"]
-                t0 = time.perf_counter()
-                state = learner.publish_state()
-                t1 = time.perf_counter()
-                channel.publish(version, state)
-                t2 = time.perf_counter()
-                ray.get(worker.pull.remote())
-                total = time.perf_counter() - t0
-                load = ray.get(worker.report.remote())["pull_seconds"] - pulled
-                nbytes = state_bytes(state)
-                copy = copy_seconds(nbytes)
-                sync.append((total, t1 - t0, t2 - t1, load, copy, copy / total))
-            assert ray.get(worker.report.remote())["version"] == REPEATS + 1, "the actor missed a version"
+            sync = {}
+            for mode in ("object_store", "collective"):  # the same rounds over each weight channel
+                coordinator = ray.remote(Coordinator).options(num_cpus=0).remote()
+                channel = weight_channel(mode, coordinator, learner_on_gpu=False, actors_on_gpu=False)
+                channel.publish(0, learner.publish_state())
+                run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, weight_sync=mode))
+                worker = ray.remote(RolloutWorker).options(num_cpus=1, runtime_env=env)
+                worker = worker.remote(run_cfg, 0, 1, init, coordinator, service)
+                sync[mode] = sync_rounds(channel, worker, learner)
+                ray.kill(worker)
+                getattr(channel, "close", lambda: None)()
             actors = (service, ray.remote(DequeActor).options(num_cpus=0).remote())
             calls = fill(trees, SERVICE_ITEMS)
             # the first round is a warm-up: it starts the deque actor
             svc = [service_round(actors, calls, cfg.train.batch_size) for _ in range(REPEATS + 1)][1:]
     finally:
         ray.shutdown()
-    names = ("weight_sync", "publish_state", "channel_publish", "actor_pull_load", "memcpy")
-    figures = medians(sync[1:], (*(f"{n}_seconds" for n in names), "weight_sync_vs_memcpy"))
+    names = (*(f"{n}_seconds" for n in SYNC_PARTS), "weight_sync_vs_memcpy")
+    figures = medians(sync["object_store"][1:], names)
+    figures |= medians(sync["collective"][1:], tuple(f"collective_{n}" for n in names))
+    nbytes = state_bytes(learner.publish_state())
     names = ("insert_per_s", "sample_per_s", "round_trips_per_s")
     svc_names = (*(f"service_{n}" for n in names), *(f"ray_deque_{n}" for n in names))
     svc_names += tuple(f"service_{n.replace('_per_s', '')}_vs_ray_deque" for n in names)
@@ -431,8 +454,10 @@ def table(r: dict) -> str:
     gen, fwd, gf = r["rollout_generated_tokens_per_s"], r["rollout_forwarded_tokens_per_s"], r["rollout_gflops"]
     rollout = f"{gen:.0f} gen tok/s ({fwd:.0f} fwd, {gf:.2f} GFLOP/s)"
     rows.append(("rollout FLOP/s", rollout, peak, f"{r['rollout_flops_vs_peak']:.4f}"))
-    sync = f"{r['weight_sync_seconds'] * 1e3:.1f} ms for {r['weight_bytes'] / 1e6:.1f} MB"
-    rows.append(("weight sync", sync, f"{r['memcpy_seconds'] * 1e3:.2f} ms copy_", f"{r['weight_sync_vs_memcpy']:.4f}"))
+    for name, pre in (("weight sync (ray.put)", ""), ("weight sync (gloo pair)", "collective_")):
+        sync = f"{r[pre + 'weight_sync_seconds'] * 1e3:.1f} ms for {r['weight_bytes'] / 1e6:.1f} MB"
+        copy = f"{r[pre + 'memcpy_seconds'] * 1e3:.2f} ms copy_"
+        rows.append((name, sync, copy, f"{r[pre + 'weight_sync_vs_memcpy']:.4f}"))
     for name, arbor, limit, against, ratio in (
         ("ReplayBuffer insert items/s", "replay_insert", "deque_append", "deque", "replay_insert_vs_deque"),
         ("ReplayBuffer sample items/s", "replay_sample", "deque_sample", "deque", "replay_sample_vs_deque"),
