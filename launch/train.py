@@ -80,6 +80,17 @@ def check_resume(cfg: ArborConfig) -> ResumeState | None:
         int(state["step"]), int(state["version"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{state_file}: cannot read the training state ({type(exc).__name__}: {exc})") from None
+    for key, now in (
+        ("learner_ranks", cfg.resources.learner_ranks),
+        ("engine", cfg.train.engine),
+        ("zero_stage", cfg.train.zero_stage),
+    ):
+        section = "resources" if key == "learner_ranks" else "train"
+        if key in state and state[key] != now:  # (checkpoints before these were recorded are not checked)
+            raise ConfigError(
+                f"config key '{section}.{key}' is {now}, but {ckpt} holds optimizer state saved with {state[key]};"
+                f" resume with {section}.{key}={state[key]}"
+            )
     ReplayBuffer.restore(ckpt / REPLAY_FILE)  # parse it all now: a corrupt snapshot stops before any work
     return ResumeState(run_dir, ckpt, state)
 
@@ -337,6 +348,7 @@ class Trainer:
         """Model + value head (HF), optimizer/scheduler/RNG per rank, buffer + cursors, step and version."""
         import ray
 
+        cfg = self.cfg
         name = f"step-{self.step:06d}"
         path = run_dir / "checkpoints" / name
         if path.exists():  # already written at this step (e.g. a periodic one, or a resume with no budget left)
@@ -353,6 +365,10 @@ class Trainer:
             "cursors": snap["cursors"],
             "reference_path": self.reference_path,
             "evals": self.evals,
+            # the optimizer state is per rank and laid out by the engine: a resume must match both
+            "learner_ranks": cfg.resources.learner_ranks,
+            "engine": cfg.train.engine,
+            "zero_stage": cfg.train.zero_stage,
         }
         (path / STATE_FILE).write_text(json.dumps(state, indent=2))
         tmp = run_dir / "checkpoints" / f".{LATEST}.tmp"

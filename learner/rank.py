@@ -29,6 +29,18 @@ OPTIM_FILE = "optimizer_rank{rank}.pt"
 RNG_FILE = "rng_rank{rank}.json"
 
 
+def deepspeed_checkpoint_globals() -> list[Any]:
+    """The plain DeepSpeed types a ZeRO optimizer's state dict holds (its stage, loss scaler and parameter
+    fragment addresses): allowed by name to ``torch.load(weights_only=True)``, nothing else is."""
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+    except ImportError:  # the torch engine's checkpoints hold none of them
+        return []
+    return [DynamicLossScaler, LossScaler, ZeroStageEnum, fragment_address]
+
+
 class LearnerRank:
     """A learner rank's state and calls (wrapped with ``ray.remote`` by the launcher)."""
 
@@ -175,10 +187,21 @@ class LearnerRank:
     def load(self, path: str) -> int:
         """Restore optimizer, scheduler and RNG state saved by ``save`` (weights came in through init_path)."""
         path_ = Path(path)
-        state = torch.load(path_ / OPTIM_FILE.format(rank=self.rank), weights_only=True, map_location="cpu")
         engine = self.learner.engine
+        deepspeed_engine = getattr(engine, "engine", None)
+        zero = deepspeed_engine is not None and deepspeed_engine.zero_optimization_stage() > 0
+        # A ZeRO optimizer loads the list of every rank's state (it indexes it by data-parallel rank).
+        ranks = range(self.world) if zero else [self.rank]
+        with torch.serialization.safe_globals(deepspeed_checkpoint_globals()):
+            states = [
+                torch.load(path_ / OPTIM_FILE.format(rank=r), weights_only=True, map_location="cpu") for r in ranks
+            ]
+        state = states[self.rank if zero else 0]
         if state["optimizer"]:
-            engine.optimizer.load_state_dict(state["optimizer"])
+            if zero:  # fp32 master partitions from the file, not rebuilt from (possibly bf16) weights
+                engine.optimizer.load_state_dict([s["optimizer"] for s in states], load_from_fp32_weights=True)
+            else:
+                engine.optimizer.load_state_dict(state["optimizer"])
         if state["scheduler"]:
             engine.scheduler.load_state_dict(state["scheduler"])
         rng = json.loads((path_ / RNG_FILE.format(rank=self.rank)).read_text())

@@ -104,8 +104,10 @@ def test_nonfinite_loss_skips_the_step_and_keeps_weights(policy_loss):
     assert m["learner/step_skipped"] == 0.0 and learner.steps == 1
 
 
-def test_learner_rank_checkpoint_resumes_exactly(tmp_path):
-    """Save after two steps, then step three both ways: same loss, same weights (optimizer, scheduler, RNG)."""
+@pytest.mark.parametrize("zero_stage", [0, 1, 2])
+def test_learner_rank_checkpoint_resumes_exactly(tmp_path, zero_stage):
+    """Save after two steps, then step three both ways: same loss, same weights (optimizer, scheduler, RNG).
+    Under ZeRO 1-2 the optimizer state is DeepSpeed's partitioned one, loaded with weights_only=True."""
     from core.config import load_config
     from core.model import save_checkpoint
     from learner.rank import LearnerRank
@@ -115,7 +117,14 @@ def test_learner_rank_checkpoint_resumes_exactly(tmp_path):
     init = tmp_path / "init"
     save_checkpoint(init, model, tok, ValueHead(hidden_size_of(model)))
     cfg = load_config(
-        DEFAULT_CONFIG, ["train.batch_size=6", "train.warmup_steps=1", "train.lr=1e-2", "train.sync_every=100"]
+        DEFAULT_CONFIG,
+        [
+            "train.batch_size=6",
+            "train.warmup_steps=1",
+            "train.lr=1e-2",
+            "train.sync_every=100",
+            f"train.zero_stage={zero_stage}",
+        ],
     )
     samples = _samples(tok, model)
 

@@ -260,6 +260,9 @@ def test_bad_input_stops_with_message_and_touches_nothing(async_run, init_ckpt, 
         (["train.no_such_key=1"], "unknown config key 'train.no_such_key'"),
         ([f"resume={run_dir}", "resources.learner_gpus=1"], "GPU"),
         ([f"resume={tmp_path / 'missing'}"], "run directory not found"),
+        # optimizer state saved without ZeRO cannot load into a ZeRO engine (nor across rank counts)
+        ([f"resume={run_dir}", "train.zero_stage=1"], "resume with train.zero_stage=0"),
+        ([f"resume={run_dir}", "resources.learner_ranks=2"], "resume with resources.learner_ranks=1"),
     ]
     for extra, message in cases:
         assert main(["train", str(DEFAULT_CONFIG), *base, *extra]) == 2
