@@ -14,6 +14,7 @@ it searches anything, and resumes its shard at the cursor the coordinator kept.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from typing import Any
 
@@ -36,6 +37,18 @@ def problems_to_skip(cfg: ArborConfig, task: Task) -> set[str]:
     if cfg.sft.num_problems:
         keys |= {p.key for p in demonstration_pool(task, cfg.sft.num_problems, cfg.sft.difficulty_mix)}
     return keys
+
+
+def round_seed(train_seed: int, actor_index: int, cursor: int, restarted: bool) -> int:
+    """The token sampler's seed for the search round that starts at ``cursor`` in an actor's shard.
+
+    It depends only on what a checkpoint keeps (the seed and the actors' cursors), so a resumed run carries
+    on the random stream where it stopped instead of replaying the draws its first rounds made. (The
+    search's own draws, MCTS noise, are already seeded per problem.) A process that Ray restarted mid-run
+    redraws the round it repeats with a different stream.
+    """
+    key = f"rollout/{train_seed}/{actor_index}/{cursor}/{int(restarted)}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
 class StopSearch(Exception):
@@ -81,7 +94,7 @@ class RolloutWorker:
             tokenizer,
             head,
             policy_version=-1,
-            seed=cfg.train.seed * 7919 + actor_index + (10_000 if self.restarted else 0),
+            seed=round_seed(cfg.train.seed, actor_index, -1, self.restarted),  # each round reseeds it (run)
             max_batch_rows=cfg.search.max_batch_rows,
             step_sep=step_separator(cfg.task),
         )
@@ -156,6 +169,7 @@ class RolloutWorker:
             n = search_cfg.trees_in_flight if max_trees <= 0 else min(search_cfg.trees_in_flight, max_trees - done)
             batch = self._next_problems(n)
             cursors = [c for c, _ in batch]
+            self.backend.reseed(round_seed(self.cfg.train.seed, self.index, cursors[0], self.restarted))
             t0 = time.perf_counter()
 
             def on_finished(i: int, tree: SearchTree, cursors=cursors) -> None:

@@ -215,3 +215,24 @@ def test_padded_output_rows_beyond_the_tokenizer_are_never_sampled():
     tokens, logp = sample_tokens(logits, torch.ones(64), gen, vocab_size=10)
     assert int(tokens.max()) < 10
     assert torch.allclose(logp, torch.full((64,), -torch.log(torch.tensor(10.0))))  # uniform over the real 10
+
+
+def test_rollout_rounds_draw_from_a_stream_their_cursor_names(policy):
+    """A round's token draws depend on (seed, actor, the round's first cursor, restarted) only: a resumed
+    actor reseeded at the checkpointed cursor draws what the uninterrupted one would have, whatever its
+    generator did before; another cursor, actor or a Ray restart draws differently."""
+    from actors.rollout import round_seed
+
+    model, tokenizer, head, problems = policy
+
+    def draws(backend_seed: int, **key) -> list[tuple[int, ...]]:
+        backend = HFStepBackend(model, tokenizer, head, seed=backend_seed)
+        backend.continue_steps([StepRequest((tuple(backend.encode(problems[1].prompt)),), 3, 12)])  # used before
+        backend.reseed(round_seed(**({"train_seed": 0, "actor_index": 0, "cursor": 40, "restarted": False} | key)))
+        root = (tuple(backend.encode(problems[0].prompt)),)
+        return [tuple(s.token_ids) for s in backend.continue_steps([StepRequest(root, 6, 12)])[0].steps]
+
+    same = draws(1)
+    assert draws(2) == same
+    for key in ({"cursor": 41}, {"actor_index": 1}, {"train_seed": 1}, {"restarted": True}):
+        assert draws(1, **key) != same, key

@@ -120,6 +120,10 @@ class HFStepBackend:
         """Weights changed (loaded by the caller): drop every cached prefix computed with the old ones."""
         self.cache.set_version(version)
 
+    def reseed(self, seed: int) -> None:
+        """Restart the token sampler's random stream from ``seed``."""
+        self.generator.manual_seed(seed)
+
     def load_weights(self, version: int, model_state: dict, value_head_state: dict | None = None) -> None:
         """Load new policy (and value head) weights tagged ``version``; the prefix cache is dropped."""
         self.model.load_state_dict(model_state)
