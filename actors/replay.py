@@ -142,6 +142,7 @@ class ReplayBuffer:
         # policy version -> non-demonstration items of it: a sample checks staleness against the oldest
         # version here instead of scanning every item, and scans only when something is stale
         self._versions: Counter[int] = Counter()
+        self._sampled_present = 0  # items still held that were sampled (prioritized): what capacity may evict
         self._next_key = 0
         self._counters = dict.fromkeys(
             (
@@ -172,11 +173,11 @@ class ReplayBuffer:
             return True
         n = len(samples)
         free = self.capacity - len(self._items)
-        evictable = [k for k, it in self._items.items() if it.times_sampled > 0] if free < n else []
-        if not self.rate_limiter.can_insert(n) or free + len(evictable) < n:
+        if not self.rate_limiter.can_insert(n) or free + self._sampled_present < n:
             self._counters["blocked_inserts"] += 1
-            return False
-        for key in evictable[: max(0, n - free)]:
+            return False  # decided from counts: a full buffer's retries do not scan it
+        evictable = (k for k, it in self._items.items() if it.times_sampled > 0)  # oldest first
+        for key in list(islice(evictable, max(0, n - free))):
             self._remove(key)
             self._counters["evicted_capacity"] += 1
             self.rate_limiter.deletes += 1
@@ -206,11 +207,13 @@ class ReplayBuffer:
 
     def _add(self, item: _Item) -> None:
         self._items[item.key] = item
+        self._sampled_present += item.times_sampled > 0
         if not item.is_demo:
             self._versions[item.sample.policy_version] += 1
 
     def _remove(self, key: int) -> _Item:
         item = self._items.pop(key)
+        self._sampled_present -= item.times_sampled > 0
         if not item.is_demo:
             version = item.sample.policy_version
             self._versions[version] -= 1
@@ -249,7 +252,8 @@ class ReplayBuffer:
         else:
             items = list(self._items.values())
             chosen = self._rng.choices(items, weights=[it.priority for it in items], k=n)
-        for it in chosen:
+        for it in chosen:  # (FIFO's chosen items have already left the buffer)
+            self._sampled_present += self.sampler != "fifo" and it.times_sampled == 0
             it.times_sampled += 1
         self.rate_limiter.samples += n
         self._counters["sampled"] += n

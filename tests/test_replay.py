@@ -133,7 +133,11 @@ def test_random_out_of_order_versions_match_a_full_scan_reference(tmp_path: Path
             buf.snapshot(tmp_path / "replay.json")
             buf = ReplayBuffer.restore(tmp_path / "replay.json")
         assert_nothing_dropped(buf)
+        # a full buffer decides from this count whether capacity eviction can make room (no scan)
+        assert buf._sampled_present == sum(it.times_sampled > 0 for it in buf._items.values())
     assert buf.stats()["evicted_stale"] > 0  # the run did exercise eviction
+    if sampler == "prioritized":  # sampled items stay, so the buffer filled and capacity made room
+        assert buf.stats()["evicted_capacity"] > 0
 
 
 def test_demonstrations_are_flagged_and_exempt_from_lag() -> None:
