@@ -12,12 +12,17 @@ How the bytes move:
   (its own communicator) with the server. It then writes "I have version v" into the store; the serving
   thread answers by broadcasting the newest version's number and buffers in that pair's group.
 - So pull-with-version holds as on the object-store path: an actor always gets the newest weights, however
-  many versions it was too busy to see. A busy actor never stalls the learner (the learner only copies),
-  a slow one never stalls the others beyond its own transfer, and a restarted actor joins again with a new
-  ticket; the dead pair is dropped when its transfer fails.
+  many versions it was too busy to see. A busy actor never stalls the learner (the learner only copies).
+  Transfers are served one at a time, so an actor waits at most for the transfers queued before its own.
 
-Requests travel through the store (polled), not as pending collectives, so no rank ever waits inside a
-collective for a peer that may be gone (an nccl watchdog would tear the process down).
+Failures cost one pair, never the learner:
+- Pairs form on their own threads, each over its own store connection, so an actor that took a ticket and
+  died before its half of the group holds up nobody.
+- A restarted actor joins again with a new ticket under the same name, and its dead pair is dropped then.
+  A pair whose transfer fails is dropped too.
+- Requests travel through the store (polled), not as pending collectives, so no rank waits inside a
+  collective for a peer that may be gone. nccl pairs are built with the watchdog's teardown off
+  (``TORCH_NCCL_ASYNC_ERROR_HANDLING=0``): a transfer past its deadline aborts its pair instead.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -37,18 +43,46 @@ from core.channels import state_bytes
 
 log = logging.getLogger(__name__)
 
+NCCL_ERROR_HANDLING = "TORCH_NCCL_ASYNC_ERROR_HANDLING"
 POLL_S = (0.001, 0.02)  # the serving thread's pause between looks at the store: after work, and at most when idle
 TRANSFER_TIMEOUT = datetime.timedelta(minutes=5)  # one pair's transfer; longer is a failure
 
 
-def _pair_group(store: Any, ticket: int, rank: int, backend: str) -> Any:
+def _pair_group(
+    store: Any, ticket: int, rank: int, backend: str, timeout: datetime.timedelta = TRANSFER_TIMEOUT
+) -> Any:
     """A two-rank process group (server rank 0, actor rank 1) private to one actor's ticket."""
     prefixed = dist.PrefixStore(f"pair/{ticket}/", store)
     if backend == "nccl":
         options = dist.ProcessGroupNCCL.Options()
-        options._timeout = TRANSFER_TIMEOUT
-        return dist.ProcessGroupNCCL(prefixed, rank, 2, options)
-    return dist.ProcessGroupGloo(prefixed, rank, 2, TRANSFER_TIMEOUT)
+        options._timeout = timeout
+        # A peer that dies mid-transfer must cost its pair, not the process: the watchdog's default
+        # (tear the process down) would take learner rank 0 with it. _wait() aborts the pair instead.
+        previous = os.environ.get(NCCL_ERROR_HANDLING)
+        os.environ[NCCL_ERROR_HANDLING] = "0"
+        try:
+            return dist.ProcessGroupNCCL(prefixed, rank, 2, options)
+        finally:
+            if previous is None:
+                os.environ.pop(NCCL_ERROR_HANDLING, None)
+            else:
+                os.environ[NCCL_ERROR_HANDLING] = previous
+    return dist.ProcessGroupGloo(prefixed, rank, 2, timeout)
+
+
+def _wait(work: Any, group: Any, timeout: datetime.timedelta = TRANSFER_TIMEOUT) -> None:
+    """Wait for one collective on the CPU. Gloo raises when the peer is gone; an nccl wait only orders
+    streams, so poll for completion and abort the pair past the deadline."""
+    if not torch.cuda.is_available() or not isinstance(group, getattr(dist, "ProcessGroupNCCL", ())):
+        work.wait()
+        return
+    deadline = time.monotonic() + timeout.total_seconds()
+    while not work.is_completed():
+        if time.monotonic() > deadline:
+            group.abort()
+            raise TimeoutError(f"weight transfer did not finish in {timeout}")
+        time.sleep(1e-4)
+    work.wait()
 
 
 def flatten(state: dict[str, torch.Tensor], device: str) -> tuple[list[list[Any]], list[torch.Tensor]]:
@@ -94,7 +128,11 @@ def empty_buffers(layout: list[list[Any]], device: str) -> list[torch.Tensor]:
 
 
 class WeightServer:
-    """Learner rank 0's side: the store, the newest flat weights, and the thread that serves pulls."""
+    """Learner rank 0's side: the store, the newest flat weights, and the thread that serves pulls.
+
+    Pairs are formed on their own short-lived threads, so an actor that took a ticket and died before
+    its half of the group never holds up the others; transfers are served one at a time.
+    """
 
     def __init__(self, backend: str, device: str, host: str | None = None):
         self.backend, self.device = backend, device
@@ -102,10 +140,14 @@ class WeightServer:
         self.store = dist.TCPStore(self.host, 0, is_master=True, wait_for_workers=False)
         self.latest: tuple[int, list[torch.Tensor]] | None = None  # replaced whole, never written in place
         self.layout: list[list[Any]] | None = None
+        self.lock = threading.Lock()  # guards pairs, names and stores (the forming threads add to them)
         self.pairs: dict[int, Any] = {}  # ticket -> the pair's process group
+        self.names: dict[str, int] = {}  # actor name -> its newest ticket
+        self.stores: dict[int, Any] = {}  # ticket -> the store connection its group was formed over
         self.accepted = 0  # tickets looked at so far
         self.served = 0  # transfers done
         self.failed: list[str] = []  # why pairs were dropped
+        self.error: BaseException | None = None  # what stopped the serving thread, if anything did
         self.closed = False
         self.thread = threading.Thread(target=self._serve, name="weight-server", daemon=True)
         self.thread.start()
@@ -115,6 +157,8 @@ class WeightServer:
         return {"host": self.host, "port": self.store.port, "backend": self.backend}
 
     def update(self, version: int, state: dict[str, torch.Tensor]) -> None:
+        if not self.thread.is_alive():
+            raise RuntimeError(f"the weight server's thread has stopped ({self.error!r}); actors cannot pull")
         layout, flats = flatten(state, self.device)
         if self.layout is None:
             self.layout = layout
@@ -124,49 +168,89 @@ class WeightServer:
         self.latest = (version, flats)
 
     def close(self) -> None:
+        """Stop serving and release every pair's group."""
         self.closed = True
+        self.thread.join(timeout=5)
+        with self.lock:
+            for ticket in list(self.pairs):
+                self._drop(ticket, "closed")
 
     def _serve(self) -> None:
         pause = POLL_S[0]
         while not self.closed:
-            busy = self._accept()
-            for ticket in list(self.pairs):
-                key = f"pair/{ticket}/want"
-                if self.store.check([key]):
-                    have = int(self.store.get(key))
-                    self.store.delete_key(key)
-                    self._send(ticket, have)
-                    busy = True
+            try:
+                busy = self._accept()
+                with self.lock:
+                    tickets = list(self.pairs)
+                for ticket in tickets:
+                    key = f"pair/{ticket}/want"
+                    if self.store.check([key]):
+                        have = int(self.store.get(key))
+                        self.store.delete_key(key)
+                        self._send(ticket, have)
+                        busy = True
+            except Exception as exc:  # the store itself failed: nothing more can be served
+                self.error = exc
+                log.error("weight server stopped: %r", exc)
+                return
             pause = POLL_S[0] if busy else min(2 * pause, POLL_S[1])
             time.sleep(pause)
 
     def _accept(self) -> bool:
-        """Form the group of every actor that took a ticket since the last look."""
+        """Start forming the group of every actor that took a ticket since the last look."""
         tickets = self.store.add("tickets", 0)
         new = range(self.accepted + 1, tickets + 1)
         self.accepted = tickets
         for ticket in new:
-            try:
-                self.pairs[ticket] = _pair_group(self.store, ticket, 0, self.backend)
-            except Exception as exc:  # the actor died between its ticket and its half of the group
-                self.failed.append(f"ticket {ticket}: {exc}")
+            threading.Thread(target=self._form, args=(ticket,), name=f"weight-pair-{ticket}", daemon=True).start()
         return bool(new)
+
+    def _form(self, ticket: int) -> None:
+        # Its own connection to the store: a rendezvous blocks on the connection it uses, and the serving
+        # thread's must stay free.
+        store = dist.TCPStore(self.host, self.store.port, is_master=False, timeout=TRANSFER_TIMEOUT)
+        try:
+            name = store.get(f"join/{ticket}").decode()
+            group = _pair_group(store, ticket, 0, self.backend)
+        except Exception as exc:  # the actor died between its ticket and its half of the group
+            self.failed.append(f"ticket {ticket}: {exc}")
+            return
+        with self.lock:
+            old = self.names.get(name)
+            if old in self.pairs:  # the same actor again (Ray restarted it): its old pair is dead
+                self._drop(old, f"{name} joined again with ticket {ticket}")
+            self.names[name] = ticket
+            self.pairs[ticket] = group
+            self.stores[ticket] = store
+
+    def _drop(self, ticket: int, why: str) -> None:
+        group = self.pairs.pop(ticket, None)
+        self.stores.pop(ticket, None)
+        self.failed.append(f"ticket {ticket}: {why}")
+        if group is not None and hasattr(group, "abort"):
+            try:
+                group.abort()
+            except Exception as exc:  # already broken: nothing more to release
+                log.debug("weight server: aborting pair %d: %r", ticket, exc)
 
     def _send(self, ticket: int, have: int) -> None:
         version, flats = self.latest if self.latest is not None else (-1, [])
         newer = version > have
         header = torch.tensor([version if newer else -1], dtype=torch.int64, device=self.device)
+        with self.lock:
+            group = self.pairs.get(ticket)
+        if group is None:
+            return
         try:
-            group = self.pairs[ticket]
-            group.broadcast(header, 0).wait()
+            _wait(group.broadcast(header, 0), group)
             if newer:
                 for flat in flats:
-                    group.broadcast(flat, 0).wait()
+                    _wait(group.broadcast(flat, 0), group)
             self.served += 1
         except Exception as exc:  # the actor died mid-transfer: drop its pair; a restart takes a new ticket
             log.warning("weight server: dropping pair %d: %s", ticket, exc)
-            self.failed.append(f"ticket {ticket}: {exc}")
-            self.pairs.pop(ticket, None)
+            with self.lock:
+                self._drop(ticket, repr(exc))
 
 
 class CollectiveWeightChannel:
@@ -215,13 +299,17 @@ class CollectiveWeightChannel:
         The weights land in ``self.buffers``."""
         if self.group is None:
             self._join(server)
-        self.store.set(f"pair/{self.ticket}/want", str(have_version))
-        header = torch.empty(1, dtype=torch.int64, device=self.device)
-        self.group.broadcast(header, 0).wait()
-        version = int(header.item())
-        if version > have_version:
-            for buf in self.buffers:
-                self.group.broadcast(buf, 0).wait()
+        try:
+            self.store.set(f"pair/{self.ticket}/want", str(have_version))
+            header = torch.empty(1, dtype=torch.int64, device=self.device)
+            _wait(self.group.broadcast(header, 0), self.group)
+            version = int(header.item())
+            if version > have_version:
+                for buf in self.buffers:
+                    _wait(self.group.broadcast(buf, 0), self.group)
+        except Exception:  # out of step with the server now: the next pull joins afresh with a new ticket
+            self.group = self.store = None
+            raise
         return version
 
     def _join(self, server: dict[str, Any]) -> None:
@@ -234,6 +322,7 @@ class CollectiveWeightChannel:
         self.layout = json.loads(self.store.get("layout"))
         self.buffers = empty_buffers(self.layout, self.device)
         self.ticket = self.store.add("tickets", 1)
+        self.store.set(f"join/{self.ticket}", self.name)
         self.group = _pair_group(self.store, self.ticket, 1, self.backend)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -39,6 +40,8 @@ from core.model import ValueHead, build_policy, build_tokenizer, hidden_size_of,
 from core.runs import RunLogger, make_run_dir
 from core.tasks import Problem, build_task
 from launch.report import console, progress_bar, render_tree, train_table
+
+log = logging.getLogger(__name__)
 
 LATEST = "latest"  # checkpoints/latest names the newest complete checkpoint directory
 STATE_FILE = "train_state.json"
@@ -86,6 +89,8 @@ def check_resume(cfg: ArborConfig) -> ResumeState | None:
         ("zero_stage", cfg.train.zero_stage),
     ):
         section = "resources" if key == "learner_ranks" else "train"
+        if key == "zero_stage" and cfg.train.engine != "deepspeed":
+            continue  # the torch engine has no ZeRO stage (a changed engine is caught above)
         if key in state and state[key] != now:  # (checkpoints before these were recorded are not checked)
             raise ConfigError(
                 f"config key '{section}.{key}' is {now}, but {ckpt} holds optimizer state saved with {state[key]};"
@@ -321,6 +326,10 @@ class Trainer:
     def shutdown(self) -> None:
         import ray
 
+        try:  # let rank 0 release its weight server's pairs before the processes go
+            ray.get([rk.close.remote() for rk in getattr(self, "ranks", [])], timeout=30)
+        except Exception as exc:  # a rank that already died has nothing to release
+            log.debug("closing learner ranks: %r", exc)
         for handle in getattr(self, "actors", []) + getattr(self, "ranks", []):
             ray.kill(handle)
         if getattr(self, "pg", None) is not None:

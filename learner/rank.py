@@ -190,16 +190,16 @@ class LearnerRank:
         engine = self.learner.engine
         deepspeed_engine = getattr(engine, "engine", None)
         zero = deepspeed_engine is not None and deepspeed_engine.zero_optimization_stage() > 0
-        # A ZeRO optimizer loads the list of every rank's state (it indexes it by data-parallel rank).
-        ranks = range(self.world) if zero else [self.rank]
         with torch.serialization.safe_globals(deepspeed_checkpoint_globals()):
-            states = [
-                torch.load(path_ / OPTIM_FILE.format(rank=r), weights_only=True, map_location="cpu") for r in ranks
-            ]
-        state = states[self.rank if zero else 0]
+            state = torch.load(path_ / OPTIM_FILE.format(rank=self.rank), weights_only=True, map_location="cpu")
         if state["optimizer"]:
-            if zero:  # fp32 master partitions from the file, not rebuilt from (possibly bf16) weights
-                engine.optimizer.load_state_dict([s["optimizer"] for s in states], load_from_fp32_weights=True)
+            if zero:
+                # A ZeRO optimizer takes a list indexed by data-parallel rank and reads only its own entry
+                # (same world size, non-elastic), so the other ranks' files stay on disk. Its fp32 master
+                # partition comes from the file, not rebuilt from (possibly bf16) weights.
+                states = [None] * self.world
+                states[self.rank] = state["optimizer"]
+                engine.optimizer.load_state_dict(states, load_from_fp32_weights=True)
             else:
                 engine.optimizer.load_state_dict(state["optimizer"])
         if state["scheduler"]:
@@ -212,6 +212,12 @@ class LearnerRank:
         self.learner.steps = int(rng["learner_steps"])
         self.learner.skipped_nonfinite = int(rng["skipped_nonfinite"])
         return self.version
+
+    def close(self) -> None:
+        """Release the weight channel (the collective channel's server thread and pair groups)."""
+        close = getattr(self.channel, "close", None)
+        if close is not None:
+            close()
 
     def weights_digest(self) -> float:
         """A cheap fingerprint of the weights (sum of all parameters), for resume checks."""

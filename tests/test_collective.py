@@ -71,11 +71,17 @@ def test_actor_pulls_newest_version_over_gloo_and_a_restart_joins_again(local_ra
         assert version == 2 and _equal(state, _state(2))
         assert learner.server.served == served + 1
 
+        # An actor that took a ticket and died before its half of the group (a ghost) holds up nobody.
+        ghost = learner.server.store.add("tickets", 1)
+        learner.server.store.set(f"join/{ghost}", "ghost")
         ray.kill(puller)  # a new process takes a new ticket and its own pair; the learner keeps serving
         again = Puller.remote(coordinator)
-        version, state, _ = ray.get(again.poll.remote(-1))
+        version, state, _ = ray.get(again.poll.remote(-1), timeout=120)  # (a hang guard, not a timing)
         assert version == 2 and _equal(state, _state(2))
-        assert learner.server.accepted == 2
+        assert learner.server.accepted == 3
+        # the restarted actor's name replaced its dead pair: only the live one is kept
+        assert list(learner.server.pairs) == [3]
+        assert any("puller joined again" in why for why in learner.server.failed)
 
         ray.get(coordinator.request_stop.remote())
         assert ray.get(again.poll.remote(-1)) == (2, None, True)  # a stop is not worth a transfer
