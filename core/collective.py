@@ -20,9 +20,10 @@ Failures cost one pair, never the learner:
   died before its half of the group holds up nobody.
 - A restarted actor joins again with a new ticket under the same name, and its dead pair is dropped then.
   A pair whose transfer fails is dropped too.
-- Requests travel through the store (polled), not as pending collectives, so no rank waits inside a
-  collective for a peer that may be gone. nccl pairs are built with the watchdog's teardown off
-  (``TORCH_NCCL_ASYNC_ERROR_HANDLING=0``): a transfer past its deadline aborts its pair instead.
+- Requests travel through the store (a key per pair, and a doorbell key the serving thread sleeps on),
+  not as pending collectives, so no rank waits inside a collective for a peer that may be gone. nccl
+  pairs are built with the watchdog's teardown off (``TORCH_NCCL_ASYNC_ERROR_HANDLING=0``): a transfer
+  past its deadline aborts its pair instead.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from core.channels import state_bytes
 log = logging.getLogger(__name__)
 
 NCCL_ERROR_HANDLING = "TORCH_NCCL_ASYNC_ERROR_HANDLING"
-POLL_S = (0.001, 0.02)  # the serving thread's pause between looks at the store: after work, and at most when idle
+BELL = "bell"  # the doorbell key: set after every request or join, deleted by the serving thread as it looks
+IDLE_WAIT = datetime.timedelta(hours=1)  # the serving thread's longest sleep on the doorbell
 TRANSFER_TIMEOUT = datetime.timedelta(minutes=5)  # one pair's transfer; longer is a failure
 
 
@@ -170,16 +172,24 @@ class WeightServer:
     def close(self) -> None:
         """Stop serving and release every pair's group."""
         self.closed = True
+        self.store.set(BELL, "1")
         self.thread.join(timeout=5)
         with self.lock:
             for ticket in list(self.pairs):
                 self._drop(ticket, "closed")
 
     def _serve(self) -> None:
-        pause = POLL_S[0]
+        # Sleeps on the doorbell (its own store connection) until an actor asks, joins, or close() rings.
+        bell = dist.TCPStore(self.host, self.store.port, is_master=False, timeout=IDLE_WAIT)
         while not self.closed:
             try:
-                busy = self._accept()
+                bell.wait([BELL], IDLE_WAIT)
+            except dist.DistStoreError:  # an idle hour: look again
+                continue
+            try:
+                # re-arm before looking, so a request rung after this is seen on the next turn
+                self.store.delete_key(BELL)
+                self._accept()
                 with self.lock:
                     tickets = list(self.pairs)
                 for ticket in tickets:
@@ -188,13 +198,10 @@ class WeightServer:
                         have = int(self.store.get(key))
                         self.store.delete_key(key)
                         self._send(ticket, have)
-                        busy = True
             except Exception as exc:  # the store itself failed: nothing more can be served
                 self.error = exc
                 log.error("weight server stopped: %r", exc)
                 return
-            pause = POLL_S[0] if busy else min(2 * pause, POLL_S[1])
-            time.sleep(pause)
 
     def _accept(self) -> bool:
         """Start forming the group of every actor that took a ticket since the last look."""
@@ -222,6 +229,7 @@ class WeightServer:
             self.names[name] = ticket
             self.pairs[ticket] = group
             self.stores[ticket] = store
+        store.set(BELL, "1")  # the actor may have asked already: look again now that the pair is here
 
     def _drop(self, ticket: int, why: str) -> None:
         group = self.pairs.pop(ticket, None)
@@ -301,6 +309,7 @@ class CollectiveWeightChannel:
             self._join(server)
         try:
             self.store.set(f"pair/{self.ticket}/want", str(have_version))
+            self.store.set(BELL, "1")
             header = torch.empty(1, dtype=torch.int64, device=self.device)
             _wait(self.group.broadcast(header, 0), self.group)
             version = int(header.item())
@@ -323,6 +332,7 @@ class CollectiveWeightChannel:
         self.buffers = empty_buffers(self.layout, self.device)
         self.ticket = self.store.add("tickets", 1)
         self.store.set(f"join/{self.ticket}", self.name)
+        self.store.set(BELL, "1")
         self.group = _pair_group(self.store, self.ticket, 1, self.backend)
 
 
