@@ -215,8 +215,8 @@ class WeightServer:
     def _form(self, ticket: int) -> None:
         # Its own connection to the store: a rendezvous blocks on the connection it uses, and the serving
         # thread's must stay free.
-        store = dist.TCPStore(self.host, self.store.port, is_master=False, timeout=TRANSFER_TIMEOUT)
         try:
+            store = dist.TCPStore(self.host, self.store.port, is_master=False, timeout=TRANSFER_TIMEOUT)
             name = store.get(f"join/{ticket}").decode()
             group = _pair_group(store, ticket, 0, self.backend)
         except Exception as exc:  # the actor died between its ticket and its half of the group
