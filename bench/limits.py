@@ -353,7 +353,7 @@ def ray_rounds(cfg: ArborConfig, learner: ActorCriticLearner, trees: Trees) -> d
                 worker = worker.remote(run_cfg, 0, 1, init, coordinator, service)
                 sync[mode] = sync_rounds(channel, worker, learner)
                 ray.kill(worker)
-                getattr(channel, "close", lambda: None)()
+                channel.close()
             actors = (service, ray.remote(DequeActor).options(num_cpus=0).remote())
             calls = fill(trees, SERVICE_ITEMS)
             # the first round is a warm-up: it starts the deque actor

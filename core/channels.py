@@ -96,8 +96,13 @@ class Coordinator:
 class WeightChannel:
     """Publisher and puller over a :class:`Coordinator` handle (CPU path: the Ray object store)."""
 
+    device = "cpu"  # where the published weights must be: ray.put takes CPU tensors
+
     def __init__(self, coordinator: Any):
         self.coordinator = coordinator
+
+    def close(self) -> None:
+        """Nothing to release: the coordinator holds the one published object."""
 
     def publish(self, version: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
         """Put ``state`` in the object store once and announce it as ``version``; returns time and bytes."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -108,23 +109,14 @@ def flatten(state: dict[str, torch.Tensor], device: str) -> tuple[list[list[Any]
 
 def unflatten(layout: list[list[Any]], flats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """The state dict back from :func:`flatten`'s layout and buffers (views into the buffers)."""
-    out = {}
-    for name, _dtype, shape, i, offset in layout:
-        n = 1
-        for d in shape:
-            n *= d
-        out[name] = flats[i][offset : offset + n].view(shape)
-    return out
+    return {name: flats[i][offset : offset + math.prod(shape)].view(shape) for name, _, shape, i, offset in layout}
 
 
 def empty_buffers(layout: list[list[Any]], device: str) -> list[torch.Tensor]:
     """Receive buffers for a layout: one per dtype, sized to hold every tensor of that dtype."""
     sizes: dict[int, tuple[torch.dtype, int]] = {}
     for _name, dtype, shape, i, offset in layout:
-        n = 1
-        for d in shape:
-            n *= d
-        end = max(sizes.get(i, (None, 0))[1], offset + n)
+        end = max(sizes.get(i, (None, 0))[1], offset + math.prod(shape))
         sizes[i] = (getattr(torch, dtype), end)
     return [torch.empty(sizes[i][1], dtype=sizes[i][0], device=device) for i in range(len(sizes))]
 
@@ -203,14 +195,13 @@ class WeightServer:
                 log.error("weight server stopped: %r", exc)
                 return
 
-    def _accept(self) -> bool:
+    def _accept(self) -> None:
         """Start forming the group of every actor that took a ticket since the last look."""
         tickets = self.store.add("tickets", 0)
         new = range(self.accepted + 1, tickets + 1)
         self.accepted = tickets
         for ticket in new:
             threading.Thread(target=self._form, args=(ticket,), name=f"weight-pair-{ticket}", daemon=True).start()
-        return bool(new)
 
     def _form(self, ticket: int) -> None:
         # Its own connection to the store: a rendezvous blocks on the connection it uses, and the serving

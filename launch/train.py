@@ -66,6 +66,15 @@ class ResumeState:
     state: dict[str, Any]
 
 
+def optimizer_layout(cfg: ArborConfig) -> dict[str, Any]:
+    """The config keys the saved optimizer state depends on (it is per rank and laid out by the engine);
+    a checkpoint records them and a resume must match them."""
+    out: dict[str, Any] = {"resources.learner_ranks": cfg.resources.learner_ranks, "train.engine": cfg.train.engine}
+    if cfg.train.engine == "deepspeed":  # the torch engine has no ZeRO stage
+        out["train.zero_stage"] = cfg.train.zero_stage
+    return out
+
+
 def check_resume(cfg: ArborConfig) -> ResumeState | None:
     """The run to continue, with its newest complete checkpoint; ConfigError / DataError name what is wrong."""
     if not cfg.resume:
@@ -83,18 +92,12 @@ def check_resume(cfg: ArborConfig) -> ResumeState | None:
         int(state["step"]), int(state["version"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{state_file}: cannot read the training state ({type(exc).__name__}: {exc})") from None
-    for key, now in (
-        ("learner_ranks", cfg.resources.learner_ranks),
-        ("engine", cfg.train.engine),
-        ("zero_stage", cfg.train.zero_stage),
-    ):
-        section = "resources" if key == "learner_ranks" else "train"
-        if key == "zero_stage" and cfg.train.engine != "deepspeed":
-            continue  # the torch engine has no ZeRO stage (a changed engine is caught above)
-        if key in state and state[key] != now:  # (checkpoints before these were recorded are not checked)
+    for dotted, now in optimizer_layout(cfg).items():
+        saved = state.get(dotted.split(".")[1], now)  # (checkpoints before these were recorded are not checked)
+        if saved != now:
             raise ConfigError(
-                f"config key '{section}.{key}' is {now}, but {ckpt} holds optimizer state saved with {state[key]};"
-                f" resume with {section}.{key}={state[key]}"
+                f"config key '{dotted}' is {now}, but {ckpt} holds optimizer state saved with {saved};"
+                f" resume with {dotted}={saved}"
             )
     ReplayBuffer.restore(ckpt / REPLAY_FILE)  # parse it all now: a corrupt snapshot stops before any work
     return ResumeState(run_dir, ckpt, state)
@@ -357,7 +360,6 @@ class Trainer:
         """Model + value head (HF), optimizer/scheduler/RNG per rank, buffer + cursors, step and version."""
         import ray
 
-        cfg = self.cfg
         name = f"step-{self.step:06d}"
         path = run_dir / "checkpoints" / name
         if path.exists():  # already written at this step (e.g. a periodic one, or a resume with no budget left)
@@ -374,11 +376,8 @@ class Trainer:
             "cursors": snap["cursors"],
             "reference_path": self.reference_path,
             "evals": self.evals,
-            # the optimizer state is per rank and laid out by the engine: a resume must match both
-            "learner_ranks": cfg.resources.learner_ranks,
-            "engine": cfg.train.engine,
-            "zero_stage": cfg.train.zero_stage,
         }
+        state |= {dotted.split(".")[1]: value for dotted, value in optimizer_layout(self.cfg).items()}
         (path / STATE_FILE).write_text(json.dumps(state, indent=2))
         tmp = run_dir / "checkpoints" / f".{LATEST}.tmp"
         tmp.write_text(name)

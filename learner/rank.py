@@ -120,8 +120,7 @@ class LearnerRank:
         """Rank 0 publishes the current weights as ``self.version`` (object store, or the collective server)."""
         if self.rank != 0:
             return {}
-        device = getattr(self.channel, "device", "cpu")
-        return self.channel.publish(self.version, self.learner.publish_state(device))
+        return self.channel.publish(self.version, self.learner.publish_state(self.channel.device))
 
     def step(self, samples: list[StepSample] | None, publish: bool | None = None) -> dict[str, Any] | None:
         """Train on this rank's slice of ``samples`` (the whole batch, shared); None when there was no batch.
@@ -215,9 +214,7 @@ class LearnerRank:
 
     def close(self) -> None:
         """Release the weight channel (the collective channel's server thread and pair groups)."""
-        close = getattr(self.channel, "close", None)
-        if close is not None:
-            close()
+        self.channel.close()
 
     def weights_digest(self) -> float:
         """A cheap fingerprint of the weights (sum of all parameters), for resume checks."""
