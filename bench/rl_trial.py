@@ -8,9 +8,8 @@ The same pieces as ``arbor train`` (``HFStepBackend`` search, ``tree_to_samples`
 ``ActorCriticLearner`` update, weights loaded back into the backend after every step) in a synchronous
 loop, so a recipe (learning rate, batch, advantages, temperature) can be judged in minutes on 2 cores
 before a full run. ``ROUND_TREES`` problems are searched per round and every sample is trained on once;
-a round's leftovers (fewer than a batch) open the next round's first batch. (They used to be dropped,
-so once trees shrank below ``train.batch_size`` samples per round, whole rounds trained nothing and a
-long trial slowed down 2.5x.) It evaluates the policy before and after on the held-out set:
+a round's leftovers (fewer than a batch) open the next round's first batch, so a round that yields less
+than a batch is not wasted. It evaluates the policy before and after on the held-out set:
 greedy accuracy and pass@1 of ``SAMPLES`` temperature-1 samples, and greedy accuracy every ``EVAL_EVERY``
 steps in between (the learning curve of one long run). The last line printed is JSON.
 """
