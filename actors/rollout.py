@@ -20,7 +20,15 @@ from typing import Any
 
 import torch
 
-from actors.search import HFStepBackend, ProcessRewards, SearchTree, run_searches, search_stats, training_scorers
+from actors.search import (
+    HFStepBackend,
+    ProcessRewards,
+    SearchTree,
+    run_searches,
+    scale_by_outcome_std,
+    search_stats,
+    training_scorers,
+)
 from core.channels import BufferClient, split_published, weight_channel
 from core.config import ArborConfig, ModelConfig
 from core.model import ValueHead, build_policy, hidden_size_of, load_value_head
@@ -195,6 +203,8 @@ class RolloutWorker:
     def _emit(self, tree: SearchTree, next_cursor: int) -> None:
         """Stream one finished tree's samples into the buffer (blocking under backpressure), then report."""
         samples = self.process.samples(tree, self.cfg.train.value_head_weight, self.cfg.train.global_advantage)
+        if self.cfg.train.advantage_scale == "tree_std":
+            samples = scale_by_outcome_std(tree, samples)
         tree_id = f"{self.name}/{tree.problem_uid}"
         samples = [dataclasses.replace(s, meta={**s.meta, "tree": tree_id, "tree_size": len(samples)}) for s in samples]
         t0 = time.perf_counter()

@@ -31,7 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.evaluate import evaluate  # noqa: E402
 from actors.rollout import problems_to_skip  # noqa: E402
-from actors.search import HFStepBackend, run_searches, training_scorers, tree_to_samples  # noqa: E402
+from actors.search import (  # noqa: E402
+    HFStepBackend,
+    run_searches,
+    scale_by_outcome_std,
+    training_scorers,
+    tree_to_samples,
+)
 from core.channels import split_published  # noqa: E402
 from core.config import load_config  # noqa: E402
 from core.model import ValueHead, build_policy, hidden_size_of, load_value_head  # noqa: E402
@@ -90,7 +96,10 @@ def main(argv: list[str]) -> dict:
         window["trees"] += len(trees)
         window["tokens"] += sum(tree.tokens_generated for tree in trees)
         window["nodes"] += sum(len(tree.nodes) for tree in trees)
-        fresh = [s for tree in trees for s in tree_to_samples(tree, t.value_head_weight, t.global_advantage)]
+        fresh = []
+        for tree in trees:
+            samples = tree_to_samples(tree, t.value_head_weight, t.global_advantage)
+            fresh += scale_by_outcome_std(tree, samples) if t.advantage_scale == "tree_std" else samples
         rewards += [n.outcome for tree in trees for n in tree.terminals() if n.outcome is not None]
         rng.shuffle(fresh)
         pool += fresh

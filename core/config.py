@@ -210,6 +210,7 @@ class TrainConfig:
     negative_advantage_scale: float = (
         1.0  # multiplies negative advantages (0: learn from better-than-baseline steps only)
     )
+    advantage_scale: str = "none"  # none | tree_std: divide a tree's advantages by the std of its leaf outcomes (GRPO)
     value_head_weight: float = 0.0  # mix of the value head into the tree's Monte-Carlo V for advantages
     sync_every: int = 1  # learner steps between weight publications (each publication is a new policy version)
     weight_sync: str = "object_store"  # object_store: one ray.put | collective: torch.distributed (nccl on GPUs)
@@ -489,6 +490,7 @@ def validate_train(t: TrainConfig, r: ResourcesConfig) -> None:
     _choice("train.mode", t.mode, ("async", "sync"))
     _choice("train.init", t.init, ("sft", "model"))
     _choice("train.policy_loss", t.policy_loss, ("decoupled_ppo", "ppo", "vtrace"))
+    _choice("train.advantage_scale", t.advantage_scale, ("none", "tree_std"))
     _choice("train.is_mode", t.is_mode, ("cap", "mask"))
     _choice("train.sampler", t.sampler, ("fifo", "prioritized"))
     _choice("train.weight_sync", t.weight_sync, ("object_store", "collective"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -14,6 +15,7 @@ from actors.search.tree import (
     backup,
     compute_mc_values,
     is_terminal_step,
+    scale_by_outcome_std,
     search_stats,
     tree_to_samples,
 )
@@ -78,6 +80,38 @@ def test_samples_carry_tokens_logprobs_and_advantages():
     assert StepSample.from_json(json.loads(json.dumps(s.to_json()))) == s
     with pytest.raises(ValueError, match="log-prob"):
         StepSample([1], [2, 3], [-0.1], 0, 0.0, 0.0, 0.0)
+
+
+def test_tree_std_scaling_divides_advantages_by_the_spread_of_leaf_outcomes():
+    # leaves 1, 0, 1: mean 2/3, population std sqrt(2)/3 (GRPO's group std over the tree's answers)
+    tree = _hand_tree()
+    plain = tree_to_samples(tree)
+    scaled = scale_by_outcome_std(tree, plain, eps=0.0)
+    std = math.sqrt(2) / 3
+    assert [s.advantage for s in scaled] == pytest.approx([s.advantage / std for s in plain])
+    assert [s.advantage for s in scale_by_outcome_std(tree, plain)] == pytest.approx(
+        [s.advantage / (std + 1e-4) for s in plain]
+    )
+    assert [dataclasses.replace(s, advantage=0.0) for s in scaled] == [
+        dataclasses.replace(s, advantage=0.0) for s in plain
+    ]  # only the advantage changes
+    # all leaves alike: left as they are, even where the value head makes advantages nonzero
+    same = SearchTree("p/1", "Q?\n", [9])
+    for token, estimate in ((5, 0.9), (6, 0.1)):
+        same.add_child(
+            same.root,
+            text="A\n",
+            token_ids=[token],
+            logprobs=[-0.1],
+            value_estimate=estimate,
+            terminal=True,
+            outcome=1.0,
+        )
+    mixed = tree_to_samples(same, value_head_weight=0.5)
+    assert any(s.advantage != 0.0 for s in mixed)
+    assert scale_by_outcome_std(same, mixed) == mixed
+    with pytest.raises(ConfigError, match="train.advantage_scale"):
+        load_config(DEFAULT_CONFIG, ["train.advantage_scale=group"])
 
 
 def test_tree_json_round_trip():

@@ -13,7 +13,14 @@ from actors.search.expand import Scorers
 from actors.search.hf_backend import HFStepBackend
 from actors.search.process_reward import ProcessRewards
 from actors.search.scaling import ScalingPoint, scaling_curve, scaling_table
-from actors.search.tree import Node, SearchTree, compute_mc_values, search_stats, tree_to_samples
+from actors.search.tree import (
+    Node,
+    SearchTree,
+    compute_mc_values,
+    scale_by_outcome_std,
+    search_stats,
+    tree_to_samples,
+)
 
 __all__ = [
     "HFStepBackend",
@@ -31,6 +38,7 @@ __all__ = [
     "evaluation_scorers",
     "make_search",
     "run_searches",
+    "scale_by_outcome_std",
     "scaling_curve",
     "scaling_table",
     "search_stats",

@@ -10,7 +10,9 @@ read off the tree itself (no learned critic needed); the step advantage is V(chi
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -236,3 +238,17 @@ def search_stats(trees: list[SearchTree]) -> dict[str, float]:
         "search/model_calls_per_tree": sum(t.model_calls for t in trees) / n,
         "search/forward_tokens_per_generated_token": sum(t.tokens_forwarded for t in trees) / max(generated, 1),
     }
+
+
+def scale_by_outcome_std(tree: SearchTree, samples: list[StepSample], eps: float = 1e-4) -> list[StepSample]:
+    """GRPO's group scaling applied to a tree: every advantage divided by the standard deviation of the
+    tree's scored leaf outcomes (plus ``eps``), so a rarely solved problem's success weighs as much as an
+    often solved one's. A tree whose leaves all score alike is left as it is: its outcome advantages are
+    0, and what the value head or process rewards add must not be divided by ``eps``.
+    """
+    outcomes = [n.outcome for n in tree.terminals() if n.outcome is not None]
+    mean = sum(outcomes) / max(len(outcomes), 1)
+    std = math.sqrt(sum((o - mean) ** 2 for o in outcomes) / max(len(outcomes), 1))
+    if std == 0.0:
+        return samples
+    return [dataclasses.replace(s, advantage=s.advantage / (std + eps)) for s in samples]
