@@ -25,7 +25,7 @@ from actors.search import (
     ProcessRewards,
     SearchTree,
     run_searches,
-    scale_by_outcome_std,
+    scale_advantages,
     search_stats,
     training_scorers,
 )
@@ -203,8 +203,7 @@ class RolloutWorker:
     def _emit(self, tree: SearchTree, next_cursor: int) -> None:
         """Stream one finished tree's samples into the buffer (blocking under backpressure), then report."""
         samples = self.process.samples(tree, self.cfg.train.value_head_weight, self.cfg.train.global_advantage)
-        if self.cfg.train.advantage_scale == "tree_std":
-            samples = scale_by_outcome_std(tree, samples)
+        samples = scale_advantages(tree, samples, self.cfg.train.advantage_scale)
         tree_id = f"{self.name}/{tree.problem_uid}"
         samples = [dataclasses.replace(s, meta={**s.meta, "tree": tree_id, "tree_size": len(samples)}) for s in samples]
         t0 = time.perf_counter()

@@ -34,7 +34,7 @@ from actors.rollout import problems_to_skip  # noqa: E402
 from actors.search import (  # noqa: E402
     HFStepBackend,
     run_searches,
-    scale_by_outcome_std,
+    scale_advantages,
     training_scorers,
     tree_to_samples,
 )
@@ -96,10 +96,13 @@ def main(argv: list[str]) -> dict:
         window["trees"] += len(trees)
         window["tokens"] += sum(tree.tokens_generated for tree in trees)
         window["nodes"] += sum(len(tree.nodes) for tree in trees)
-        fresh = []
-        for tree in trees:
-            samples = tree_to_samples(tree, t.value_head_weight, t.global_advantage)
-            fresh += scale_by_outcome_std(tree, samples) if t.advantage_scale == "tree_std" else samples
+        fresh = [
+            s
+            for tree in trees
+            for s in scale_advantages(
+                tree, tree_to_samples(tree, t.value_head_weight, t.global_advantage), t.advantage_scale
+            )
+        ]
         rewards += [n.outcome for tree in trees for n in tree.terminals() if n.outcome is not None]
         rng.shuffle(fresh)
         pool += fresh

@@ -15,7 +15,7 @@ from actors.search.tree import (
     backup,
     compute_mc_values,
     is_terminal_step,
-    scale_by_outcome_std,
+    scale_advantages,
     search_stats,
     tree_to_samples,
 )
@@ -86,10 +86,10 @@ def test_tree_std_scaling_divides_advantages_by_the_spread_of_leaf_outcomes():
     # leaves 1, 0, 1: mean 2/3, population std sqrt(2)/3 (GRPO's group std over the tree's answers)
     tree = _hand_tree()
     plain = tree_to_samples(tree)
-    scaled = scale_by_outcome_std(tree, plain, eps=0.0)
+    scaled = scale_advantages(tree, plain, "tree_std", eps=0.0)
     std = math.sqrt(2) / 3
     assert [s.advantage for s in scaled] == pytest.approx([s.advantage / std for s in plain])
-    assert [s.advantage for s in scale_by_outcome_std(tree, plain)] == pytest.approx(
+    assert [s.advantage for s in scale_advantages(tree, plain, "tree_std")] == pytest.approx(
         [s.advantage / (std + 1e-4) for s in plain]
     )
     assert [dataclasses.replace(s, advantage=0.0) for s in scaled] == [
@@ -109,7 +109,8 @@ def test_tree_std_scaling_divides_advantages_by_the_spread_of_leaf_outcomes():
         )
     mixed = tree_to_samples(same, value_head_weight=0.5)
     assert any(s.advantage != 0.0 for s in mixed)
-    assert scale_by_outcome_std(same, mixed) == mixed
+    assert scale_advantages(same, mixed, "tree_std") == mixed
+    assert scale_advantages(tree, plain, "none") == plain
     with pytest.raises(ConfigError, match="train.advantage_scale"):
         load_config(DEFAULT_CONFIG, ["train.advantage_scale=group"])
 

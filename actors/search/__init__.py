@@ -17,7 +17,7 @@ from actors.search.tree import (
     Node,
     SearchTree,
     compute_mc_values,
-    scale_by_outcome_std,
+    scale_advantages,
     search_stats,
     tree_to_samples,
 )
@@ -38,7 +38,7 @@ __all__ = [
     "evaluation_scorers",
     "make_search",
     "run_searches",
-    "scale_by_outcome_std",
+    "scale_advantages",
     "scaling_curve",
     "scaling_table",
     "search_stats",

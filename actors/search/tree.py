@@ -240,12 +240,17 @@ def search_stats(trees: list[SearchTree]) -> dict[str, float]:
     }
 
 
-def scale_by_outcome_std(tree: SearchTree, samples: list[StepSample], eps: float = 1e-4) -> list[StepSample]:
-    """GRPO's group scaling applied to a tree: every advantage divided by the standard deviation of the
-    tree's scored leaf outcomes (plus ``eps``), so a rarely solved problem's success weighs as much as an
-    often solved one's. A tree whose leaves all score alike is left as it is: its outcome advantages are
-    0, and what the value head or process rewards add must not be divided by ``eps``.
+def scale_advantages(tree: SearchTree, samples: list[StepSample], mode: str, eps: float = 1e-4) -> list[StepSample]:
+    """``train.advantage_scale`` applied to one tree's samples: "none" leaves them as they are; "tree_std" is
+    GRPO's group scaling, every advantage divided by the standard deviation of the tree's scored leaf
+    outcomes (plus ``eps``), so a rarely solved problem's success weighs as much as an often solved one's.
+    A tree whose leaves all score alike is left as it is: its outcome advantages are 0, and what the value
+    head or process rewards add must not be divided by ``eps``.
     """
+    if mode == "none":
+        return samples
+    if mode != "tree_std":
+        raise ValueError(f"unknown advantage scale {mode!r}; expected none or tree_std")
     outcomes = [n.outcome for n in tree.terminals() if n.outcome is not None]
     mean = sum(outcomes) / max(len(outcomes), 1)
     std = math.sqrt(sum((o - mean) ** 2 for o in outcomes) / max(len(outcomes), 1))
