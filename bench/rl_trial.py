@@ -51,7 +51,7 @@ OFFSET = 3 << 30  # training problems from a stretch of seeds no other command u
 
 
 def _window(search_s: float, train_s: float) -> dict:
-    return {"trees": 0, "tokens": 0, "nodes": 0, "search_s": search_s, "train_s": train_s}
+    return {"trees": 0, "tokens": 0, "nodes": 0, "outcomes": [], "search_s": search_s, "train_s": train_s}
 
 
 def main(argv: list[str]) -> dict:
@@ -78,7 +78,6 @@ def main(argv: list[str]) -> dict:
     )
     rng = random.Random(t.seed)
     index, step, search_s, train_s = OFFSET, 0, 0.0, 0.0
-    rewards: list[float] = []
     window = _window(0.0, 0.0)  # what the rounds since the last progress line searched, and from when
     greedy_cfg = dataclasses.replace(cfg.eval, num_samples=0)
     curve = [(0, before.greedy_accuracy)]
@@ -103,7 +102,7 @@ def main(argv: list[str]) -> dict:
                 tree, tree_to_samples(tree, t.value_head_weight, t.global_advantage), t.advantage_scale
             )
         ]
-        rewards += [n.outcome for tree in trees for n in tree.terminals() if n.outcome is not None]
+        window["outcomes"] += [n.outcome for tree in trees for n in tree.terminals() if n.outcome is not None]
         rng.shuffle(fresh)
         pool += fresh
         while len(pool) >= t.batch_size and step < t.steps:
@@ -115,13 +114,13 @@ def main(argv: list[str]) -> dict:
             backend.load_weights(step, *split_published(learner.publish_state()))
             if step % 10 == 0:
                 w = window
+                leaf_accuracy = sum(w["outcomes"]) / len(w["outcomes"])
                 print(
-                    f"step {step} loss {metrics['learner/loss']:.4f} leaf accuracy {sum(rewards) / len(rewards):.3f}"
+                    f"step {step} loss {metrics['learner/loss']:.4f} leaf accuracy {leaf_accuracy:.3f}"
                     f" | {w['trees']:.0f} trees: {w['tokens'] / w['trees']:.0f} tokens, {w['nodes'] / w['trees']:.1f}"
                     f" nodes each; search {search_s - w['search_s']:.0f} s, train {train_s - w['train_s']:.0f} s",
                     flush=True,
                 )
-                rewards = []
                 window = _window(search_s, train_s)
             if EVAL_EVERY and step % EVAL_EVERY == 0 and step < t.steps:
                 acc = evaluate(learner.model, tokenizer, held_out, greedy_cfg).greedy_accuracy
