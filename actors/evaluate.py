@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass, field
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from actors.sampling import generate_responses
-from core.config import EvalConfig
-from core.tasks import Problem
-from reward import extract_answer, verify
+from arbor.actors.sampling import generate_responses
+from arbor.core.config import EvalConfig
+from arbor.core.tasks import Problem
+from arbor.reward import extract_answer, verify
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -104,7 +104,7 @@ def given_responses(
     """Responses from a JSONL file, by problem uid: a row names its problem by ``uid``, by its question
     (``question_field``, for data tasks; the data file itself works) or by its ``prompt``. Rows that match
     no problem are ignored; unusable rows are skipped and logged with file and line."""
-    from core.tasks.jsonl import Skips, problem_key, read_jsonl
+    from arbor.core.tasks.jsonl import Skips, problem_key, read_jsonl
 
     by_uid = {p.uid: p for p in problems}
     by_key = {p.key: p for p in problems}

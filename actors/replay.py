@@ -28,9 +28,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
-from core.errors import DataError
-from core.runs import random_state_from_json, random_state_to_json
-from core.samples import StepSample
+from arbor.core.errors import DataError
+from arbor.core.runs import random_state_from_json, random_state_to_json
+from arbor.core.samples import StepSample
 
 SNAPSHOT_FORMAT = "arbor.replay/1"
 DEMO_FLAG = "demonstration"  # meta key set on off-policy traces inserted with insert_demonstrations

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from actors.search import (
+from arbor.actors.search import (
     HFStepBackend,
     ProcessRewards,
     SearchTree,
@@ -29,11 +29,11 @@ from actors.search import (
     search_stats,
     training_scorers,
 )
-from core.channels import BufferClient, split_published, weight_channel
-from core.config import ArborConfig, ModelConfig
-from core.model import ValueHead, build_policy, hidden_size_of, load_value_head
-from core.tasks import Problem, Task, build_task, step_separator
-from core.tasks.base import demonstration_pool
+from arbor.core.channels import BufferClient, split_published, weight_channel
+from arbor.core.config import ArborConfig, ModelConfig
+from arbor.core.model import ValueHead, build_policy, hidden_size_of, load_value_head
+from arbor.core.tasks import Problem, Task, build_task, step_separator
+from arbor.core.tasks.base import demonstration_pool
 
 # Rollout shards live far from the SFT stream (index 0 up) and the value fit's stretch (2^30 up).
 ROLLOUT_INDEX_OFFSET = 1 << 31

@@ -26,15 +26,14 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from arbor.core.config import load_config
+from arbor.core.model import build_policy
+from arbor.core.tasks import Problem, build_task
+from arbor.core.tasks.base import ANSWER_PREFIX, STEP_SEP
+from arbor.reward.arithmetic import ParseError, evaluate
+from arbor.reward.verifiers import check
 
-from core.config import load_config  # noqa: E402
-from core.model import build_policy  # noqa: E402
-from core.tasks import Problem, build_task  # noqa: E402
-from core.tasks.base import ANSWER_PREFIX, STEP_SEP  # noqa: E402
-from reward.arithmetic import ParseError, evaluate  # noqa: E402
-from reward.verifiers import check  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 KINDS = {  # a fragment of the verifier's reason -> the fault's name
     "left side equals": "arithmetic",
@@ -93,7 +92,7 @@ def main(argv: list[str]) -> dict:
     model, tokenizer = build_policy(cfg.model)
     model.eval()
     held_out = build_task(cfg.task, tokenizer).eval_problems()
-    from actors.sampling import generate_responses
+    from arbor.actors.sampling import generate_responses
 
     t0 = time.perf_counter()
     prompts = [p.prompt for p in held_out]

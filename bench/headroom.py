@@ -21,14 +21,13 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from arbor.actors.evaluate import evaluate
+from arbor.actors.search import HFStepBackend, run_searches, training_scorers
+from arbor.core.config import load_config
+from arbor.core.model import ValueHead, build_policy, hidden_size_of, load_value_head
+from arbor.core.tasks import build_task
 
-from actors.evaluate import evaluate  # noqa: E402
-from actors.search import HFStepBackend, run_searches, training_scorers  # noqa: E402
-from core.config import load_config  # noqa: E402
-from core.model import ValueHead, build_policy, hidden_size_of, load_value_head  # noqa: E402
-from core.tasks import build_task  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SETTINGS = {  # name -> search overrides on top of the config's search section
     "mcts (config)": [],

@@ -47,15 +47,13 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from actors.replay import RateLimiter, ReplayBuffer, ReplayService  # noqa: E402
-from actors.search import HFStepBackend, run_searches, tree_to_samples  # noqa: E402
-from core.config import ArborConfig, load_config  # noqa: E402
-from core.model import ValueHead, build_policy, hidden_size_of, load_value_head, matmul_params  # noqa: E402
-from core.samples import StepSample  # noqa: E402
-from core.tasks import build_task  # noqa: E402
-from learner.actor_critic import ActorCriticLearner, collate_steps  # noqa: E402
+from arbor.actors.replay import RateLimiter, ReplayBuffer, ReplayService
+from arbor.actors.search import HFStepBackend, run_searches, tree_to_samples
+from arbor.core.config import ArborConfig, load_config
+from arbor.core.model import ValueHead, build_policy, hidden_size_of, load_value_head, matmul_params
+from arbor.core.samples import StepSample
+from arbor.core.tasks import build_task
+from arbor.learner.actor_critic import ActorCriticLearner, collate_steps
 
 REPEATS = 5  # timed rounds per figure, after a warm-up; each ratio is the median over them
 MATMUL_SIZES = (512, 1024, 2048)  # fp32 on CPU: all compute-bound; the best rate is the peak
@@ -306,7 +304,7 @@ def sync_rounds(channel: Any, worker: Any, learner: ActorCriticLearner) -> list[
     as many bytes) and the copy over the total."""
     import ray
 
-    from core.channels import state_bytes
+    from arbor.core.channels import state_bytes
 
     rows = []
     for version in range(1, REPEATS + 2):
@@ -329,10 +327,10 @@ def ray_rounds(cfg: ArborConfig, learner: ActorCriticLearner, trees: Trees) -> d
     """Weight sync through the real channel into a real RolloutWorker, and the ReplayService round trips."""
     import ray
 
-    from actors.rollout import RolloutWorker
-    from core.channels import Coordinator, state_bytes, weight_channel
-    from core.model import save_checkpoint
-    from launch.train import ACTOR_ENV
+    from arbor.actors.rollout import RolloutWorker
+    from arbor.core.channels import Coordinator, state_bytes, weight_channel
+    from arbor.core.model import save_checkpoint
+    from arbor.launch.train import ACTOR_ENV
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:

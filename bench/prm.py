@@ -31,16 +31,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from actors.search import HFStepBackend, Scorers, run_searches, search_stats  # noqa: E402
-from actors.search.scaling import accuracy, accuracy_by_rule  # noqa: E402
-from core.config import load_config  # noqa: E402
-from core.model import build_policy  # noqa: E402
-from core.tasks import build_task  # noqa: E402
-from launch.commands import run_sft  # noqa: E402
-from launch.prm import run_prm  # noqa: E402
-from reward.prm import load_prm  # noqa: E402
+from arbor.actors.search import HFStepBackend, Scorers, run_searches, search_stats
+from arbor.actors.search.scaling import accuracy, accuracy_by_rule
+from arbor.core.config import load_config
+from arbor.core.model import build_policy
+from arbor.core.tasks import build_task
+from arbor.launch.commands import run_sft
+from arbor.launch.prm import run_prm
+from arbor.reward.prm import load_prm
 
 BEAM_WIDTH = 8  # candidates per beam round; search.children of them per kept node
 ANSWER_BY = "value_vote"

@@ -23,26 +23,23 @@ import os
 import random
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from actors.evaluate import evaluate  # noqa: E402
-from actors.rollout import problems_to_skip  # noqa: E402
-from actors.search import (  # noqa: E402
+from arbor.actors.evaluate import evaluate
+from arbor.actors.rollout import problems_to_skip
+from arbor.actors.search import (
     HFStepBackend,
     run_searches,
     scale_advantages,
     training_scorers,
     tree_to_samples,
 )
-from core.channels import split_published  # noqa: E402
-from core.config import load_config  # noqa: E402
-from core.model import ValueHead, build_policy, hidden_size_of, load_value_head  # noqa: E402
-from core.tasks import build_task  # noqa: E402
-from learner.actor_critic import ActorCriticLearner  # noqa: E402
+from arbor.core.channels import split_published
+from arbor.core.config import load_config
+from arbor.core.model import ValueHead, build_policy, hidden_size_of, load_value_head
+from arbor.core.tasks import build_task
+from arbor.learner.actor_critic import ActorCriticLearner
 
 ROUND_TREES = int(os.environ.get("ROUND_TREES", "64"))  # problems searched per round
 SAMPLES = int(os.environ.get("SAMPLES", "8"))  # temperature-1 samples per held-out problem for pass@1

@@ -30,15 +30,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from actors.search import HFStepBackend, run_searches, search_stats  # noqa: E402
-from actors.search.driver import evaluation_scorers  # noqa: E402
-from actors.search.scaling import accuracy, accuracy_by_rule, budget_config  # noqa: E402
-from core.config import ArborConfig, load_config  # noqa: E402
-from core.model import build_policy, load_value_head  # noqa: E402
-from core.tasks import build_task  # noqa: E402
-from launch.commands import run_sft, run_value  # noqa: E402
+from arbor.actors.search import HFStepBackend, run_searches, search_stats
+from arbor.actors.search.driver import evaluation_scorers
+from arbor.actors.search.scaling import accuracy, accuracy_by_rule, budget_config
+from arbor.core.config import ArborConfig, load_config
+from arbor.core.model import build_policy, load_value_head
+from arbor.core.tasks import build_task
+from arbor.launch.commands import run_sft, run_value
 
 BUDGET = 16  # best-of-N chains; MCTS gets the tokens they spent
 BEST_OF_N_ANSWER = "value_vote"  # how best-of-N picks among its chains (value-weighted majority vote)

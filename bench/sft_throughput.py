@@ -13,17 +13,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.config import load_config  # noqa: E402
-from core.model import build_policy, train_flops_per_token  # noqa: E402
-from core.tasks import build_task  # noqa: E402
-from learner.engine import OptimConfig, build_engine  # noqa: E402
-from learner.sft import sft_batches  # noqa: E402
+from arbor.core.config import load_config
+from arbor.core.model import build_policy, train_flops_per_token
+from arbor.core.tasks import build_task
+from arbor.learner.engine import OptimConfig, build_engine
+from arbor.learner.sft import sft_batches
 
 
 def matmul_peak_flops(n: int = 1024, repeats: int = 20) -> float:

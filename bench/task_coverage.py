@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from actors.rollout import ROLLOUT_INDEX_OFFSET, problems_to_skip  # noqa: E402
-from core.config import load_config  # noqa: E402
-from core.tasks import build_task  # noqa: E402
+from arbor.actors.rollout import ROLLOUT_INDEX_OFFSET, problems_to_skip
+from arbor.core.config import load_config
+from arbor.core.tasks import build_task
 
 SPACE_DRAWS = 200_000  # rollout-stream draws used to estimate the number of distinct training problems
 

@@ -21,10 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.config import load_config  # noqa: E402
-from launch.train import run_train  # noqa: E402
+from arbor.core.config import load_config
+from arbor.launch.train import run_train
 
 
 def main(argv: list[str]) -> dict:

@@ -26,19 +26,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from omegaconf import OmegaConf
 
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from actors.evaluate import evaluate  # noqa: E402
-from actors.rollout import problems_to_skip  # noqa: E402
-from core.config import ModelConfig, load_config  # noqa: E402
-from core.model import build_policy  # noqa: E402
-from core.tasks import build_task  # noqa: E402
-from launch.commands import run_sft  # noqa: E402
-from launch.train import run_train  # noqa: E402
-from reward import verify  # noqa: E402
+from arbor.actors.evaluate import evaluate
+from arbor.actors.rollout import problems_to_skip
+from arbor.core.config import ModelConfig, load_config
+from arbor.core.model import build_policy
+from arbor.core.tasks import build_task
+from arbor.launch.commands import run_sft
+from arbor.launch.train import run_train
+from arbor.reward import verify
 
 CONFIG = "configs/countdown_tiny.yaml"
 TRL_CONFIG = str(Path(__file__).with_name("trl_grpo.yaml"))

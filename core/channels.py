@@ -21,7 +21,7 @@ from typing import Any
 import ray
 import torch
 
-from core.samples import StepSample
+from arbor.core.samples import StepSample
 
 VALUE_PREFIX = "value_head."  # key prefix of the value head's tensors in a published state dict
 
@@ -123,7 +123,7 @@ def weight_channel(mode: str, coordinator: Any, *, learner_on_gpu: bool, actors_
     (:class:`core.collective.CollectiveWeightChannel`: nccl when learner and actors both have GPUs, else gloo)."""
     if mode == "object_store":
         return WeightChannel(coordinator)
-    from core.collective import CollectiveWeightChannel, weight_backend
+    from arbor.core.collective import CollectiveWeightChannel, weight_backend
 
     backend, device = weight_backend(learner_on_gpu, actors_on_gpu)
     return CollectiveWeightChannel(coordinator, backend, device, name=name)

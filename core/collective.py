@@ -41,7 +41,7 @@ import ray
 import torch
 import torch.distributed as dist
 
-from core.channels import state_bytes
+from arbor.core.channels import state_bytes
 
 log = logging.getLogger(__name__)
 

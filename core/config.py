@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from core.errors import ConfigError
+from arbor.core.errors import ConfigError
 
 
 @dataclass

@@ -23,9 +23,9 @@ from transformers import (
     Qwen2Config,
 )
 
-from core.config import ModelConfig
-from core.errors import ModelLoadError
-from core.tokenizer import build_char_tokenizer
+from arbor.core.config import ModelConfig
+from arbor.core.errors import ModelLoadError
+from arbor.core.tokenizer import build_char_tokenizer
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 ARBOR_META_FILE = "arbor.json"

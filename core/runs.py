@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from core.config import ArborConfig, to_yaml
+from arbor.core.config import ArborConfig, to_yaml
 
 
 def make_run_dir(cfg: ArborConfig, command: str) -> Path:

@@ -41,26 +41,26 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
     args = _parser().parse_args(argv)
     # Heavy imports wait until the arguments parse, so `arbor --help` answers at once.
-    from core.config import load_config
-    from core.errors import ArborError
+    from arbor.core.config import load_config
+    from arbor.core.errors import ArborError
 
     try:
         if args.command == "submit":
-            from launch.submit import run_submit
+            from arbor.launch.submit import run_submit
 
             return run_submit(args.config, args.overrides, args.address, wait=not args.no_wait, pip=args.pip)
         cfg = load_config(args.config, args.overrides)
         if args.command == "train":
-            from launch.train import run_train
+            from arbor.launch.train import run_train
 
             run_train(cfg)
             return 0
         if args.command == "prm":
-            from launch.prm import run_prm
+            from arbor.launch.prm import run_prm
 
             run_prm(cfg)
             return 0
-        from launch import commands
+        from arbor.launch import commands
 
         run = {"sft": commands.run_sft, "value": commands.run_value, "eval": commands.run_eval}[args.command]
         run(cfg)

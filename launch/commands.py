@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from actors.evaluate import EvalResult, evaluate, given_responses, score_responses
-from actors.rollout import problems_to_skip
-from actors.search import (
+from arbor.actors.evaluate import EvalResult, evaluate, given_responses, score_responses
+from arbor.actors.rollout import problems_to_skip
+from arbor.actors.search import (
     HFStepBackend,
     ScalingPoint,
     Scorers,
@@ -23,16 +23,16 @@ from actors.search import (
     scaling_table,
     training_scorers,
 )
-from core.config import ArborConfig, SearchConfig
-from core.errors import ConfigError
-from core.model import VALUE_HEAD_FILE, build_policy, load_value_head, save_checkpoint
-from core.runs import RunLogger, make_run_dir
-from core.tasks import DATA_TASKS, Problem, Task, build_task, step_separator
-from core.tasks.base import distinct_problems
-from core.tasks.jsonl import question_key
-from launch.report import advance, console, plot_scaling, progress_bar, results_table, value_table
-from learner.sft import train_sft
-from learner.value_fit import (
+from arbor.core.config import ArborConfig, SearchConfig
+from arbor.core.errors import ConfigError
+from arbor.core.model import VALUE_HEAD_FILE, build_policy, load_value_head, save_checkpoint
+from arbor.core.runs import RunLogger, make_run_dir
+from arbor.core.tasks import DATA_TASKS, Problem, Task, build_task, step_separator
+from arbor.core.tasks.base import distinct_problems
+from arbor.core.tasks.jsonl import question_key
+from arbor.launch.report import advance, console, plot_scaling, progress_bar, results_table, value_table
+from arbor.learner.sft import train_sft
+from arbor.learner.value_fit import (
     LabelledSequence,
     fit_value_head,
     label_chain,
@@ -40,7 +40,7 @@ from learner.value_fit import (
     split_by_group,
     value_report,
 )
-from reward.prm import load_prm
+from arbor.reward.prm import load_prm
 
 # The value fit samples on its own stretch of training seeds, away from the SFT stream (which starts at 0),
 # so the held-out report measures states of problems the policy was not trained on.

@@ -29,20 +29,20 @@ import torch
 from rich.table import Table
 from transformers import PreTrainedTokenizerBase
 
-from actors.rollout import problems_to_skip
-from actors.search import HFStepBackend, SearchTree, run_searches, training_scorers
-from core.config import ArborConfig, ValueConfig
-from core.errors import ConfigError, DataError
-from core.model import ValueHead, hidden_size_of, load_pretrained, load_value_head, save_checkpoint
-from core.tasks import step_separator
-from core.tasks.base import distinct_problems
-from launch.commands import prepare
-from launch.report import advance, console, progress_bar
-from learner.prm_fit import fit_pairwise_head, pair_accuracy
-from learner.value_fit import LabelledSequence, fit_value_head, prefix_features, roc_auc
-from reward.implicit_prm import ImplicitPRM, ImplicitPRMTrainer, verified_responses
-from reward.prm import ProcessRewardModel, encode_segments
-from reward.prm_labels import StepLabel, sibling_pairs, step_labels
+from arbor.actors.rollout import problems_to_skip
+from arbor.actors.search import HFStepBackend, SearchTree, run_searches, training_scorers
+from arbor.core.config import ArborConfig, ValueConfig
+from arbor.core.errors import ConfigError, DataError
+from arbor.core.model import ValueHead, hidden_size_of, load_pretrained, load_value_head, save_checkpoint
+from arbor.core.tasks import step_separator
+from arbor.core.tasks.base import distinct_problems
+from arbor.launch.commands import prepare
+from arbor.launch.report import advance, console, progress_bar
+from arbor.learner.prm_fit import fit_pairwise_head, pair_accuracy
+from arbor.learner.value_fit import LabelledSequence, fit_value_head, prefix_features, roc_auc
+from arbor.reward.implicit_prm import ImplicitPRM, ImplicitPRMTrainer, verified_responses
+from arbor.reward.prm import ProcessRewardModel, encode_segments
+from arbor.reward.prm_labels import StepLabel, sibling_pairs, step_labels
 
 log = logging.getLogger("arbor.prm")
 # Between the value fit's stretch of training seeds (2^30 up) and the rollout shards (2^31 up).

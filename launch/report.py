@@ -9,9 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from actors.evaluate import EvalResult
-from actors.search.scaling import ScalingPoint
-from actors.search.tree import SearchTree
+from arbor.actors.evaluate import EvalResult
+from arbor.actors.search.scaling import ScalingPoint
+from arbor.actors.search.tree import SearchTree
 
 console = Console()
 

@@ -29,17 +29,17 @@ from typing import Any
 
 import torch
 
-from actors.evaluate import evaluate
-from actors.replay import ReplayBuffer
-from actors.rollout import problems_to_skip
-from actors.search import HFStepBackend, SearchTree, evaluation_scorers, run_searches
-from actors.search.scaling import accuracy
-from core.config import ArborConfig, ModelConfig, to_yaml
-from core.errors import ConfigError, DataError
-from core.model import ValueHead, build_policy, build_tokenizer, hidden_size_of, load_value_head, save_checkpoint
-from core.runs import RunLogger, make_run_dir
-from core.tasks import Problem, build_task
-from launch.report import console, progress_bar, render_tree, train_table
+from arbor.actors.evaluate import evaluate
+from arbor.actors.replay import ReplayBuffer
+from arbor.actors.rollout import problems_to_skip
+from arbor.actors.search import HFStepBackend, SearchTree, evaluation_scorers, run_searches
+from arbor.actors.search.scaling import accuracy
+from arbor.core.config import ArborConfig, ModelConfig, to_yaml
+from arbor.core.errors import ConfigError, DataError
+from arbor.core.model import ValueHead, build_policy, build_tokenizer, hidden_size_of, load_value_head, save_checkpoint
+from arbor.core.runs import RunLogger, make_run_dir
+from arbor.core.tasks import Problem, build_task
+from arbor.launch.report import console, progress_bar, render_tree, train_table
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ def load_demonstrations(path: str, tokenizer, version: int) -> list:
     positive advantage; their behaviour log-probs are unknown and set to 0 (probability 1), so the
     decoupled-PPO weight pi_prox / pi_behav is at most 1 and never amplifies them.
     """
-    from core.samples import StepSample
-    from core.tasks.base import STEP_SEP
+    from arbor.core.samples import StepSample
+    from arbor.core.tasks.base import STEP_SEP
 
     out = []
     file = Path(path)
@@ -244,10 +244,10 @@ class Trainer:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from actors.replay import RateLimiter, ReplayService
-        from actors.rollout import RolloutWorker
-        from core.channels import Coordinator
-        from learner.rank import LearnerRank
+        from arbor.actors.replay import RateLimiter, ReplayService
+        from arbor.actors.rollout import RolloutWorker
+        from arbor.core.channels import Coordinator
+        from arbor.learner.rank import LearnerRank
 
         cfg, r, t = self.cfg, self.cfg.resources, self.cfg.train
         pg = placement_group(bundles(cfg), strategy=r.strategy, name=f"arbor-{run_dir.name}")
@@ -591,8 +591,8 @@ def warm_start(cfg: ArborConfig, run_dir: Path, logger: RunLogger, task, held_ou
     """The RL init: SFT here (``train.init=sft``) saved as ``checkpoints/init``, or ``model.path`` as is."""
     if cfg.train.init == "model":
         return str(cfg.model.path)
-    from launch.report import advance
-    from learner.sft import train_sft
+    from arbor.launch.report import advance
+    from arbor.learner.sft import train_sft
 
     model, tokenizer = build_policy(cfg.model)
     with progress_bar() as bar:

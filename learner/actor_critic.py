@@ -25,12 +25,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from core.channels import VALUE_PREFIX
-from core.config import TrainConfig
-from core.model import ValueHead, forward_with_hidden
-from core.samples import StepSample
-from learner.engine import OptimConfig, build_engine
-from learner.losses import (
+from arbor.core.channels import VALUE_PREFIX
+from arbor.core.config import TrainConfig
+from arbor.core.model import ValueHead, forward_with_hidden
+from arbor.core.samples import StepSample
+from arbor.learner.engine import OptimConfig, build_engine
+from arbor.learner.losses import (
     LossCoefficients,
     LossInputs,
     entropy_from_logits,

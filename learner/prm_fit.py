@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import torch
 
-from core.config import ValueConfig
-from core.model import ValueHead
-from learner.value_fit import PrefixFeatures, train_head
+from arbor.core.config import ValueConfig
+from arbor.core.model import ValueHead
+from arbor.learner.value_fit import PrefixFeatures, train_head
 
 
 def pairwise_loss(preferred: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:

@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from core.channels import weight_channel
-from core.config import ArborConfig, ModelConfig
-from core.model import ValueHead, build_policy, hidden_size_of, load_value_head, save_checkpoint
-from core.runs import random_state_from_json, random_state_to_json
-from core.samples import StepSample
-from learner.actor_critic import ActorCriticLearner
-from learner.engine import init_process_group_if_needed
+from arbor.core.channels import weight_channel
+from arbor.core.config import ArborConfig, ModelConfig
+from arbor.core.model import ValueHead, build_policy, hidden_size_of, load_value_head, save_checkpoint
+from arbor.core.runs import random_state_from_json, random_state_to_json
+from arbor.core.samples import StepSample
+from arbor.learner.actor_critic import ActorCriticLearner
+from arbor.learner.engine import init_process_group_if_needed
 
 OPTIM_FILE = "optimizer_rank{rank}.pt"
 RNG_FILE = "rng_rank{rank}.json"

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from core.config import ArborConfig
-from core.errors import DataError
-from core.tasks import Problem, Task
-from core.tasks.base import demonstration_pool
-from learner.engine import OptimConfig, build_engine
+from arbor.core.config import ArborConfig
+from arbor.core.errors import DataError
+from arbor.core.tasks import Problem, Task
+from arbor.core.tasks.base import demonstration_pool
+from arbor.learner.engine import OptimConfig, build_engine
 
 IGNORE = -100  # label value the loss skips: prompt and padding positions
 MAX_CONSECUTIVE_NONFINITE = 20  # non-finite losses in a row before SFT gives up

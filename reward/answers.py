@@ -19,8 +19,8 @@ import math
 import re
 from fractions import Fraction
 
-from core.tasks.base import ANSWER_PREFIX, STEP_SEP
-from reward.bounded import BoundedWorker, CallTimeout
+from arbor.core.tasks.base import ANSWER_PREFIX, STEP_SEP
+from arbor.reward.bounded import BoundedWorker, CallTimeout
 
 _ANSWER_TAG = ANSWER_PREFIX.strip()  # "Answer:", so "Answer:27" still counts as the answer line
 MAX_RESPONSE_CHARS = 20_000  # longer responses are judged wrong unread: no answer needs this much text
@@ -34,7 +34,7 @@ _ANSWER_IS = re.compile(r"\bthe (?:final )?answer is\s*:?\s*(.+)$", re.MULTILINE
 _NUMBER = re.compile(r"(?<![\d.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 _MATH_DELIMITERS = re.compile(r"(?<!\\)\$|\\boxed|\\\(|\\\[")
 
-_worker = BoundedWorker("reward.mathverify")
+_worker = BoundedWorker("arbor.reward.mathverify")
 
 
 def answer_line(response: str) -> str | None:

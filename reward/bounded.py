@@ -2,7 +2,7 @@
 
 math-verify bounds its work with ``signal.alarm``, which works only on a process's main thread (not in
 Ray actor threads or evaluation threads) and cannot interrupt a C-level big-integer power such as
-``10^{10^{10}}`` anyway. So the math verifier runs in a child process (``python -m reward.bounded
+``10^{10^{10}}`` anyway. So the math verifier runs in a child process (``python -m arbor.reward.bounded
 MODULE``): each call is one JSON line on the child's stdin, answered by one JSON line on its stdout. A call
 that overruns is abandoned by killing the child, which the next call restarts; the child also caps its
 address space, so a memory bomb fails inside it instead of taking the caller down.
@@ -13,16 +13,13 @@ from __future__ import annotations
 import atexit
 import importlib
 import json
-import os
 import select
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
 READY = "ready"
 
 
@@ -47,15 +44,12 @@ class BoundedWorker:
         atexit.register(self.close)
 
     def _start(self) -> subprocess.Popen:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        # The child is this interpreter, so it imports the same installed ``arbor`` as the caller.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "reward.bounded", self.module, str(self.memory_mb)],
+            [sys.executable, "-m", __name__, self.module, str(self.memory_mb)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            env=env,
-            cwd=str(REPO),
         )
         if self._read_line(proc, self.start_timeout_s) != READY:
             self._kill(proc)

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from core.tasks.base import STEP_SEP
-from reward.prm import ProcessRewardModel, encode_segments, pad_rows
+from arbor.core.tasks.base import STEP_SEP
+from arbor.reward.prm import ProcessRewardModel, encode_segments, pad_rows
 
 
 def token_log_ratios(prm_logits: torch.Tensor, ref_logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from core.errors import ModelLoadError
-from core.model import (
+from arbor.core.errors import ModelLoadError
+from arbor.core.model import (
     ARBOR_META_FILE,
     VALUE_HEAD_FILE,
     ValueHead,
@@ -36,7 +36,7 @@ from core.model import (
     load_pretrained,
     load_value_head,
 )
-from core.tasks.base import STEP_SEP
+from arbor.core.tasks.base import STEP_SEP
 
 
 def encode_segments(tokenizer: PreTrainedTokenizerBase, segments: Sequence[str]) -> tuple[list[int], list[int]]:
@@ -140,7 +140,7 @@ def load_prm(path: str | Path, step_sep: str = STEP_SEP) -> ProcessRewardModel:
     meta_file = Path(path) / ARBOR_META_FILE
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     if meta.get("kind") == "implicit":
-        from reward.implicit_prm import ImplicitPRM
+        from arbor.reward.implicit_prm import ImplicitPRM
 
         reference, _ = load_pretrained(meta["reference"])
         return ImplicitPRM(model, reference, tokenizer, float(meta["beta"]), step_sep=step_sep)

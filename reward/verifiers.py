@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core.tasks.base import ANSWER_PREFIX, STEP_SEP
-from reward.answers import gsm8k_answer, math_canonical, math_compare, number, show_number
-from reward.arithmetic import ParseError, evaluate, parse_int
+from arbor.core.tasks.base import ANSWER_PREFIX, STEP_SEP
+from arbor.reward.answers import gsm8k_answer, math_canonical, math_compare, number, show_number
+from arbor.reward.arithmetic import ParseError, evaluate, parse_int
 
 log = logging.getLogger("arbor.reward")
 _COUNTS: Counter[str] = Counter(crashed=0, timed_out=0)

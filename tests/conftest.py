@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ArborConfig, load_config
+from arbor.core.config import ArborConfig, load_config
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ SMALL_SEARCH = ["search.max_step_tokens=12", "search.max_response_tokens=36", "s
 @pytest.fixture(scope="session")
 def policy_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An SFT checkpoint of the tiny model (60 quick steps) and its OVM-fitted value checkpoint, via the CLI."""
-    from launch.cli import main
+    from arbor.launch.cli import main
 
     root = tmp_path_factory.mktemp("runs")
     common = [*TINY, *SMALL_SEARCH, f"run.root={root}", "threads=1", "task.eval_size=4"]

@@ -13,8 +13,8 @@ import math
 import random
 from collections.abc import Sequence
 
-from actors.search.backend import StepOutput, StepRequest, StepResult
-from actors.search.tree import SearchTree
+from arbor.actors.search.backend import StepOutput, StepRequest, StepResult
+from arbor.actors.search.tree import SearchTree
 
 STEPS = ["good\n", "bad\n", "meh\n", "Answer: 1\n", "Answer: 0\n"]
 GOOD, BAD, MEH, RIGHT, WRONG = range(5)

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from core.config import ModelConfig, TrainConfig
-from core.model import ValueHead, build_policy, hidden_size_of
-from core.samples import StepSample
-from learner.actor_critic import ActorCriticLearner, collate_steps, token_logprobs
+from arbor.core.config import ModelConfig, TrainConfig
+from arbor.core.model import ValueHead, build_policy, hidden_size_of
+from arbor.core.samples import StepSample
+from arbor.learner.actor_critic import ActorCriticLearner, collate_steps, token_logprobs
 
 TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_seq_len=64)
 
@@ -108,9 +108,9 @@ def test_nonfinite_loss_skips_the_step_and_keeps_weights(policy_loss):
 def test_learner_rank_checkpoint_resumes_exactly(tmp_path, zero_stage):
     """Save after two steps, then step three both ways: same loss, same weights (optimizer, scheduler, RNG).
     Under ZeRO 1-2 the optimizer state is DeepSpeed's partitioned one, loaded with weights_only=True."""
-    from core.config import load_config
-    from core.model import save_checkpoint
-    from learner.rank import LearnerRank
+    from arbor.core.config import load_config
+    from arbor.core.model import save_checkpoint
+    from arbor.learner.rank import LearnerRank
     from tests.conftest import DEFAULT_CONFIG
 
     model, tok = build_policy(TINY)
@@ -149,7 +149,7 @@ def test_learner_rank_checkpoint_resumes_exactly(tmp_path, zero_stage):
 
 def test_a_path_packs_into_one_row_with_the_same_logprobs():
     """The samples of one path (each a prefix of the next) share a row; per-sample sums match unpacked ones."""
-    from learner.actor_critic import _per_sample_sums
+    from arbor.learner.actor_critic import _per_sample_sums
 
     model, tok = build_policy(TINY)
     prompt = tok.encode("Use 1 2 3 to make 6.\n", add_special_tokens=False)

@@ -10,12 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from actors.search import run_searches, training_scorers
-from actors.search.tree import tree_to_samples
-from core.config import SearchConfig
-from core.tasks.base import Problem
-from reward import check, verifier_counts, verify
-from reward.bounded import BoundedWorker, CallTimeout, WorkerFailed
+from arbor.actors.search import run_searches, training_scorers
+from arbor.actors.search.tree import tree_to_samples
+from arbor.core.config import SearchConfig
+from arbor.core.tasks.base import Problem
+from arbor.reward import check, verifier_counts, verify
+from arbor.reward.bounded import BoundedWorker, CallTimeout, WorkerFailed
 from tests.conftest import SHARED_DATA
 from tests.search_toy import PROMPT, FixedLogitPolicy
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.evaluate import majority_correct, pass_at_k
-from launch.cli import main
+from arbor.actors.evaluate import majority_correct, pass_at_k
+from arbor.launch.cli import main
 from tests.conftest import DEFAULT_CONFIG, REPO, TINY
 
 FAST = TINY + [
@@ -50,7 +50,7 @@ def test_sft_then_eval_write_run_directories(tmp_path: Path):
 
 def test_unknown_key_exits_2_naming_the_dotted_key(tmp_path: Path):
     proc = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "sft", str(DEFAULT_CONFIG), "no_such.key=1", f"run.root={tmp_path}"],
+        [sys.executable, "-m", "arbor.launch.cli", "sft", str(DEFAULT_CONFIG), "no_such.key=1", f"run.root={tmp_path}"],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -7,10 +7,10 @@ import pytest
 import ray
 import torch
 
-from core.channels import Coordinator
-from core.collective import CollectiveWeightChannel, empty_buffers, flatten, unflatten
-from core.config import load_config
-from core.errors import ConfigError
+from arbor.core.channels import Coordinator
+from arbor.core.collective import CollectiveWeightChannel, empty_buffers, flatten, unflatten
+from arbor.core.config import load_config
+from arbor.core.errors import ConfigError
 from tests.conftest import DEFAULT_CONFIG
 
 

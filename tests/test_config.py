@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ArborConfig, load_config, to_yaml
-from core.errors import ConfigError
+from arbor.core.config import ArborConfig, load_config, to_yaml
+from arbor.core.errors import ConfigError
 from tests.conftest import DEFAULT_CONFIG, REPO
 
 RECIPES = sorted((REPO / "configs").glob("*.yaml"))

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from actors.search.hf_backend import separator_seen
-from core.config import DataConfig, load_config
-from core.errors import DataError
-from core.model import build_tiny_model, save_checkpoint
-from core.tasks.jsonl import JsonlTask, as_steps
-from core.tokenizer import build_char_tokenizer
-from launch.cli import main
-from reward import verify
+from arbor.actors.search.hf_backend import separator_seen
+from arbor.core.config import DataConfig, load_config
+from arbor.core.errors import DataError
+from arbor.core.model import build_tiny_model, save_checkpoint
+from arbor.core.tasks.jsonl import JsonlTask, as_steps
+from arbor.core.tokenizer import build_char_tokenizer
+from arbor.launch.cli import main
+from arbor.reward import verify
 from tests.conftest import REPO, SHARED_DATA, TINY
 
 MATH500 = SHARED_DATA / "math500_test.jsonl"

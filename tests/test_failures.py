@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from arbor.core.config import ModelConfig
+from arbor.core.model import build_policy
+from arbor.core.tasks.base import Problem
 from bench.failures import fault as fault_of
 from bench.failures import forced_arithmetic_greedy
-from core.config import ModelConfig
-from core.model import build_policy
-from core.tasks.base import Problem
 
 PROBLEM = Problem("countdown", "t/0", "k", "Use 2 6 2 to make 14.\n", {"numbers": [2, 6, 2], "target": 14})
 

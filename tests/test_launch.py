@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from core.model import ValueHead, build_policy, hidden_size_of, save_checkpoint
-from launch.submit import submit_command
+from arbor.core.model import ValueHead, build_policy, hidden_size_of, save_checkpoint
+from arbor.launch.submit import PACKAGES, stage_package, submit_command
 from tests.conftest import REPO
 from tests.test_train import TINY_MODEL, train_overrides
 
@@ -49,15 +49,22 @@ def stop_head(temp_dir: str) -> None:
     psutil.wait_procs(procs, timeout=30)
 
 
-def test_submit_command_names_the_job_and_its_runtime_env():
-    cmd = submit_command("configs/countdown_tiny.yaml", ["train.steps=3"], "http://10.0.0.1:8265", pip=["x==1"])
+def test_submit_command_names_the_job_and_its_runtime_env(tmp_path):
+    package = stage_package(tmp_path)
+    cmd = submit_command(
+        "configs/countdown_tiny.yaml", ["train.steps=3"], "http://10.0.0.1:8265", str(package), pip=["x==1"]
+    )
     assert cmd[cmd.index("--address") + 1] == "http://10.0.0.1:8265"
     env = json.loads(cmd[cmd.index("--runtime-env-json") + 1])
     assert env["working_dir"] == "." and ".venv" in env["excludes"] and env["pip"] == ["x==1"]
+    assert env["py_modules"] == [str(package)] and package.name == "arbor"
+    # the staged package is the whole of arbor, laid out as installed, and nothing else
+    assert sorted(p.name for p in package.iterdir()) == sorted(PACKAGES)
+    assert (package / "actors" / "search" / "mcts.py").is_file() and not any(package.rglob("__pycache__"))
     assert cmd[cmd.index("--") + 1 :] == [
         "python",
         "-m",
-        "launch.cli",
+        "arbor.launch.cli",
         "train",
         "configs/countdown_tiny.yaml",
         "train.steps=3",
@@ -98,7 +105,8 @@ def test_ray_job_submit_runs_training_to_success(tmp_path):
             **{"train.steps": 3, "train.eval_every": 0, "train.checkpoint_every": 0, "run.name": "job"},
         )
         address = f"http://127.0.0.1:{dashboard}"
-        cmd = submit_command("configs/countdown_tiny.yaml", overrides, address, job_id="arbor-test-job")
+        package = str(stage_package(tmp_path / "staged"))
+        cmd = submit_command("configs/countdown_tiny.yaml", overrides, address, package, job_id="arbor-test-job")
         out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
         status = subprocess.run(

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from arbor.core.config import load_config
+from arbor.core.samples import StepSample
 from bench.limits import BENCH, copy_seconds, fill, main, matmul_peak, replay_round
-from core.config import load_config
-from core.samples import StepSample
 from tests.conftest import DEFAULT_CONFIG
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from learner.losses import (
+from arbor.learner.losses import (
     LossCoefficients,
     LossInputs,
     decoupled_ppo_loss,

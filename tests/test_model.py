@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from core.config import ModelConfig, load_config
-from core.errors import ModelLoadError
-from core.model import (
+from arbor.core.config import ModelConfig, load_config
+from arbor.core.errors import ModelLoadError
+from arbor.core.model import (
     ValueHead,
     build_policy,
     forward_with_hidden,

@@ -12,19 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors.search import Scorers, run_searches, training_scorers
-from actors.search.process_reward import ProcessRewards
-from actors.search.tree import SearchTree, tree_to_samples
-from core.config import SearchConfig, ValueConfig, load_config
-from core.errors import ConfigError
-from core.model import ValueHead, build_tiny_model, hidden_size_of, save_checkpoint
-from core.tasks.base import Problem
-from core.tokenizer import build_char_tokenizer
-from launch.cli import main
-from launch.prm import label_trees, load_trees
-from learner.prm_fit import fit_pairwise_head, pair_accuracy, pairwise_loss
-from learner.value_fit import PrefixFeatures
-from reward.implicit_prm import (
+from arbor.actors.search import Scorers, run_searches, training_scorers
+from arbor.actors.search.process_reward import ProcessRewards
+from arbor.actors.search.tree import SearchTree, tree_to_samples
+from arbor.core.config import SearchConfig, ValueConfig, load_config
+from arbor.core.errors import ConfigError
+from arbor.core.model import ValueHead, build_tiny_model, hidden_size_of, save_checkpoint
+from arbor.core.tasks.base import Problem
+from arbor.core.tokenizer import build_char_tokenizer
+from arbor.launch.cli import main
+from arbor.launch.prm import label_trees, load_trees
+from arbor.learner.prm_fit import fit_pairwise_head, pair_accuracy, pairwise_loss
+from arbor.learner.value_fit import PrefixFeatures
+from arbor.reward.implicit_prm import (
     ImplicitPRM,
     ImplicitPRMTrainer,
     VerifiedResponse,
@@ -33,8 +33,8 @@ from reward.implicit_prm import (
     response_mask,
     token_log_ratios,
 )
-from reward.prm import ProcessRewardModel, encode_segments, load_prm, split_steps
-from reward.prm_labels import dense_step_rewards, sibling_pairs, step_labels
+from arbor.reward.prm import ProcessRewardModel, encode_segments, load_prm, split_steps
+from arbor.reward.prm_labels import dense_step_rewards, sibling_pairs, step_labels
 from tests.conftest import DEFAULT_CONFIG, SMALL_SEARCH, TINY
 from tests.search_toy import PROMPT, FixedLogitPolicy, outcome
 

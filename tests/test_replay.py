@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.replay import RateLimiter, ReplayBuffer
-from core.errors import DataError
-from core.samples import StepSample
+from arbor.actors.replay import RateLimiter, ReplayBuffer
+from arbor.core.errors import DataError
+from arbor.core.samples import StepSample
 
 
 def step(i: int, version: int = 0, advantage: float = 0.5) -> StepSample:

@@ -6,8 +6,8 @@ import json
 import math
 from pathlib import Path
 
-from core.config import load_config
-from core.runs import RunLogger, make_run_dir
+from arbor.core.config import load_config
+from arbor.core.runs import RunLogger, make_run_dir
 from tests.conftest import DEFAULT_CONFIG
 
 

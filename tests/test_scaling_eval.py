@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from core.config import load_config
-from core.errors import ConfigError
-from launch.cli import main
+from arbor.core.config import load_config
+from arbor.core.errors import ConfigError
+from arbor.launch.cli import main
 from tests.conftest import DEFAULT_CONFIG, SMALL_SEARCH, TINY
 
 SCALING = [

@@ -7,13 +7,13 @@ import random
 
 import pytest
 
-from actors.search.driver import run_searches
-from actors.search.expand import Scorers
-from actors.search.mcts import mcts
-from actors.search.scaling import scaling_curve, scaling_table
-from actors.search.tree import SearchTree, tree_to_samples
-from core.config import SearchConfig
-from core.tasks.base import Problem
+from arbor.actors.search.driver import run_searches
+from arbor.actors.search.expand import Scorers
+from arbor.actors.search.mcts import mcts
+from arbor.actors.search.scaling import scaling_curve, scaling_table
+from arbor.actors.search.tree import SearchTree, tree_to_samples
+from arbor.core.config import SearchConfig
+from arbor.core.tasks.base import Problem
 from tests.search_toy import BAD, GOOD, MEH, PROMPT, RIGHT, STEPS, FixedLogitPolicy, outcome, true_value
 from tests.search_toy import leaf_mean as _leaf_mean
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from actors.search.driver import run_searches
-from actors.search.expand import Scorers
-from actors.search.mcts import prior_step_tokens
-from core.config import SearchConfig
-from core.tasks.base import Problem
+from arbor.actors.search.driver import run_searches
+from arbor.actors.search.expand import Scorers
+from arbor.actors.search.mcts import prior_step_tokens
+from arbor.core.config import SearchConfig
+from arbor.core.tasks.base import Problem
 from tests.search_toy import PROMPT, FixedLogitPolicy, outcome
 
 VERIFIER = Scorers(terminal=outcome)

@@ -12,15 +12,15 @@ import dataclasses
 import pytest
 import torch
 
-from actors.search.backend import StepRequest
-from actors.search.driver import run_searches, training_scorers
-from actors.search.hf_backend import HFStepBackend
-from actors.search.kv_cache import CacheEntry, PrefixCache
-from actors.search.tree import SearchTree
-from core.config import ModelConfig, SearchConfig, TaskConfig
-from core.model import ValueHead, build_policy, hidden_size_of
-from core.tasks import build_task
-from core.tasks.base import Problem
+from arbor.actors.search.backend import StepRequest
+from arbor.actors.search.driver import run_searches, training_scorers
+from arbor.actors.search.hf_backend import HFStepBackend
+from arbor.actors.search.kv_cache import CacheEntry, PrefixCache
+from arbor.actors.search.tree import SearchTree
+from arbor.core.config import ModelConfig, SearchConfig, TaskConfig
+from arbor.core.model import ValueHead, build_policy, hidden_size_of
+from arbor.core.tasks import build_task
+from arbor.core.tasks.base import Problem
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_seq_len=128)
 SEARCH = dataclasses.replace(
@@ -207,7 +207,7 @@ def test_prefix_only_request_longer_than_the_sampled_ones_decodes(policy):
 
 
 def test_padded_output_rows_beyond_the_tokenizer_are_never_sampled():
-    from actors.search.hf_backend import sample_tokens
+    from arbor.actors.search.hf_backend import sample_tokens
 
     logits = torch.zeros(64, 12)
     logits[:, 10:] = 50.0  # padded rows would win every draw if they were allowed
@@ -221,7 +221,7 @@ def test_rollout_rounds_draw_from_a_stream_their_cursor_names(policy):
     """A round's token draws depend on (seed, actor, the round's first cursor, restarted) only: a resumed
     actor reseeded at the checkpointed cursor draws what the uninterrupted one would have, whatever its
     generator did before; another cursor, actor or a Ray restart draws differently."""
-    from actors.rollout import round_seed
+    from arbor.actors.rollout import round_seed
 
     model, tokenizer, head, problems = policy
 

@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from actors.search.answer import by_value, by_visits, by_vote
-from actors.search.puct import argmax, mix_dirichlet, normalise_priors, puct_scores
-from actors.search.tree import (
+from arbor.actors.search.answer import by_value, by_visits, by_vote
+from arbor.actors.search.puct import argmax, mix_dirichlet, normalise_priors, puct_scores
+from arbor.actors.search.tree import (
     SearchTree,
     backup,
     compute_mc_values,
@@ -19,9 +19,9 @@ from actors.search.tree import (
     search_stats,
     tree_to_samples,
 )
-from core.config import load_config
-from core.errors import ConfigError
-from core.samples import StepSample
+from arbor.core.config import load_config
+from arbor.core.errors import ConfigError
+from arbor.core.samples import StepSample
 from tests.conftest import DEFAULT_CONFIG
 from tests.search_toy import leaf_mean as _leaf_mean
 

@@ -7,13 +7,13 @@ import copy
 import pytest
 import torch
 
-from core.config import ModelConfig, load_config
-from core.errors import DataError
-from core.model import build_policy
-from core.tasks import build_task
-from core.tasks.base import demonstration_pool
-from learner.engine import OptimConfig, build_engine, lr_lambda
-from learner.sft import IGNORE, collate, encode_example, sft_batches, train_sft
+from arbor.core.config import ModelConfig, load_config
+from arbor.core.errors import DataError
+from arbor.core.model import build_policy
+from arbor.core.tasks import build_task
+from arbor.core.tasks.base import demonstration_pool
+from arbor.learner.engine import OptimConfig, build_engine, lr_lambda
+from arbor.learner.sft import IGNORE, collate, encode_example, sft_batches, train_sft
 from tests.conftest import DEFAULT_CONFIG
 
 SMALL = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_seq_len=64)

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ArithConfig, CountdownConfig, DataConfig, TaskConfig
-from core.tasks import build_task
-from core.tasks.arith import Arith, solve_chain
-from core.tasks.base import EVAL_SEED_OFFSET, STEP_SEP, pick_level
-from core.tasks.countdown import Countdown, solve
-from core.tasks.jsonl import DataError, JsonlTask
-from reward import check, verify
-from reward.arithmetic import evaluate
+from arbor.core.config import ArithConfig, CountdownConfig, DataConfig, TaskConfig
+from arbor.core.tasks import build_task
+from arbor.core.tasks.arith import Arith, solve_chain
+from arbor.core.tasks.base import EVAL_SEED_OFFSET, STEP_SEP, pick_level
+from arbor.core.tasks.countdown import Countdown, solve
+from arbor.core.tasks.jsonl import DataError, JsonlTask
+from arbor.reward import check, verify
+from arbor.reward.arithmetic import evaluate
 
 DATA = Path("/work/shared/data")
 needs_data = pytest.mark.skipif(not (DATA / "gsm8k_test.jsonl").is_file(), reason="shared data not present")

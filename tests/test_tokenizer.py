@@ -6,10 +6,10 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from core.config import ArithConfig, CountdownConfig
-from core.tasks.arith import Arith
-from core.tasks.countdown import Countdown
-from core.tokenizer import CHARACTERS, build_char_tokenizer
+from arbor.core.config import ArithConfig, CountdownConfig
+from arbor.core.tasks.arith import Arith
+from arbor.core.tasks.countdown import Countdown
+from arbor.core.tokenizer import CHARACTERS, build_char_tokenizer
 
 
 def _task_texts() -> list[str]:

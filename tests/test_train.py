@@ -18,14 +18,14 @@ import ray
 import torch
 from safetensors.torch import load_file
 
-from actors.rollout import ROLLOUT_INDEX_OFFSET, problems_to_skip
-from core.config import ModelConfig, load_config
-from core.errors import ConfigError, DataError
-from core.model import ValueHead, build_policy, hidden_size_of, save_checkpoint
-from core.tasks import build_task
-from core.tasks.base import demonstration_pool
-from launch.cli import main
-from launch.train import run_train
+from arbor.actors.rollout import ROLLOUT_INDEX_OFFSET, problems_to_skip
+from arbor.core.config import ModelConfig, load_config
+from arbor.core.errors import ConfigError, DataError
+from arbor.core.model import ValueHead, build_policy, hidden_size_of, save_checkpoint
+from arbor.core.tasks import build_task
+from arbor.core.tasks.base import demonstration_pool
+from arbor.launch.cli import main
+from arbor.launch.train import run_train
 from tests.conftest import DEFAULT_CONFIG
 
 TINY_MODEL = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_seq_len=128)
@@ -229,8 +229,8 @@ def test_rollouts_skip_held_out_and_sft_demonstrations():
 
 
 def test_buffer_refuses_a_partial_tree():
-    from actors.replay import check_whole_trees
-    from core.samples import StepSample
+    from arbor.actors.replay import check_whole_trees
+    from arbor.core.samples import StepSample
 
     def sample(tree: str, size: int) -> StepSample:
         return StepSample([1], [2], [-0.1], 0, 0.0, 0.5, 0.5, meta={"tree": tree, "tree_size": size})

@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from core.config import ValueConfig, load_config
-from core.errors import ConfigError
-from core.model import forward_with_hidden, load_value_head
-from launch.cli import main
-from learner.value_fit import (
+from arbor.core.config import ValueConfig, load_config
+from arbor.core.errors import ConfigError
+from arbor.core.model import forward_with_hidden, load_value_head
+from arbor.launch.cli import main
+from arbor.learner.value_fit import (
     LabelledSequence,
     PrefixFeatures,
     calibration,
@@ -125,9 +125,9 @@ def test_value_needs_a_policy_and_checks_its_section(tmp_path: Path, capsys):
 def test_value_problems_are_distinct_by_content_and_skip_held_out_and_sft_pool():
     """Seeds can repeat a problem; the fit and its held-out report split by problem, so content must not repeat.
     The fit draws from RL's problems only: never held out, never one of the SFT demonstrations."""
-    from core.tasks import build_task
-    from core.tasks.base import demonstration_pool
-    from launch.commands import value_problems
+    from arbor.core.tasks import build_task
+    from arbor.core.tasks.base import demonstration_pool
+    from arbor.launch.commands import value_problems
 
     cfg = load_config(DEFAULT_CONFIG, ["value.problems=512"])
     assert cfg.sft.num_problems == 1000  # the default recipe caps SFT to a pool

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from reward import Verdict, check, extract_answer, verify
-from reward.arithmetic import MAX_DEPTH, MAX_LENGTH, ParseError, evaluate, parse_int
+from arbor.reward import Verdict, check, extract_answer, verify
+from arbor.reward.arithmetic import MAX_DEPTH, MAX_LENGTH, ParseError, evaluate, parse_int
 
 CD = {"numbers": [3, 5, 7], "target": 22}
 

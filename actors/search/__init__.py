@@ -6,14 +6,14 @@ implementation reuses each node's prefix KV. ``tree_to_samples`` turns a tree in
 ``ProcessRewards`` adds a process reward model to the search and to the samples.
 """
 
-from actors.search.answer import choose_answer
-from actors.search.backend import StepBackend, StepOutput, StepRequest, StepResult
-from actors.search.driver import evaluation_scorers, make_search, run_searches, training_scorers
-from actors.search.expand import Scorers
-from actors.search.hf_backend import HFStepBackend
-from actors.search.process_reward import ProcessRewards
-from actors.search.scaling import ScalingPoint, scaling_curve, scaling_table
-from actors.search.tree import (
+from arbor.actors.search.answer import choose_answer
+from arbor.actors.search.backend import StepBackend, StepOutput, StepRequest, StepResult
+from arbor.actors.search.driver import evaluation_scorers, make_search, run_searches, training_scorers
+from arbor.actors.search.expand import Scorers
+from arbor.actors.search.hf_backend import HFStepBackend
+from arbor.actors.search.process_reward import ProcessRewards
+from arbor.actors.search.scaling import ScalingPoint, scaling_curve, scaling_table
+from arbor.actors.search.tree import (
     Node,
     SearchTree,
     compute_mc_values,

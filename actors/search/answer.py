@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from actors.search.tree import Node, SearchTree
+from arbor.actors.search.tree import Node, SearchTree
 
 AnswerExtractor = Callable[[str], str | None]  # response text -> normalised final answer (None: no answer)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from actors.search.expand import Scorers, SearchProc, add_steps, leaf_value, step_request
-from actors.search.tree import Node, SearchTree, backup
-from core.config import SearchConfig
+from arbor.actors.search.expand import Scorers, SearchProc, add_steps, leaf_value, step_request
+from arbor.actors.search.tree import Node, SearchTree, backup
+from arbor.core.config import SearchConfig
 
 
 def grow_chains(

@@ -16,16 +16,16 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from actors.search.answer import AnswerExtractor, choose_answer
-from actors.search.backend import StepBackend, StepRequest
-from actors.search.beam import beam_search
-from actors.search.best_of_n import best_of_n, shepherd
-from actors.search.expand import Scorers, SearchProc
-from actors.search.mcts import mcts
-from actors.search.tree import SearchTree, compute_mc_values
-from core.config import SearchConfig
-from core.tasks.base import Problem
-from reward import check, extract_answer
+from arbor.actors.search.answer import AnswerExtractor, choose_answer
+from arbor.actors.search.backend import StepBackend, StepRequest
+from arbor.actors.search.beam import beam_search
+from arbor.actors.search.best_of_n import best_of_n, shepherd
+from arbor.actors.search.expand import Scorers, SearchProc
+from arbor.actors.search.mcts import mcts
+from arbor.actors.search.tree import SearchTree, compute_mc_values
+from arbor.core.config import SearchConfig
+from arbor.core.tasks.base import Problem
+from arbor.reward import check, extract_answer
 
 log = logging.getLogger("arbor.search")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
-from actors.search.backend import StepRequest, StepResult
-from actors.search.puct import normalise_priors
-from actors.search.tree import Node, SearchTree, is_terminal_step
-from core.config import SearchConfig
+from arbor.actors.search.backend import StepRequest, StepResult
+from arbor.actors.search.puct import normalise_priors
+from arbor.actors.search.tree import Node, SearchTree, is_terminal_step
+from arbor.core.config import SearchConfig
 
 SearchProc = Generator[list[StepRequest], list[StepResult], None]
 TerminalScorer = Callable[[str], float | None]  # response -> outcome in [0, 1] (the verifier); None: no verdict

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from actors.search.backend import Segments, StepOutput, StepRequest, StepResult
-from actors.search.kv_cache import CacheEntry, PrefixCache, prefix_kv
-from core.model import ValueHead, forward_with_hidden
-from core.tasks.base import STEP_SEP
+from arbor.actors.search.backend import Segments, StepOutput, StepRequest, StepResult
+from arbor.actors.search.kv_cache import CacheEntry, PrefixCache, prefix_kv
+from arbor.core.model import ValueHead, forward_with_hidden
+from arbor.core.tasks.base import STEP_SEP
 
 
 def sample_tokens(

@@ -16,15 +16,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from actors.search.expand import Scorers
-from actors.search.tree import SearchTree, tree_to_samples
-from core.config import ArborConfig
-from core.errors import ConfigError
-from core.samples import StepSample
-from core.tasks import Problem, step_separator
-from reward.implicit_prm import ImplicitPRM, ImplicitPRMTrainer, verified_responses
-from reward.prm import load_prm
-from reward.prm_labels import dense_step_rewards
+from arbor.actors.search.expand import Scorers
+from arbor.actors.search.tree import SearchTree, tree_to_samples
+from arbor.core.config import ArborConfig
+from arbor.core.errors import ConfigError
+from arbor.core.samples import StepSample
+from arbor.core.tasks import Problem, step_separator
+from arbor.reward.implicit_prm import ImplicitPRM, ImplicitPRMTrainer, verified_responses
+from arbor.reward.prm import load_prm
+from arbor.reward.prm_labels import dense_step_rewards
 
 
 class ProcessRewards:

@@ -13,14 +13,14 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from actors.search.answer import choose_answer
-from actors.search.backend import StepBackend
-from actors.search.driver import evaluation_scorers, run_searches
-from actors.search.expand import Scorers
-from actors.search.tree import SearchTree, search_stats
-from core.config import SearchConfig
-from core.tasks.base import Problem
-from reward import extract_answer, verify
+from arbor.actors.search.answer import choose_answer
+from arbor.actors.search.backend import StepBackend
+from arbor.actors.search.driver import evaluation_scorers, run_searches
+from arbor.actors.search.expand import Scorers
+from arbor.actors.search.tree import SearchTree, search_stats
+from arbor.core.config import SearchConfig
+from arbor.core.tasks.base import Problem
+from arbor.reward import extract_answer, verify
 
 KINDS = ("greedy", "best_of_n", "beam", "mcts")
 

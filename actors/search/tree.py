@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from core.samples import StepSample
-from core.tasks.base import ANSWER_PREFIX
-from reward.prm_labels import completion_stats
+from arbor.core.samples import StepSample
+from arbor.core.tasks.base import ANSWER_PREFIX
+from arbor.reward.prm_labels import completion_stats
 
 _ANSWER_TAG = ANSWER_PREFIX.strip()
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from core.config import TaskConfig
-from core.tasks.arith import Arith
-from core.tasks.base import STEP_SEP, Problem, Task
-from core.tasks.countdown import Countdown
+from arbor.core.config import TaskConfig
+from arbor.core.tasks.arith import Arith
+from arbor.core.tasks.base import STEP_SEP, Problem, Task
+from arbor.core.tasks.countdown import Countdown
 
 __all__ = ["TASKS", "Problem", "Task", "build_task", "step_separator"]
 
@@ -24,7 +24,7 @@ def _arith(cfg: TaskConfig, tokenizer: Any = None) -> Task:
 
 
 def _jsonl(cfg: TaskConfig, tokenizer: Any = None) -> Task:
-    from core.tasks.jsonl import JsonlTask  # imports `datasets`, which only data tasks need
+    from arbor.core.tasks.jsonl import JsonlTask  # imports `datasets`, which only data tasks need
 
     return JsonlTask(cfg.name, cfg.data, eval_size=cfg.eval_size, tokenizer=tokenizer)
 

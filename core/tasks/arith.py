@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import random
 
-from core.config import ArithConfig
-from core.tasks.base import (
+from arbor.core.config import ArithConfig
+from arbor.core.tasks.base import (
     ANSWER_PREFIX,
     STEP_SEP,
     GeneratedTask,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
-from core.errors import ConfigError
+from arbor.core.errors import ConfigError
 
 STEP_SEP = "\n"
 ANSWER_PREFIX = "Answer: "

@@ -20,8 +20,8 @@ import random
 from functools import lru_cache
 from itertools import combinations
 
-from core.config import CountdownConfig
-from core.tasks.base import (
+from arbor.core.config import CountdownConfig
+from arbor.core.tasks.base import (
     ANSWER_PREFIX,
     STEP_SEP,
     GeneratedTask,

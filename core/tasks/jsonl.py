@@ -26,9 +26,9 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from core.config import DataConfig
-from core.errors import DataError
-from core.tasks.base import ANSWER_PREFIX, STEP_SEP, Problem, check_train_index
+from arbor.core.config import DataConfig
+from arbor.core.errors import DataError
+from arbor.core.tasks.base import ANSWER_PREFIX, STEP_SEP, Problem, check_train_index
 
 log = logging.getLogger("arbor.data")
 STEP_SEPARATORS = {"line": "\n", "paragraph": "\n\n"}
