@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -11,7 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from arbor.actors.sampling import generate_responses
 from arbor.core.config import EvalConfig
 from arbor.core.tasks import Problem
-from arbor.reward import extract_answer, verify
+from arbor.reward import extract_answer, majority_vote, verify
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -26,13 +25,8 @@ def majority_correct(kind: str, responses: list[str], correct: list[bool]) -> bo
 
     Responses without an answer do not vote; with no votes at all the problem counts as wrong.
     """
-    answers = [extract_answer(kind, r) for r in responses]
-    votes = Counter(a for a in answers if a is not None)
-    if not votes:
-        return False
-    top = max(votes.values())
-    winner = next(a for a in answers if a is not None and votes[a] == top)
-    return correct[answers.index(winner)]
+    chosen = majority_vote([extract_answer(kind, r) for r in responses])
+    return chosen is not None and correct[chosen]
 
 
 @dataclass

@@ -23,28 +23,16 @@ import torch
 from arbor.actors.search import (
     HFStepBackend,
     ProcessRewards,
-    SearchTree,
     run_searches,
-    scale_advantages,
-    search_stats,
     training_scorers,
 )
 from arbor.core.channels import BufferClient, split_published, weight_channel
 from arbor.core.config import ArborConfig, ModelConfig
-from arbor.core.model import ValueHead, build_policy, hidden_size_of, load_value_head
-from arbor.core.tasks import Problem, Task, build_task, step_separator
-from arbor.core.tasks.base import demonstration_pool
-
-# Rollout shards live far from the SFT stream (index 0 up) and the value fit's stretch (2^30 up).
-ROLLOUT_INDEX_OFFSET = 1 << 31
-
-
-def problems_to_skip(cfg: ArborConfig, task: Task) -> set[str]:
-    """Keys rollouts never search: held-out content, and the SFT demonstrations when ``sft.num_problems`` caps them."""
-    keys = {p.key for p in task.eval_problems()}
-    if cfg.sft.num_problems:
-        keys |= {p.key for p in demonstration_pool(task, cfg.sft.num_problems, cfg.sft.difficulty_mix)}
-    return keys
+from arbor.core.model import build_policy, value_head_for
+from arbor.core.tasks import Problem, build_task, step_separator
+from arbor.core.tasks.split import problems_to_skip, rollout_index
+from arbor.core.tree import SearchTree, search_stats
+from arbor.learner.advantages import tree_samples
 
 
 def round_seed(train_seed: int, actor_index: int, cursor: int, restarted: bool) -> int:
@@ -92,7 +80,7 @@ class RolloutWorker:
         self.buffer = BufferClient(buffer)
         self.coordinator = coordinator
         model, tokenizer = build_policy(ModelConfig(path=init_path))
-        head = load_value_head(init_path, model) or ValueHead(hidden_size_of(model))
+        head = value_head_for(model, init_path)
         model.to(device)
         head.to(device)
         self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
@@ -153,8 +141,7 @@ class RolloutWorker:
 
     def problem_at(self, cursor: int) -> Problem | None:
         """The cursor-th problem of this actor's shard (None where it is held out or an SFT demonstration)."""
-        index = ROLLOUT_INDEX_OFFSET + self.cfg.train.seed * 1_000_003 + cursor * self.num_actors + self.index
-        problem = self.task.train_problem(index)
+        problem = self.task.train_problem(rollout_index(self.cfg.train.seed, cursor, self.num_actors, self.index))
         return None if problem.key in self.skip_keys else problem
 
     def _next_problems(self, n: int) -> list[tuple[int, Problem]]:
@@ -202,8 +189,7 @@ class RolloutWorker:
 
     def _emit(self, tree: SearchTree, next_cursor: int) -> None:
         """Stream one finished tree's samples into the buffer (blocking under backpressure), then report."""
-        samples = self.process.samples(tree, self.cfg.train.value_head_weight, self.cfg.train.global_advantage)
-        samples = scale_advantages(tree, samples, self.cfg.train.advantage_scale)
+        samples = tree_samples(tree, self.cfg.train, self.process.step_rewards(tree))
         tree_id = f"{self.name}/{tree.problem_uid}"
         samples = [dataclasses.replace(s, meta={**s.meta, "tree": tree_id, "tree_size": len(samples)}) for s in samples]
         t0 = time.perf_counter()

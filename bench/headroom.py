@@ -24,7 +24,7 @@ import torch
 from arbor.actors.evaluate import evaluate
 from arbor.actors.search import HFStepBackend, run_searches, training_scorers
 from arbor.core.config import load_config
-from arbor.core.model import ValueHead, build_policy, hidden_size_of, load_value_head
+from arbor.core.model import build_policy, value_head_for
 from arbor.core.tasks import build_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> dict:
     task = build_task(cfg.task)
     held_out = task.eval_problems()
     model, tokenizer = build_policy(cfg.model)
-    head = load_value_head(model_dir, model) or ValueHead(hidden_size_of(model))
+    head = value_head_for(model, model_dir)
     greedy = evaluate(model, tokenizer, held_out, dataclasses.replace(cfg.eval, num_samples=0)).greedy_accuracy
     print(f"{len(held_out)} held-out problems, greedy accuracy {greedy:.3f}")
     rows = {}

@@ -41,22 +41,22 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from arbor.actors.replay import RateLimiter, ReplayBuffer, ReplayService
-from arbor.actors.search import HFStepBackend, run_searches, tree_to_samples
+from arbor.actors.search import HFStepBackend, run_searches
 from arbor.core.config import ArborConfig, load_config
-from arbor.core.model import ValueHead, build_policy, hidden_size_of, load_value_head, matmul_params
+from arbor.core.flops import matmul_params, matmul_peak, timed
+from arbor.core.model import build_policy, value_head_for
 from arbor.core.samples import StepSample
 from arbor.core.tasks import build_task
 from arbor.learner.actor_critic import ActorCriticLearner, collate_steps
+from arbor.learner.advantages import tree_to_samples
 
 REPEATS = 5  # timed rounds per figure, after a warm-up; each ratio is the median over them
-MATMUL_SIZES = (512, 1024, 2048)  # fp32 on CPU: all compute-bound; the best rate is the peak
 CUDA_MATMUL_SIZES = (4096, 8192)
 BENCH = ["wandb.mode=disabled", "threads=1", "train.batch_size=128"]  # overridable like any key
 REPLAY_ITEMS = 8192  # items per in-process replay round (the default buffer_capacity)
@@ -79,31 +79,6 @@ def machine() -> dict:
     }
 
 
-def timed(fn: Callable[[], object], device: torch.device = CPU) -> float:
-    """Seconds ``fn`` takes, the device's queue drained before and after."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
-
-
-def matmul_peak(sizes=MATMUL_SIZES, dtype=torch.float32, device=CPU, seconds: float = 0.25) -> float:
-    """Best FLOP/s of square ``torch.matmul`` over ``sizes``, each warmed up, then run for ~``seconds``."""
-    best = 0.0
-    for n in sizes:
-        a, b, out = (torch.randn(n, n, device=device).to(dtype) for _ in range(3))
-        timed(lambda a=a, b=b, out=out: torch.matmul(a, b, out=out), device)
-        reps, spent = 0, 0.0
-        while spent < seconds:
-            spent += timed(lambda a=a, b=b, out=out: torch.matmul(a, b, out=out), device)
-            reps += 1
-        best = max(best, 2 * n**3 * reps / spent)
-    return best
-
-
 def copy_seconds(nbytes: int, device=CPU, repeats: int = 9) -> float:
     """Median time of ``dst.copy_(src)`` over ``nbytes`` bytes, after one warm-up copy."""
     src, dst = (torch.ones(nbytes, dtype=torch.uint8, device=device) for _ in range(2))
@@ -118,7 +93,7 @@ def medians(rows: list[tuple[float, ...]], names: tuple[str, ...]) -> dict[str, 
 def policy(cfg: ArborConfig, device=CPU):
     """(model, tokenizer, value head) as the config names them: the checkpoint's head, else a fresh one."""
     model, tokenizer = build_policy(cfg.model)
-    head = (load_value_head(cfg.model.path, model) if cfg.model.path else None) or ValueHead(hidden_size_of(model))
+    head = value_head_for(model, cfg.model.path)
     return model.to(device), tokenizer, head.to(device)
 
 

@@ -31,14 +31,15 @@ from pathlib import Path
 
 import torch
 
-from arbor.actors.search import HFStepBackend, Scorers, run_searches, search_stats
+from arbor.actors.search import HFStepBackend, Scorers, run_searches
 from arbor.actors.search.scaling import accuracy, accuracy_by_rule
 from arbor.core.config import load_config
 from arbor.core.model import build_policy
 from arbor.core.tasks import build_task
+from arbor.core.tree import search_stats
 from arbor.launch.commands import run_sft
 from arbor.launch.prm import run_prm
-from arbor.reward.prm import load_prm
+from arbor.reward.prm_checkpoint import load_prm
 
 BEAM_WIDTH = 8  # candidates per beam round; search.children of them per kept node
 ANSWER_BY = "value_vote"

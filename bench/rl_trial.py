@@ -27,7 +27,6 @@ import time
 import torch
 
 from arbor.actors.evaluate import evaluate
-from arbor.actors.rollout import problems_to_skip
 from arbor.actors.search import (
     HFStepBackend,
     run_searches,
@@ -39,6 +38,7 @@ from arbor.core.channels import split_published
 from arbor.core.config import load_config
 from arbor.core.model import ValueHead, build_policy, hidden_size_of, load_value_head
 from arbor.core.tasks import build_task
+from arbor.core.tasks.split import problems_to_skip
 from arbor.learner.actor_critic import ActorCriticLearner
 
 ROUND_TREES = int(os.environ.get("ROUND_TREES", "64"))  # problems searched per round

@@ -30,12 +30,13 @@ from pathlib import Path
 
 import torch
 
-from arbor.actors.search import HFStepBackend, run_searches, search_stats
+from arbor.actors.search import HFStepBackend, run_searches
 from arbor.actors.search.driver import evaluation_scorers
 from arbor.actors.search.scaling import accuracy, accuracy_by_rule, budget_config
 from arbor.core.config import ArborConfig, load_config
 from arbor.core.model import build_policy, load_value_head
 from arbor.core.tasks import build_task
+from arbor.core.tree import search_stats
 from arbor.launch.commands import run_sft, run_value
 
 BUDGET = 16  # best-of-N chains; MCTS gets the tokens they spent

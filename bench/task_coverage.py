@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import sys
 
-from arbor.actors.rollout import ROLLOUT_INDEX_OFFSET, problems_to_skip
 from arbor.core.config import load_config
 from arbor.core.tasks import build_task
+from arbor.core.tasks.split import ROLLOUT_SEEDS, SFT_SEEDS, problems_to_skip, stretch_start
 
 SPACE_DRAWS = 200_000  # rollout-stream draws used to estimate the number of distinct training problems
 
@@ -24,8 +24,8 @@ def main(argv: list[str]) -> dict:
     config = argv[0] if argv and "=" not in argv[0] else "configs/countdown_tiny.yaml"
     cfg = load_config(config, argv[1:] if argv and "=" not in argv[0] else argv)
     task = build_task(cfg.task)
-    space = {task.train_problem(ROLLOUT_INDEX_OFFSET + i).key for i in range(SPACE_DRAWS)}
-    first = cfg.sft.seed * 1_000_003
+    space = {task.train_problem(ROLLOUT_SEEDS + i).key for i in range(SPACE_DRAWS)}
+    first = stretch_start(SFT_SEEDS, cfg.sft.seed)
     uncapped = {
         task.train_problem(first + i, cfg.sft.difficulty_mix).key for i in range(cfg.sft.steps * cfg.sft.batch_size)
     }

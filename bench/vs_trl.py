@@ -30,17 +30,16 @@ import torch
 from omegaconf import OmegaConf
 
 from arbor.actors.evaluate import evaluate
-from arbor.actors.rollout import problems_to_skip
 from arbor.core.config import ModelConfig, load_config
 from arbor.core.model import build_policy
 from arbor.core.tasks import build_task
+from arbor.core.tasks.split import TRL_SEEDS, problems_to_skip
 from arbor.launch.commands import run_sft
 from arbor.launch.train import run_train
 from arbor.reward import verify
 
 CONFIG = "configs/countdown_tiny.yaml"
 TRL_CONFIG = str(Path(__file__).with_name("trl_grpo.yaml"))
-TRL_INDEX_OFFSET = 5 << 30  # TRL's training problems: a stretch of seeds no other command uses
 
 
 def trl_run(init: str, cfg, budget_s: float, every_s: float, out: Path) -> list[tuple[float, Path]]:
@@ -52,7 +51,7 @@ def trl_run(init: str, cfg, budget_s: float, every_s: float, out: Path) -> list[
     settings = OmegaConf.to_container(OmegaConf.load(TRL_CONFIG), resolve=True)
     task = build_task(cfg.task)
     skip = problems_to_skip(cfg, task)  # as Arbor's rollouts: held out, and the SFT demonstrations
-    rows, i, wanted = [], TRL_INDEX_OFFSET, int(settings.pop("problems"))
+    rows, i, wanted = [], TRL_SEEDS, int(settings.pop("problems"))
     while len(rows) < wanted:
         p = task.train_problem(i)
         i += 1

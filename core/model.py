@@ -164,12 +164,7 @@ def load_value_head(path: str | Path, model: PreTrainedModel) -> ValueHead | Non
     return head
 
 
-def matmul_params(model: nn.Module) -> int:
-    """Parameters that take part in matrix products (every nn.Linear, the LM head included)."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
-
-
-def train_flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
-    """Model FLOPs of one training token (forward + backward), PaLM appendix B: 6N + 12·L·d·T."""
-    cfg = model.config
-    return 6.0 * matmul_params(model) + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+def value_head_for(model: PreTrainedModel, path: str | Path | None) -> ValueHead:
+    """The value head saved beside the checkpoint at ``path``, else a fresh one (V = 0.5 everywhere) sized to
+    ``model``: what every component that searches or trains with a head starts from."""
+    return (load_value_head(path, model) if path else None) or ValueHead(hidden_size_of(model))

@@ -11,12 +11,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from arbor.actors.evaluate import EvalResult, evaluate, given_responses, score_responses
-from arbor.actors.rollout import problems_to_skip
 from arbor.actors.search import (
     HFStepBackend,
     ScalingPoint,
     Scorers,
-    SearchTree,
     evaluation_scorers,
     run_searches,
     scaling_curve,
@@ -28,8 +26,9 @@ from arbor.core.errors import ConfigError
 from arbor.core.model import VALUE_HEAD_FILE, build_policy, load_value_head, save_checkpoint
 from arbor.core.runs import RunLogger, make_run_dir
 from arbor.core.tasks import DATA_TASKS, Problem, Task, build_task, step_separator
-from arbor.core.tasks.base import distinct_problems
 from arbor.core.tasks.jsonl import question_key
+from arbor.core.tasks.split import VALUE_SEEDS, distinct_problems, problems_to_skip, stretch_start
+from arbor.core.tree import SearchTree
 from arbor.launch.report import advance, console, plot_scaling, progress_bar, results_table, value_table
 from arbor.learner.sft import train_sft
 from arbor.learner.value_fit import (
@@ -40,11 +39,7 @@ from arbor.learner.value_fit import (
     split_by_group,
     value_report,
 )
-from arbor.reward.prm import load_prm
-
-# The value fit samples on its own stretch of training seeds, away from the SFT stream (which starts at 0),
-# so the held-out report measures states of problems the policy was not trained on.
-VALUE_INDEX_OFFSET = 1 << 30
+from arbor.reward.prm_checkpoint import load_prm
 
 
 def prepare(cfg: ArborConfig, command: str):
@@ -123,9 +118,9 @@ def run_sft(cfg: ArborConfig) -> dict:
 
 def value_problems(task: Task, cfg: ArborConfig) -> list[Problem]:
     """``value.problems`` distinct training problems for the value fit, none that rollouts skip (held out, or
-    an SFT demonstration: :func:`actors.rollout.problems_to_skip`). The policy has memorised the SFT pool,
+    an SFT demonstration: :func:`arbor.core.tasks.split.problems_to_skip`). The policy has memorised the SFT pool,
     so its outcomes there would teach the head values it never meets in search."""
-    first = VALUE_INDEX_OFFSET + cfg.value.seed * 1_000_003
+    first = stretch_start(VALUE_SEEDS, cfg.value.seed)
     skip = problems_to_skip(cfg, task)
     return distinct_problems(task, cfg.value.problems, first, cfg.value.difficulty_mix, skip)
 

@@ -11,7 +11,7 @@
    loss (``reward.implicit_prm``), the policy as its reference; the labels only score the report.
 4. Report on the held-out trees (step AUC against the hard label, Brier score against the soft label,
    pair accuracy) and save ``checkpoints/prm``: trunk, tokenizer and head, loadable by
-   ``reward.prm.load_prm`` (``prm.path=...`` for PRM-guided search and dense rewards).
+   ``reward.prm_checkpoint.load_prm`` (``prm.path=...`` for PRM-guided search and dense rewards).
 """
 
 from __future__ import annotations
@@ -29,13 +29,17 @@ import torch
 from rich.table import Table
 from transformers import PreTrainedTokenizerBase
 
-from arbor.actors.rollout import problems_to_skip
-from arbor.actors.search import HFStepBackend, SearchTree, run_searches, training_scorers
+from arbor.actors.search import HFStepBackend, run_searches, training_scorers
 from arbor.core.config import ArborConfig, ValueConfig
 from arbor.core.errors import ConfigError, DataError
-from arbor.core.model import ValueHead, hidden_size_of, load_pretrained, load_value_head, save_checkpoint
+from arbor.core.model import (
+    load_pretrained,
+    save_checkpoint,
+    value_head_for,
+)
 from arbor.core.tasks import step_separator
-from arbor.core.tasks.base import distinct_problems
+from arbor.core.tasks.split import PRM_SEEDS, distinct_problems, problems_to_skip, stretch_start
+from arbor.core.tree import SearchTree
 from arbor.launch.commands import prepare
 from arbor.launch.report import advance, console, progress_bar
 from arbor.learner.prm_fit import fit_pairwise_head, pair_accuracy
@@ -45,8 +49,6 @@ from arbor.reward.prm import ProcessRewardModel, encode_segments
 from arbor.reward.prm_labels import StepLabel, sibling_pairs, step_labels
 
 log = logging.getLogger("arbor.prm")
-# Between the value fit's stretch of training seeds (2^30 up) and the rollout shards (2^31 up).
-PRM_INDEX_OFFSET = 3 << 29
 
 
 def save_trees(path: Path, trees: Sequence[SearchTree]) -> None:
@@ -165,12 +167,11 @@ def _table(report: dict) -> Table:
 def search_label_trees(cfg: ArborConfig, task, skip_keys: set[str], model, tokenizer) -> list[SearchTree]:
     """``prm.problems`` training problems searched by the policy with ``search.kind``, leaves verified; none of
     ``skip_keys`` (the held-out set and the SFT demonstrations, as rollouts skip them)."""
-    problems = distinct_problems(task, cfg.prm.problems, PRM_INDEX_OFFSET + cfg.prm.seed * 1_000_003, None, skip_keys)
-    head = load_value_head(cfg.model.path, model) if cfg.model.path else None
+    problems = distinct_problems(task, cfg.prm.problems, stretch_start(PRM_SEEDS, cfg.prm.seed), None, skip_keys)
     backend = HFStepBackend(
         model,
         tokenizer,
-        head or ValueHead(hidden_size_of(model)),  # without a fitted head, every leaf starts at 0.5
+        value_head_for(model, cfg.model.path),  # without a fitted head, every leaf starts at 0.5
         seed=cfg.prm.seed,
         max_batch_rows=cfg.search.max_batch_rows,
         step_sep=step_separator(cfg.task),

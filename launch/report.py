@@ -11,7 +11,7 @@ from rich.table import Table
 
 from arbor.actors.evaluate import EvalResult
 from arbor.actors.search.scaling import ScalingPoint
-from arbor.actors.search.tree import SearchTree
+from arbor.core.tree import SearchTree
 
 console = Console()
 

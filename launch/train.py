@@ -31,14 +31,22 @@ import torch
 
 from arbor.actors.evaluate import evaluate
 from arbor.actors.replay import ReplayBuffer
-from arbor.actors.rollout import problems_to_skip
-from arbor.actors.search import HFStepBackend, SearchTree, evaluation_scorers, run_searches
+from arbor.actors.search import HFStepBackend, evaluation_scorers, run_searches
 from arbor.actors.search.scaling import accuracy
 from arbor.core.config import ArborConfig, ModelConfig, to_yaml
 from arbor.core.errors import ConfigError, DataError
-from arbor.core.model import ValueHead, build_policy, build_tokenizer, hidden_size_of, load_value_head, save_checkpoint
+from arbor.core.model import (
+    ValueHead,
+    build_policy,
+    build_tokenizer,
+    hidden_size_of,
+    save_checkpoint,
+    value_head_for,
+)
 from arbor.core.runs import RunLogger, make_run_dir
 from arbor.core.tasks import Problem, build_task
+from arbor.core.tasks.split import problems_to_skip
+from arbor.core.tree import SearchTree
 from arbor.launch.report import console, progress_bar, render_tree, train_table
 
 log = logging.getLogger(__name__)
@@ -566,7 +574,7 @@ def evaluate_policy(cfg: ArborConfig, path: str, held_out: list[Problem]) -> tup
     """Held-out greedy accuracy and MCTS-with-value-head accuracy of the checkpoint at ``path``, and a few
     greedy responses (prompt, response, verdict) to read."""
     model, tokenizer = build_policy(ModelConfig(path=path))
-    head = load_value_head(path, model) or ValueHead(hidden_size_of(model))
+    head = value_head_for(model, path)
     greedy = evaluate(model, tokenizer, held_out, dataclasses.replace(cfg.eval, num_samples=0))
     out = {"greedy_accuracy": greedy.greedy_accuracy}
     sims = cfg.train.eval_search_simulations

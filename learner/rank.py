@@ -19,7 +19,7 @@ import torch
 
 from arbor.core.channels import weight_channel
 from arbor.core.config import ArborConfig, ModelConfig
-from arbor.core.model import ValueHead, build_policy, hidden_size_of, load_value_head, save_checkpoint
+from arbor.core.model import build_policy, save_checkpoint, value_head_for
 from arbor.core.runs import random_state_from_json, random_state_to_json
 from arbor.core.samples import StepSample
 from arbor.learner.actor_critic import ActorCriticLearner
@@ -92,7 +92,7 @@ class LearnerRank:
         if cfg.train.engine == "deepspeed" or self.world > 1:
             init_process_group_if_needed("nccl" if self.device == "cuda" else "gloo")
         model, self.tokenizer = build_policy(ModelConfig(path=self.init_path))
-        head = load_value_head(self.init_path, model) or ValueHead(hidden_size_of(model))
+        head = value_head_for(model, self.init_path)
         reference = None
         if cfg.train.kl_coef:
             reference, _ = build_policy(ModelConfig(path=self.reference_path))

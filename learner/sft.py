@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from arbor.core.batching import right_pad
 from arbor.core.config import ArborConfig
 from arbor.core.errors import DataError
 from arbor.core.tasks import Problem, Task
-from arbor.core.tasks.base import demonstration_pool
+from arbor.core.tasks.split import SFT_SEEDS, demonstration_pool, stretch_start
 from arbor.learner.engine import OptimConfig, build_engine
 
 IGNORE = -100  # label value the loss skips: prompt and padding positions
@@ -45,17 +46,6 @@ def encode_example(
     return ids, labels
 
 
-def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack token lists into [B, T] ids right-padded with ``pad_id``, and the [B, T] mask of real tokens."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
     """Right-pad a list of (ids, labels) into input_ids, attention_mask, labels tensors."""
     ids, mask = right_pad([x for x, _ in examples], pad_id)
@@ -65,7 +55,7 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[t
 
 def _problem_stream(task: Task, cfg: ArborConfig) -> Iterator[Problem]:
     """Training problems in index order; different seeds read different stretches of the seed range."""
-    index = cfg.sft.seed * 1_000_003
+    index = stretch_start(SFT_SEEDS, cfg.sft.seed)
     while True:
         yield task.train_problem(index, cfg.sft.difficulty_mix)
         index += 1

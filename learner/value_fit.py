@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from arbor.core.batching import right_pad
 from arbor.core.config import ValueConfig
 from arbor.core.model import ValueHead, forward_with_hidden
 from arbor.learner.engine import OptimConfig, build_engine
-from arbor.learner.sft import right_pad
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Rewards: outcome verifiers (``verifiers``, ``answers``; math-verify in ``bounded`` workers) and process reward
 models (``prm_labels``, ``prm``, PRIME's ``implicit_prm``)."""
 
-from arbor.reward.verifiers import Verdict, check, extract_answer, verifier_counts, verify
+from arbor.reward.verifiers import Verdict, check, extract_answer, majority_vote, verifier_counts, verify
 
-__all__ = ["Verdict", "check", "extract_answer", "verifier_counts", "verify"]
+__all__ = ["Verdict", "check", "extract_answer", "majority_vote", "verifier_counts", "verify"]

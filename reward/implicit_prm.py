@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from arbor.core.batching import right_pad
 from arbor.core.tasks.base import STEP_SEP
-from arbor.reward.prm import ProcessRewardModel, encode_segments, pad_rows
+from arbor.reward.prm import ProcessRewardModel, encode_segments
 
 
 def token_log_ratios(prm_logits: torch.Tensor, ref_logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -116,7 +117,7 @@ class ImplicitPRMTrainer:
     def update(self, batch: Sequence[VerifiedResponse]) -> float:
         """One gradient step; returns the loss before it."""
         prm = self.prm
-        ids, mask = pad_rows([r.ids for r in batch], prm.pad_id, prm.device)
+        ids, mask = right_pad([r.ids for r in batch], prm.pad_id, prm.device)
         lengths = mask.sum(-1) - 1  # [B] index of each row's last real token
         prm.model.train()
         q = prm.q_values(ids, mask, [r.prompt_length for r in batch])  # [B, T]

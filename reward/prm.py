@@ -17,26 +17,19 @@ works the same way, and training reads exactly the positions that inference scor
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from arbor.core.errors import ModelLoadError
+from arbor.core.batching import right_pad
 from arbor.core.model import (
-    ARBOR_META_FILE,
-    VALUE_HEAD_FILE,
     ValueHead,
     forward_with_hidden,
-    load_pretrained,
-    load_value_head,
 )
 from arbor.core.tasks.base import STEP_SEP
+from arbor.core.tree import SearchTree
 
 
 def encode_segments(tokenizer: PreTrainedTokenizerBase, segments: Sequence[str]) -> tuple[list[int], list[int]]:
@@ -50,14 +43,6 @@ def encode_segments(tokenizer: PreTrainedTokenizerBase, segments: Sequence[str])
             raise ValueError("the first segment (the prompt) encodes to no tokens")
         ends.append(len(ids) - 1)
     return ids, ends
-
-
-def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded [B, T] ids and the [B, T] mask of real tokens (positions stay those of each row alone)."""
-    tensors = [torch.tensor(r, dtype=torch.long) for r in rows]
-    ids = pad_sequence(tensors, batch_first=True, padding_value=pad_id).to(device)
-    mask = pad_sequence([torch.ones_like(t) for t in tensors], batch_first=True).to(device)
-    return ids, mask
 
 
 def split_steps(response: str, step_sep: str = STEP_SEP) -> list[str]:
@@ -93,7 +78,7 @@ class ProcessRewardModel:
         out: list[list[float]] = []
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start : start + self.batch_size]
-            ids, mask = pad_rows([ids for ids, _ in chunk], self.pad_id, self.device)
+            ids, mask = right_pad([ids for ids, _ in chunk], self.pad_id, self.device)
             values = self.state_values(ids, mask, [ends[0] + 1 for _, ends in chunk])  # [B, T]
             self.tokens_forwarded += int(mask.sum())
             out += [values[i, ends].tolist() for i, (_, ends) in enumerate(chunk)]
@@ -113,38 +98,13 @@ class ProcessRewardModel:
         """``(prompt, response so far) -> score``: the ``Scorers.prm`` a search calls on every new step."""
         return self.score
 
-    def score_tree(self, tree: Any) -> list[float | None]:
-        """Per node of a search tree (``.prompt``, ``.nodes`` with ``.text``, ``.parent``, ``.children``), the
-        score of its state; one forward per root-to-leaf path scores every node on it."""
-        leaves = [n for n in tree.nodes if not n.children]
-        paths = []
-        for leaf in leaves:
-            path = [leaf]
-            while path[-1].parent is not None:
-                path.append(tree.nodes[path[-1].parent])
-            paths.append(path[::-1])
+    def score_tree(self, tree: SearchTree) -> list[float | None]:
+        """Per node of a search tree, the score of its state; one forward per root-to-leaf path scores every
+        node on it."""
+        paths = [tree.path(leaf) for leaf in tree.nodes if not leaf.children]
         scores: list[float | None] = [None] * len(tree.nodes)
         texts = [[tree.prompt, *(n.text for n in path[1:])] for path in paths]
         for path, values in zip(paths, self.score_paths(texts)):
             for node, value in zip(path, values):
                 scores[node.id] = value
         return scores
-
-
-def load_prm(path: str | Path, step_sep: str = STEP_SEP) -> ProcessRewardModel:
-    """The PRM saved at ``path`` by ``arbor prm`` (or any checkpoint with a value head); never downloads.
-
-    An implicit PRM (``prm.kind=implicit``) loads its reference policy from the path its metadata names.
-    """
-    model, tokenizer = load_pretrained(path)
-    meta_file = Path(path) / ARBOR_META_FILE
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    if meta.get("kind") == "implicit":
-        from arbor.reward.implicit_prm import ImplicitPRM
-
-        reference, _ = load_pretrained(meta["reference"])
-        return ImplicitPRM(model, reference, tokenizer, float(meta["beta"]), step_sep=step_sep)
-    head = load_value_head(path, model)
-    if head is None:
-        raise ModelLoadError(f"prm.path: {path} has no {VALUE_HEAD_FILE}; train one with `arbor prm CONFIG`")
-    return ProcessRewardModel(model, tokenizer, head, step_sep=step_sep)

@@ -1,8 +1,6 @@
 """Process-reward labels read off search trees, and the dense step reward a PRM gives the learner.
 
-Pure functions over any tree whose nodes carry ``id``, ``parent``, ``children``, ``terminal`` and
-``outcome`` (``actors.search.SearchTree`` and its JSON form both fit), so ``reward`` needs no import
-from ``actors``:
+Pure functions over the search-tree record (``arbor.core.tree.SearchTree``):
 
 - Math-Shepherd labels (Wang et al. 2024, "Math-Shepherd: Verify and Reinforce LLMs Step-by-step
   without Human Annotations"): a step's *soft* label is the share of the scored completions below it
@@ -19,19 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
-
-class TreeNode(Protocol):
-    id: int
-    parent: int | None
-    children: list[int]
-    terminal: bool
-    outcome: float | None
-
-
-class Tree(Protocol):
-    nodes: Sequence[Any]  # TreeNode each; Sequence[TreeNode] would reject a list of SearchTree's own Node class
+from arbor.core.tree import SearchTree, completion_stats
 
 
 @dataclass(frozen=True)
@@ -42,27 +29,7 @@ class StepLabel:
     completions: int  # how many scored terminal leaves lie below (the estimate's sample size)
 
 
-def completion_stats(tree: Tree, step_rewards: Sequence[float] | None = None) -> tuple[list[float], list[int]]:
-    """Per node: (sum of returns, count) over the scored terminal leaves of its subtree, a leaf's return
-    being its outcome plus, with ``step_rewards`` (per node id), the rewards of the steps down to it.
-
-    One post-order pass: children always come after their parent in ``tree.nodes``.
-    """
-    total = [0.0] * len(tree.nodes)
-    count = [0] * len(tree.nodes)
-    for node in reversed(tree.nodes):
-        if node.terminal and node.outcome is not None:
-            total[node.id] += node.outcome
-            count[node.id] += 1
-        if node.parent is not None:
-            total[node.parent] += total[node.id]
-            if step_rewards is not None:
-                total[node.parent] += step_rewards[node.id] * count[node.id]
-            count[node.parent] += count[node.id]
-    return total, count
-
-
-def step_labels(tree: Tree, min_completions: int = 1) -> list[StepLabel]:
+def step_labels(tree: SearchTree, min_completions: int = 1) -> list[StepLabel]:
     """Math-Shepherd hard and soft labels of every node with at least ``min_completions`` scored leaves below."""
     total, count = completion_stats(tree)
     out = []
@@ -73,7 +40,7 @@ def step_labels(tree: Tree, min_completions: int = 1) -> list[StepLabel]:
     return out
 
 
-def sibling_pairs(tree: Tree, min_completions: int = 1) -> list[tuple[int, int]]:
+def sibling_pairs(tree: SearchTree, min_completions: int = 1) -> list[tuple[int, int]]:
     """(preferred, rejected) node ids: siblings where the first's subtree reaches a correct answer and the
     second's, with at least ``min_completions`` scored leaves, reaches none."""
     total, count = completion_stats(tree)
@@ -86,7 +53,9 @@ def sibling_pairs(tree: Tree, min_completions: int = 1) -> list[tuple[int, int]]
     return pairs
 
 
-def dense_step_rewards(tree: Tree, scores: Sequence[float | None], coef: float, mode: str = "progress") -> list[float]:
+def dense_step_rewards(
+    tree: SearchTree, scores: Sequence[float | None], coef: float, mode: str = "progress"
+) -> list[float]:
     """Per node, the process reward of the step into it: ``coef`` x its step score (0 for the root).
 
     ``scores[i]`` is the PRM's value of node i's state; ``mode`` is ``value`` (that value) or ``progress``

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,6 +170,22 @@ def verify(kind: str, response: str, reference: dict[str, Any]) -> bool:
 def verifier_counts() -> dict[str, int]:
     """Verifier failures in this process so far: ``crashed`` (skipped responses) and ``timed_out`` (judged wrong)."""
     return dict(_COUNTS)
+
+
+def majority_vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> int | None:
+    """Index of the response a majority vote submits: the first one carrying the answer with the most votes
+    (each worth 1, or its weight), ties going to the answer seen first. Responses without an answer do not
+    vote; None when none has one."""
+    votes: dict[str, float] = {}  # insertion order: the order answers were first seen
+    first: dict[str, int] = {}
+    for i, answer in enumerate(answers):
+        if answer is None:
+            continue
+        votes[answer] = votes.get(answer, 0.0) + (1.0 if weights is None else weights[i])
+        first.setdefault(answer, i)
+    if not votes:
+        return None
+    return first[max(votes, key=lambda a: votes[a])]  # max keeps the first of equal maxima
 
 
 def extract_answer(kind: str, response: str) -> str | None:

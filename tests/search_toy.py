@@ -14,7 +14,7 @@ import random
 from collections.abc import Sequence
 
 from arbor.actors.search.backend import StepOutput, StepRequest, StepResult
-from arbor.actors.search.tree import SearchTree
+from arbor.core.tree import SearchTree
 
 STEPS = ["good\n", "bad\n", "meh\n", "Answer: 1\n", "Answer: 0\n"]
 GOOD, BAD, MEH, RIGHT, WRONG = range(5)

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from arbor.actors.search import run_searches, training_scorers
-from arbor.actors.search.tree import tree_to_samples
 from arbor.core.config import SearchConfig
 from arbor.core.tasks.base import Problem
+from arbor.learner.advantages import tree_to_samples
 from arbor.reward import check, verifier_counts, verify
 from arbor.reward.bounded import BoundedWorker, CallTimeout, WorkerFailed
 from tests.conftest import SHARED_DATA

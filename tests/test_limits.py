@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from arbor.core.config import load_config
+from arbor.core.flops import matmul_peak
 from arbor.core.samples import StepSample
-from bench.limits import BENCH, copy_seconds, fill, main, matmul_peak, replay_round
+from bench.limits import BENCH, copy_seconds, fill, main, replay_round
 from tests.conftest import DEFAULT_CONFIG
 
 

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from arbor.core.config import ModelConfig, load_config
 from arbor.core.errors import ModelLoadError
+from arbor.core.flops import train_flops_per_token
 from arbor.core.model import (
     ValueHead,
     build_policy,
@@ -17,7 +18,6 @@ from arbor.core.model import (
     hidden_size_of,
     load_value_head,
     save_checkpoint,
-    train_flops_per_token,
 )
 from tests.conftest import DEFAULT_CONFIG
 

@@ -14,14 +14,15 @@ import torch
 
 from arbor.actors.search import Scorers, run_searches, training_scorers
 from arbor.actors.search.process_reward import ProcessRewards
-from arbor.actors.search.tree import SearchTree, tree_to_samples
 from arbor.core.config import SearchConfig, ValueConfig, load_config
 from arbor.core.errors import ConfigError
 from arbor.core.model import ValueHead, build_tiny_model, hidden_size_of, save_checkpoint
 from arbor.core.tasks.base import Problem
 from arbor.core.tokenizer import build_char_tokenizer
+from arbor.core.tree import SearchTree
 from arbor.launch.cli import main
 from arbor.launch.prm import label_trees, load_trees
+from arbor.learner.advantages import tree_to_samples
 from arbor.learner.prm_fit import fit_pairwise_head, pair_accuracy, pairwise_loss
 from arbor.learner.value_fit import PrefixFeatures
 from arbor.reward.implicit_prm import (
@@ -33,7 +34,8 @@ from arbor.reward.implicit_prm import (
     response_mask,
     token_log_ratios,
 )
-from arbor.reward.prm import ProcessRewardModel, encode_segments, load_prm, split_steps
+from arbor.reward.prm import ProcessRewardModel, encode_segments, split_steps
+from arbor.reward.prm_checkpoint import load_prm
 from arbor.reward.prm_labels import dense_step_rewards, sibling_pairs, step_labels
 from tests.conftest import DEFAULT_CONFIG, SMALL_SEARCH, TINY
 from tests.search_toy import PROMPT, FixedLogitPolicy, outcome
@@ -207,10 +209,11 @@ def test_shepherd_search_grows_completions_from_every_step():
         assert len(tree.terminals()) == 3 * 3
 
 
-def test_process_rewards_wires_the_prm_into_search_and_samples(tmp_path: Path):
+def test_process_rewards_wires_the_prm_into_search_and_step_rewards(tmp_path: Path):
     tree, tokenizer = _tree(), build_char_tokenizer()
     plain = ProcessRewards(load_config(None, TINY))  # no PRM in the config: nothing loaded, samples unchanged
-    assert plain.prm is None and plain.samples(tree, 0.5, 1.0) == tree_to_samples(tree, 0.5, 1.0)
+    assert plain.prm is None and plain.step_rewards(tree) is None
+    assert tree_to_samples(tree, 0.5, 1.0, plain.step_rewards(tree)) == tree_to_samples(tree, 0.5, 1.0)
     assert plain.scorers_for(training_scorers) is training_scorers
 
     prm = _prm()
@@ -220,7 +223,7 @@ def test_process_rewards_wires_the_prm_into_search_and_samples(tmp_path: Path):
     scores = process.prm.score_tree(tree)
     assert scores == pytest.approx(prm.score_tree(tree), abs=1e-5)  # the saved PRM, reloaded
     expected = tree_to_samples(tree, step_rewards=dense_step_rewards(tree, scores, 0.5, "value"))
-    got = process.samples(tree, 0.0, 0.0)
+    got = tree_to_samples(tree, step_rewards=process.step_rewards(tree))
     assert got == expected and got != tree_to_samples(tree)
     a1 = next(s for s in got if s.meta["node"] == 3)
     assert a1.reward == pytest.approx(1.0 + 0.5 * scores[3])
@@ -245,7 +248,8 @@ def test_online_implicit_prm_learns_from_every_finished_tree(tmp_path: Path):
     process = ProcessRewards(load_config(None, [*TINY, *use]))
     assert isinstance(process.prm, ImplicitPRM)
     before = [p.detach().clone() for p in process.prm.model.parameters()]
-    samples = process.samples(_tree(), 0.0, 0.0)
+    tree = _tree()
+    samples = tree_to_samples(tree, step_rewards=process.step_rewards(tree))
     assert len(process.online_losses) == 1 and process.online_losses[0] == pytest.approx(math.log(2.0), abs=1e-4)
     assert any(not torch.equal(a, b) for a, b in zip(before, process.prm.model.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(before, process.prm.reference.parameters()))  # the reference stays

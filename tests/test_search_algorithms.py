@@ -11,9 +11,10 @@ from arbor.actors.search.driver import run_searches
 from arbor.actors.search.expand import Scorers
 from arbor.actors.search.mcts import mcts
 from arbor.actors.search.scaling import scaling_curve, scaling_table
-from arbor.actors.search.tree import SearchTree, tree_to_samples
 from arbor.core.config import SearchConfig
 from arbor.core.tasks.base import Problem
+from arbor.core.tree import SearchTree
+from arbor.learner.advantages import tree_to_samples
 from tests.search_toy import BAD, GOOD, MEH, PROMPT, RIGHT, STEPS, FixedLogitPolicy, outcome, true_value
 from tests.search_toy import leaf_mean as _leaf_mean
 

@@ -16,11 +16,11 @@ from arbor.actors.search.backend import StepRequest
 from arbor.actors.search.driver import run_searches, training_scorers
 from arbor.actors.search.hf_backend import HFStepBackend
 from arbor.actors.search.kv_cache import CacheEntry, PrefixCache
-from arbor.actors.search.tree import SearchTree
 from arbor.core.config import ModelConfig, SearchConfig, TaskConfig
 from arbor.core.model import ValueHead, build_policy, hidden_size_of
 from arbor.core.tasks import build_task
 from arbor.core.tasks.base import Problem
+from arbor.core.tree import SearchTree
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_seq_len=128)
 SEARCH = dataclasses.replace(

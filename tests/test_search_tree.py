@@ -9,19 +9,13 @@ import math
 import pytest
 
 from arbor.actors.search.answer import by_value, by_visits, by_vote
+from arbor.actors.search.expand import backup, is_terminal_step
 from arbor.actors.search.puct import argmax, mix_dirichlet, normalise_priors, puct_scores
-from arbor.actors.search.tree import (
-    SearchTree,
-    backup,
-    compute_mc_values,
-    is_terminal_step,
-    scale_advantages,
-    search_stats,
-    tree_to_samples,
-)
 from arbor.core.config import load_config
 from arbor.core.errors import ConfigError
 from arbor.core.samples import StepSample
+from arbor.core.tree import SearchTree, compute_mc_values, search_stats
+from arbor.learner.advantages import scale_advantages, tree_to_samples
 from tests.conftest import DEFAULT_CONFIG
 from tests.search_toy import leaf_mean as _leaf_mean
 

@@ -11,7 +11,7 @@ from arbor.core.config import ModelConfig, load_config
 from arbor.core.errors import DataError
 from arbor.core.model import build_policy
 from arbor.core.tasks import build_task
-from arbor.core.tasks.base import demonstration_pool
+from arbor.core.tasks.split import SEED_STRIDE, demonstration_pool
 from arbor.learner.engine import OptimConfig, build_engine, lr_lambda
 from arbor.learner.sft import IGNORE, collate, encode_example, sft_batches, train_sft
 from tests.conftest import DEFAULT_CONFIG
@@ -40,7 +40,7 @@ def test_lr_schedule_warms_up_then_decays_to_floor():
 def test_training_batches_skip_held_out_problems_and_corrupt_a_share(tiny_cfg):
     task = build_task(tiny_cfg.task)
     _, tok = build_policy(tiny_cfg.model)
-    first = task.train_problem(tiny_cfg.sft.seed * 1_000_003)
+    first = task.train_problem(tiny_cfg.sft.seed * SEED_STRIDE)
     tiny_cfg.sft.corrupt_fraction = 1.0
     batch = next(sft_batches(task, tok, tiny_cfg, exclude_keys={first.key}))
     assert batch.num_corrupt == tiny_cfg.sft.batch_size

@@ -12,9 +12,10 @@ import pytest
 from arbor.core.config import ArithConfig, CountdownConfig, DataConfig, TaskConfig
 from arbor.core.tasks import build_task
 from arbor.core.tasks.arith import Arith, solve_chain
-from arbor.core.tasks.base import EVAL_SEED_OFFSET, STEP_SEP, pick_level
+from arbor.core.tasks.base import STEP_SEP, pick_level
 from arbor.core.tasks.countdown import Countdown, solve
 from arbor.core.tasks.jsonl import DataError, JsonlTask
+from arbor.core.tasks.split import EVAL_SEED_OFFSET
 from arbor.reward import check, verify
 from arbor.reward.arithmetic import evaluate
 

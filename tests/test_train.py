@@ -18,12 +18,11 @@ import ray
 import torch
 from safetensors.torch import load_file
 
-from arbor.actors.rollout import ROLLOUT_INDEX_OFFSET, problems_to_skip
 from arbor.core.config import ModelConfig, load_config
 from arbor.core.errors import ConfigError, DataError
 from arbor.core.model import ValueHead, build_policy, hidden_size_of, save_checkpoint
 from arbor.core.tasks import build_task
-from arbor.core.tasks.base import demonstration_pool
+from arbor.core.tasks.split import ROLLOUT_SEEDS, demonstration_pool, problems_to_skip
 from arbor.launch.cli import main
 from arbor.launch.train import run_train
 from tests.conftest import DEFAULT_CONFIG
@@ -220,7 +219,7 @@ def test_rollouts_skip_held_out_and_sft_demonstrations():
     task = build_task(cfg.task)
     skip = problems_to_skip(cfg, task)
     pool = {p.key for p in demonstration_pool(task, 2000)}
-    shard = [task.train_problem(ROLLOUT_INDEX_OFFSET + i).key for i in range(300)]
+    shard = [task.train_problem(ROLLOUT_SEEDS + i).key for i in range(300)]
     assert 0 < sum(key in pool for key in shard) < 300  # the cap matters: a shard meets demonstrations
     assert skip == {p.key for p in task.eval_problems()} | pool
     assert problems_to_skip(load_config(DEFAULT_CONFIG, ["sft.num_problems=0"]), task) == {

@@ -126,7 +126,7 @@ def test_value_problems_are_distinct_by_content_and_skip_held_out_and_sft_pool()
     """Seeds can repeat a problem; the fit and its held-out report split by problem, so content must not repeat.
     The fit draws from RL's problems only: never held out, never one of the SFT demonstrations."""
     from arbor.core.tasks import build_task
-    from arbor.core.tasks.base import demonstration_pool
+    from arbor.core.tasks.split import demonstration_pool
     from arbor.launch.commands import value_problems
 
     cfg = load_config(DEFAULT_CONFIG, ["value.problems=512"])

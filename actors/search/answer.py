@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from arbor.actors.search.tree import Node, SearchTree
+from arbor.core.tree import Node, SearchTree
+from arbor.reward import majority_vote
 
 AnswerExtractor = Callable[[str], str | None]  # response text -> normalised final answer (None: no answer)
 
@@ -43,18 +44,10 @@ def by_vote(tree: SearchTree, extract: AnswerExtractor, weighted: bool) -> Node 
     Ties go to the answer seen first; the first terminal with the winning answer is returned. Terminals
     without an answer do not vote; with no votes at all, falls back to :func:`by_value`.
     """
-    votes: dict[str, float] = {}
-    first: dict[str, Node] = {}
-    for node in tree.terminals():
-        answer = extract(tree.response(node))
-        if answer is None:
-            continue
-        votes[answer] = votes.get(answer, 0.0) + (_score(node) if weighted else 1.0)
-        first.setdefault(answer, node)
-    if not votes:
-        return by_value(tree)
-    best = max(votes, key=lambda a: votes[a])  # dicts keep insertion order, so ties go to the first seen
-    return first[best]
+    terminals = tree.terminals()
+    answers = [extract(tree.response(node)) for node in terminals]
+    chosen = majority_vote(answers, [_score(node) for node in terminals] if weighted else None)
+    return by_value(tree) if chosen is None else terminals[chosen]
 
 
 def choose_answer(tree: SearchTree, method: str, extract: AnswerExtractor) -> Node | None:

@@ -8,9 +8,9 @@ back up their outcome, so every node's Q is the mean outcome of the responses un
 
 from __future__ import annotations
 
-from arbor.actors.search.expand import Scorers, SearchProc, add_steps, leaf_value, step_request
-from arbor.actors.search.tree import SearchTree, backup
+from arbor.actors.search.expand import Scorers, SearchProc, add_steps, backup, leaf_value, step_request
 from arbor.core.config import SearchConfig
+from arbor.core.tree import SearchTree
 
 
 def beam_search(tree: SearchTree, cfg: SearchConfig, scorers: Scorers) -> SearchProc:

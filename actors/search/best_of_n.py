@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from arbor.actors.search.expand import Scorers, SearchProc, add_steps, leaf_value, step_request
-from arbor.actors.search.tree import Node, SearchTree, backup
+from arbor.actors.search.expand import Scorers, SearchProc, add_steps, backup, leaf_value, step_request
 from arbor.core.config import SearchConfig
+from arbor.core.tree import Node, SearchTree
 
 
 def grow_chains(

@@ -22,9 +22,9 @@ from arbor.actors.search.beam import beam_search
 from arbor.actors.search.best_of_n import best_of_n, shepherd
 from arbor.actors.search.expand import Scorers, SearchProc
 from arbor.actors.search.mcts import mcts
-from arbor.actors.search.tree import SearchTree, compute_mc_values
 from arbor.core.config import SearchConfig
 from arbor.core.tasks.base import Problem
+from arbor.core.tree import SearchTree, compute_mc_values
 from arbor.reward import check, extract_answer
 
 log = logging.getLogger("arbor.search")

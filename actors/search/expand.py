@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 from arbor.actors.search.backend import StepRequest, StepResult
 from arbor.actors.search.puct import normalise_priors
-from arbor.actors.search.tree import Node, SearchTree, is_terminal_step
 from arbor.core.config import SearchConfig
+from arbor.core.tasks.base import ANSWER_PREFIX
+from arbor.core.tree import Node, SearchTree
 
 SearchProc = Generator[list[StepRequest], list[StepResult], None]
 TerminalScorer = Callable[[str], float | None]  # response -> outcome in [0, 1] (the verifier); None: no verdict
 StepScorer = Callable[[str, str], float]  # (prompt, response so far) -> value in [0, 1] (a PRM)
+_ANSWER_TAG = ANSWER_PREFIX.strip()
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,18 @@ class Scorers:
 
     terminal: TerminalScorer | None = None
     prm: StepScorer | None = None
+
+
+def is_terminal_step(text: str, finish: str) -> bool:
+    """A step ends the response when it is the answer line or generation stopped at eos or a length limit."""
+    return finish in ("eos", "length") or text.strip().startswith(_ANSWER_TAG)
+
+
+def backup(path: list[Node], value: float) -> None:
+    """Add one visit of ``value`` to every node on ``path`` (root to leaf)."""
+    for node in path:
+        node.visits += 1
+        node.value_sum += value
 
 
 def step_request(tree: SearchTree, node: Node, num_samples: int, cfg: SearchConfig, temperature: float) -> StepRequest:

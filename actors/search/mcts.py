@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import random
 
-from arbor.actors.search.expand import Scorers, SearchProc, add_steps, leaf_value, step_request
+from arbor.actors.search.expand import Scorers, SearchProc, add_steps, backup, leaf_value, step_request
 from arbor.actors.search.puct import argmax, mix_dirichlet, puct_scores
-from arbor.actors.search.tree import Node, SearchTree, backup
 from arbor.core.config import SearchConfig
+from arbor.core.tree import Node, SearchTree
 
 
 def select_path(tree: SearchTree, c_puct: float, pending: dict[int, float]) -> list[Node]:

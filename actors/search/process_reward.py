@@ -2,13 +2,13 @@
 
     process = ProcessRewards(cfg)                                     # once, where the actor is built
     run_searches(backend, problems, cfg.search, process.scorers_for(training_scorers), ...)
-    samples = process.samples(tree, cfg.train.value_head_weight, cfg.train.global_advantage)
+    rewards = process.step_rewards(tree)                              # per node, or None
 
 ``search.leaf_value=prm`` adds the PRM (``prm.path``) to every problem's scorers; ``prm.reward_lambda`` > 0
-adds lambda x each step's score to the tree's samples (``reward.prm_labels.dense_step_rewards``,
-``tree_to_samples``); with an implicit PRM and ``prm.online``, every finished tree first updates the PRM on
-its verified responses (PRIME's online update). With none of them set, no PRM is loaded and ``samples`` is
-``tree_to_samples(tree, value_head_weight, global_advantage)`` exactly.
+gives every step lambda x its score (``reward.prm_labels.dense_step_rewards``), which the learner's
+advantages add to the outcome (``arbor.learner.advantages.tree_samples``); with an implicit PRM and
+``prm.online``, every finished tree first updates the PRM on its verified responses (PRIME's online update).
+With none of them set, no PRM is loaded and ``step_rewards`` is None: the samples are exactly the outcome's.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ import dataclasses
 from collections.abc import Callable
 
 from arbor.actors.search.expand import Scorers
-from arbor.actors.search.tree import SearchTree, tree_to_samples
 from arbor.core.config import ArborConfig
 from arbor.core.errors import ConfigError
-from arbor.core.samples import StepSample
 from arbor.core.tasks import Problem, step_separator
+from arbor.core.tree import SearchTree
 from arbor.reward.implicit_prm import ImplicitPRM, ImplicitPRMTrainer, verified_responses
-from arbor.reward.prm import load_prm
+from arbor.reward.prm_checkpoint import load_prm
 from arbor.reward.prm_labels import dense_step_rewards
 
 
@@ -52,13 +51,13 @@ class ProcessRewards:
         prm = self.prm.scorer()
         return lambda problem: dataclasses.replace(base(problem), prm=prm)
 
-    def samples(self, tree: SearchTree, value_head_weight: float, global_advantage: float) -> list[StepSample]:
-        """The tree's learner samples, with each step's process reward when ``prm.reward_lambda`` > 0."""
+    def step_rewards(self, tree: SearchTree) -> list[float] | None:
+        """Each node's process reward (``prm.reward_lambda`` x its step score), or None without dense rewards;
+        with ``prm.online`` the implicit PRM first learns from the tree's verified responses."""
         if self.trainer is not None:
             batch = verified_responses([tree], self.trainer.prm.tokenizer)
             if batch:
                 self.online_losses.append(self.trainer.update(batch))
         if not self.coef or self.prm is None:
-            return tree_to_samples(tree, value_head_weight, global_advantage)
-        rewards = dense_step_rewards(tree, self.prm.score_tree(tree), self.coef, self.step_score)
-        return tree_to_samples(tree, value_head_weight, global_advantage, step_rewards=rewards)
+            return None
+        return dense_step_rewards(tree, self.prm.score_tree(tree), self.coef, self.step_score)

@@ -17,9 +17,9 @@ from arbor.actors.search.answer import choose_answer
 from arbor.actors.search.backend import StepBackend
 from arbor.actors.search.driver import evaluation_scorers, run_searches
 from arbor.actors.search.expand import Scorers
-from arbor.actors.search.tree import SearchTree, search_stats
 from arbor.core.config import SearchConfig
 from arbor.core.tasks.base import Problem
+from arbor.core.tree import SearchTree, search_stats
 from arbor.reward import extract_answer, verify
 
 KINDS = ("greedy", "best_of_n", "beam", "mcts")

@@ -16,13 +16,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
-from arbor.core.errors import ConfigError
+from arbor.core.tasks.split import EVAL_SEED_OFFSET, check_train_index
 
 STEP_SEP = "\n"
 ANSWER_PREFIX = "Answer: "
-
-# Train problems come from seeds [0, EVAL_SEED_OFFSET); held-out ones from [EVAL_SEED_OFFSET, ...).
-EVAL_SEED_OFFSET = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -94,52 +91,6 @@ def held_out_problems(
         keys.add(problem.key)
         problems.append(problem)
     return problems
-
-
-def check_train_index(index: int) -> int:
-    """``index`` itself if it is a valid training seed (disjoint from held-out seeds)."""
-    if not 0 <= index < EVAL_SEED_OFFSET:
-        raise ValueError(f"training problem index must lie in [0, {EVAL_SEED_OFFSET}); got {index}")
-    return index
-
-
-def distinct_problems(
-    task: Task, count: int, first_index: int, mix: list[float] | None, exclude_keys: set[str]
-) -> list[Problem]:
-    """``count`` training problems from ``first_index`` on, distinct by content and outside ``exclude_keys``.
-
-    Distinct by content: two seeds can draw the same problem, and a duplicate would let a fit and its
-    held-out report (split by problem) share content. A data task with fewer distinct rows than ``count``
-    gives them all.
-    """
-    out: list[Problem] = []
-    taken = set(exclude_keys)
-    index = first_index
-    misses = 0
-    while len(out) < count and misses < 10 * count + 1000:
-        problem = task.train_problem(index, mix)
-        index += 1
-        if problem.key not in taken:
-            taken.add(problem.key)
-            out.append(problem)
-        else:
-            misses += 1
-    return out
-
-
-def demonstration_pool(task: Task, size: int, level_mix: list[float] | None = None) -> list[Problem]:
-    """The first ``size`` distinct training problems (indices 0 up): a fixed set of demonstrations.
-
-    ``sft.num_problems`` caps SFT to this pool, as when worked solutions are scarce and prompts are not;
-    RL rollouts skip these keys, so the problems they learn from are new to the warm-started policy.
-    """
-    pool = distinct_problems(task, size, 0, level_mix, set())
-    if len(pool) < size:
-        raise ConfigError(
-            f"sft.num_problems={size}: the task has only {len(pool)} distinct training problems "
-            "(lower sft.num_problems, or set 0 for the whole training stream)"
-        )
-    return pool
 
 
 _BINARY_STEP = re.compile(r"^(-?\d+)([-+*x/])(\d+)=(-?\d+)$")

@@ -28,7 +28,8 @@ from transformers import PreTrainedTokenizerBase
 
 from arbor.core.config import DataConfig
 from arbor.core.errors import DataError
-from arbor.core.tasks.base import ANSWER_PREFIX, STEP_SEP, Problem, check_train_index
+from arbor.core.tasks.base import ANSWER_PREFIX, STEP_SEP, Problem
+from arbor.core.tasks.split import check_train_index
 
 log = logging.getLogger("arbor.data")
 STEP_SEPARATORS = {"line": "\n", "paragraph": "\n\n"}
