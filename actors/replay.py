@@ -1,7 +1,8 @@
 """The replay buffer between rollout actors and the learner, as a plain in-process object.
 
-A Ray actor wraps it later (STYLE: Ray at the edges): the wrapper turns ``False`` / ``None`` from
-``try_insert`` / ``try_sample`` into an await, so backpressure never drops data. Semantics:
+The Ray actor that wraps it (``arbor.launch.distributed.replay_service``) turns ``False`` / ``None`` from
+``try_insert`` / ``try_sample`` into an await, so backpressure never drops data; ``train.mode=local`` calls
+it directly. Semantics:
 
 - Every item carries its policy version; ``try_sample(n, current_version)`` first evicts, and counts,
   items older than ``current_version - max_policy_lag``, so a stale item is never returned.
@@ -9,8 +10,12 @@ A Ray actor wraps it later (STYLE: Ray at the edges): the wrapper turns ``False`
   Experience Replay"): inserts block when the learner falls behind, samples block when data is short.
 - Capacity: a full buffer evicts its oldest items that were already sampled at least once; if that
   does not free enough room the insert is refused (blocks) rather than discarding unseen data.
-- ``snapshot`` / ``restore`` write JSON (no pickle) including the RNG state, so a restored buffer
-  returns the same items for the same calls.
+- Only whole search trees enter (:func:`check_whole_trees`): a tree cut short never reaches the learner.
+- Each accepted insert may carry its actor's cursor (the next problem of its shard), so the items a
+  snapshot holds and the cursors it records always agree, and a resumed actor continues right after the
+  last tree the buffer took.
+- ``snapshot`` / ``restore`` write JSON (no pickle) including the RNG state and the cursors, so a restored
+  buffer returns the same items for the same calls.
 
 Accounting invariant (tested): ``inserted == size + released + evicted_stale + evicted_capacity``,
 where ``released`` counts FIFO items handed to the learner (each exactly once).
@@ -158,18 +163,24 @@ class ReplayBuffer:
             0,
         )
         self._last_lags: dict[int, int] = {}
-        self.extra: dict[str, Any] = {}  # what the last restored snapshot carried besides the buffer
+        self._cursors: dict[str, int] = {}  # actor -> next problem index, recorded with its accepted inserts
 
     def __len__(self) -> int:
         return len(self._items)
 
     # ---- insert -------------------------------------------------------------------------------
 
-    def try_insert(self, samples: list[StepSample]) -> bool:
-        """Insert all of ``samples`` or none; ``False`` means "would block, retry later", nothing changed."""
+    def try_insert(self, samples: list[StepSample], cursor: tuple[str, int] | None = None) -> bool:
+        """Insert all of ``samples`` or none; ``False`` means "would block, retry later", nothing changed.
+
+        ``cursor`` = (actor, next problem index) is recorded when the insert is taken. A partial tree raises
+        ``ValueError`` (see :func:`check_whole_trees`).
+        """
+        check_whole_trees(samples)
         if len(samples) > self.capacity:
             raise ValueError(f"cannot insert {len(samples)} samples into a buffer of capacity {self.capacity}")
         if not samples:
+            self._take_cursor(cursor)
             return True
         n = len(samples)
         free = self.capacity - len(self._items)
@@ -187,7 +198,17 @@ class ReplayBuffer:
         self._versions.update(s.policy_version for s in samples if not s.meta.get(DEMO_FLAG, False))
         self.rate_limiter.inserts += n
         self._counters["inserted"] += n
+        self._take_cursor(cursor)
         return True
+
+    def _take_cursor(self, cursor: tuple[str, int] | None) -> None:
+        if cursor is not None:
+            actor, index = cursor
+            self._cursors[actor] = max(index, self._cursors.get(actor, 0))
+
+    def cursors(self) -> dict[str, int]:
+        """Each actor's next problem index, as recorded with the inserts this buffer took."""
+        return dict(self._cursors)
 
     def insert_demonstrations(self, samples: list[StepSample]) -> bool:
         """Insert off-policy traces (e.g. distilled reasoning from JSONL), flagged ``meta["demonstration"]``.
@@ -285,9 +306,8 @@ class ReplayBuffer:
 
     # ---- snapshot -----------------------------------------------------------------------------
 
-    def snapshot(self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
-        """Write the whole state as JSON, atomically (a crash leaves the old snapshot intact); ``extra`` is
-        stored alongside and comes back as ``restore(...).extra``."""
+    def snapshot(self, path: str | os.PathLike[str]) -> None:
+        """Write the whole state as JSON, atomically (a crash leaves the old snapshot intact)."""
         path = Path(path)
         state = {
             "format": SNAPSHOT_FORMAT,
@@ -302,7 +322,7 @@ class ReplayBuffer:
             "counters": self._counters,
             "last_lags": [[lag, c] for lag, c in self._last_lags.items()],
             "next_key": self._next_key,
-            "extra": extra or {},
+            "extra": {"cursors": self._cursors},
             "rng_state": random_state_to_json(self._rng.getstate()),
             "items": [
                 {
@@ -354,7 +374,7 @@ class ReplayBuffer:
             field = "next_key"
             buf._next_key = int(state["next_key"])
             field = "extra"
-            buf.extra = dict(state.get("extra", {}))
+            buf._cursors = {str(k): int(v) for k, v in dict(state.get("extra", {})).get("cursors", {}).items()}
             field = "rng_state"
             buf._rng.setstate(random_state_from_json(state["rng_state"]))
             for i, raw in enumerate(state["items"]):
@@ -368,98 +388,6 @@ class ReplayBuffer:
                 f"{buf.rate_limiter.size} (capacity {buf.capacity}): the file is inconsistent"
             )
         return buf
-
-
-class ReplayService:
-    """The replay buffer as an async Ray actor: ``insert`` and ``sample`` wait instead of refusing.
-
-    All methods run on the actor's one event loop, so the buffer needs no lock. A waiter sleeps on a
-    condition that every successful insert or sample signals (each changes what the rate limiter allows).
-    """
-
-    def __init__(self, buffer: ReplayBuffer | None = None, restore_path: str | None = None, **kwargs: Any):
-        import asyncio
-
-        self.buffer = ReplayBuffer.restore(restore_path) if restore_path else (buffer or ReplayBuffer(**kwargs))
-        self._changed = asyncio.Condition()
-        self.waits = {"insert_seconds": 0.0, "sample_seconds": 0.0}
-        self.closed = False  # set at shutdown: waiting and later inserts return False (the tree is not taken)
-        self.refused_after_close = 0
-        self.cursors_: dict[str, int] = dict(getattr(self.buffer, "extra", {}).get("cursors", {}))
-
-    async def _wait(self, attempt, timeout_s: float | None, kind: str):
-        import asyncio
-        import time
-
-        t0 = time.perf_counter()
-        got: list[Any] = [None]
-
-        def ready() -> bool:
-            evicted = self.buffer._counters["evicted_stale"]
-            got[0] = attempt()
-            if self.buffer._counters["evicted_stale"] != evicted:
-                self._changed.notify_all()  # a failed sample that evicted stale items frees room for inserts
-            return _ok(got[0])
-
-        async with self._changed:
-            if not ready():
-                try:
-                    await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
-                except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-                    got[0] = None
-            if _ok(got[0]):
-                self._changed.notify_all()
-        result = got[0]
-        self.waits[f"{kind}_seconds"] += time.perf_counter() - t0
-        return result
-
-    async def insert(
-        self, samples: list[StepSample], demonstration: bool = False, cursor: tuple[str, int] | None = None
-    ) -> bool:
-        """Insert all of ``samples``, waiting while the rate limiter (or capacity) blocks; never drops.
-
-        ``cursor`` = (actor, next problem index) is recorded with the insert, so a snapshot's items and the
-        actors' cursors agree exactly. After ``close`` an insert returns False and takes nothing: the actor
-        keeps its cursor and searches that problem again on resume.
-        """
-        take = self.buffer.insert_demonstrations if demonstration else self.buffer.try_insert
-        check_whole_trees(samples)
-
-        def attempt():
-            if self.closed:
-                return "closed"
-            return take(samples)
-
-        result = await self._wait(attempt, None, "insert")
-        if result == "closed":
-            self.refused_after_close += 1
-            return False
-        if cursor is not None:
-            self.cursors_[cursor[0]] = max(cursor[1], self.cursors_.get(cursor[0], 0))
-        return True
-
-    async def close(self) -> int:
-        """Refuse every waiting and future insert (shutdown); returns how many items the buffer holds."""
-        self.closed = True
-        async with self._changed:
-            self._changed.notify_all()
-        return len(self.buffer)
-
-    async def sample(self, n: int, current_version: int, timeout_s: float = 1.0) -> list[StepSample] | None:
-        """``n`` samples for policy ``current_version``, or ``None`` if none could be had within ``timeout_s``."""
-        return await self._wait(lambda: self.buffer.try_sample(n, current_version), timeout_s, "sample")
-
-    def stats(self) -> dict[str, Any]:
-        return self.buffer.stats() | {"waits": dict(self.waits), "refused_after_close": self.refused_after_close}
-
-    def snapshot(self, path: str) -> dict[str, Any]:
-        """Snapshot items, counters, RNG and the actors' cursors together; returns size and cursors."""
-        self.buffer.snapshot(path, extra={"cursors": self.cursors_})
-        return {"size": len(self.buffer), "cursors": dict(self.cursors_)}
-
-    def cursors(self) -> dict[str, int]:
-        """Each rollout actor's next problem index, as recorded with its accepted inserts."""
-        return dict(self.cursors_)
 
 
 def check_whole_trees(samples: list[StepSample]) -> None:
@@ -476,7 +404,3 @@ def check_whole_trees(samples: list[StepSample]) -> None:
                 f"insert holds {counts[tree]} samples of tree {tree!r} but the tree has {s.meta.get('tree_size')}: "
                 "only whole trees may enter the buffer"
             )
-
-
-def _ok(result: Any) -> bool:
-    return result is not None and result is not False

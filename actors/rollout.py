@@ -8,7 +8,10 @@ samples and insert them at once (blocking while the buffer applies backpressure)
 
 Only finished trees are inserted, as one all-or-nothing insert; a tree cut short by a crash or a stop
 request never reaches the buffer. A restarted actor pulls the current weights in ``__init__``, before
-it searches anything, and resumes its shard at the cursor the coordinator kept.
+it searches anything, and resumes its shard at the cursor the buffer kept.
+
+The worker imports no Ray and no learner code: its weight channel, buffer client, reporter and the
+function that turns a tree into learner samples come in as :class:`RolloutSeams`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,13 +31,13 @@ from arbor.actors.search import (
     run_searches,
     training_scorers,
 )
-from arbor.core.channels import BufferClient, split_published, weight_channel
+from arbor.core.channels import BufferClient, Reporter, WeightChannel, split_published
 from arbor.core.config import ArborConfig, ModelConfig
 from arbor.core.model import build_policy, value_head_for
+from arbor.core.samples import StepSample
 from arbor.core.tasks import Problem, build_task, step_separator
 from arbor.core.tasks.split import problems_to_skip, rollout_index
 from arbor.core.tree import SearchTree, search_stats
-from arbor.learner.advantages import tree_samples
 
 
 def round_seed(train_seed: int, actor_index: int, cursor: int, restarted: bool) -> int:
@@ -51,40 +56,37 @@ class StopSearch(Exception):
     """Raised out of a search when the run stops; unfinished trees are abandoned, never inserted."""
 
 
+SampleBuilder = Callable[[SearchTree, list[float] | None], list[StepSample]]  # (tree, step rewards) -> samples
+
+
+@dataclass(frozen=True)
+class RolloutSeams:
+    """Where a rollout worker's weights come from and its trees go (built by whoever runs it: the Ray actor
+    wrapper, or the local runtime)."""
+
+    channel: WeightChannel  # pull with version
+    buffer: BufferClient  # whole-tree inserts, and the cursors a restart resumes from
+    reporter: Reporter  # running totals and events
+    to_samples: SampleBuilder  # a finished tree (and its process rewards) as learner samples
+    restarted: bool = False  # this process replaces one that died (Ray restarted the actor)
+    node_id: str = ""  # the node it runs on, for the placement report
+
+
 class RolloutWorker:
-    """One rollout actor's state and loop (wrapped with ``ray.remote`` by the launcher)."""
+    """One rollout actor's state and loop; plain Python, driven in-process or wrapped as a Ray actor."""
 
-    def __init__(
-        self,
-        cfg: ArborConfig,
-        actor_index: int,
-        num_actors: int,
-        init_path: str,
-        coordinator: Any,
-        buffer: Any,
-    ):
-        import ray
-
-        torch.set_num_threads(cfg.resources.actor_threads)
+    def __init__(self, cfg: ArborConfig, actor_index: int, num_actors: int, init_path: str, seams: RolloutSeams):
         self.cfg = cfg
         self.name = f"rollout-{actor_index}"
         self.index, self.num_actors = actor_index, num_actors
+        self.channel, self.buffer, self.reporter = seams.channel, seams.buffer, seams.reporter
+        self.to_samples = seams.to_samples
+        self.restarted, self.node_id = seams.restarted, seams.node_id
         device = "cuda" if cfg.resources.actor_gpus > 0 and torch.cuda.is_available() else "cpu"
-        self.channel = weight_channel(
-            cfg.train.weight_sync,
-            coordinator,
-            learner_on_gpu=cfg.resources.learner_gpus > 0,
-            actors_on_gpu=device == "cuda",
-            name=self.name,
-        )
-        self.buffer = BufferClient(buffer)
-        self.coordinator = coordinator
         model, tokenizer = build_policy(ModelConfig(path=init_path))
         head = value_head_for(model, init_path)
         model.to(device)
         head.to(device)
-        self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
-        self.node_id = ray.get_runtime_context().get_node_id()
         self.backend = HFStepBackend(
             model,
             tokenizer,
@@ -99,7 +101,7 @@ class RolloutWorker:
         self.skip_keys = problems_to_skip(cfg, self.task)
         # The buffer records each actor's cursor with every insert it accepts, so a restarted actor resumes
         # right after the last tree the buffer actually took.
-        self.cursor = ray.get(buffer.cursors.remote()).get(self.name, 0)
+        self.cursor = self.buffer.cursors().get(self.name, 0)
         self.stop = False
         self.totals: dict[str, float] = {
             "trees": 0,
@@ -116,18 +118,18 @@ class RolloutWorker:
         self.pull()  # the current weights before any search, also after a restart
         self.first_version = self.backend.policy_version
         if self.restarted:
-            coordinator.event.remote("actor_restarted", actor=self.name, version=self.first_version)
+            self.reporter.event("actor_restarted", actor=self.name, version=self.first_version)
 
     # ---- weights ------------------------------------------------------------------------------
 
     def pull(self) -> None:
         """Poll the channel with our version; load newer weights (dropping stale KV caches); note a stop."""
         t0 = time.perf_counter()
-        version, state, stop = self.channel.poll(self.backend.policy_version)
-        self.stop = stop
-        if state is not None:
-            model_state, head_state = split_published(state)
-            self.backend.load_weights(version, model_state, head_state or None)
+        poll = self.channel.poll(self.backend.policy_version)
+        self.stop = poll.stop
+        if poll.state is not None:
+            model_state, head_state = split_published(poll.state)
+            self.backend.load_weights(poll.version, model_state, head_state or None)
             self.totals["weight_pulls"] += 1
             self.totals["pull_seconds"] += time.perf_counter() - t0
 
@@ -189,7 +191,7 @@ class RolloutWorker:
 
     def _emit(self, tree: SearchTree, next_cursor: int) -> None:
         """Stream one finished tree's samples into the buffer (blocking under backpressure), then report."""
-        samples = tree_samples(tree, self.cfg.train, self.process.step_rewards(tree))
+        samples = self.to_samples(tree, self.process.step_rewards(tree))
         tree_id = f"{self.name}/{tree.problem_uid}"
         samples = [dataclasses.replace(s, meta={**s.meta, "tree": tree_id, "tree_size": len(samples)}) for s in samples]
         t0 = time.perf_counter()
@@ -208,7 +210,7 @@ class RolloutWorker:
         for k, v in stats.items():
             t[k + "_sum"] = t.get(k + "_sum", 0.0) + v
         share = self.cfg.train.tree_every > 0 and int(t["trees"]) % 25 == 1
-        self.coordinator.report.remote(self.name, self.report(), tree.to_json() if share else None)
+        self.reporter.report(self.name, self.report(), tree.to_json() if share else None)
 
     def report(self) -> dict[str, Any]:
         return dict(self.totals) | {
@@ -218,6 +220,3 @@ class RolloutWorker:
             "cursor": self.cursor,
             "node_id": self.node_id,
         }
-
-    def ping(self) -> str:
-        return self.name

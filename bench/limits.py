@@ -17,7 +17,7 @@ measurement, the peak included (default 1: what each rollout actor and learner r
 3. ``rollout_flops_vs_peak``: the config's search (MCTS) through HFStepBackend; 2 x matmul params x tokens
    forwarded (``SearchTree.tokens_forwarded``) per second, over the peak.
 4. ``weight_sync_vs_memcpy``: a torch ``copy_`` of as many bytes over the real path: ``publish_state`` ->
-   ``WeightChannel.publish`` (ray.put) -> a RolloutWorker actor's ``pull`` (ray.get, ``load_weights``);
+   ``WeightChannel.publish`` (ray.put) -> a RolloutActor's ``pull`` (ray.get, ``load_weights``);
    ``collective_weight_sync_vs_memcpy``: the same over ``train.weight_sync=collective`` (a gloo pair).
 5. ``replay_{insert,sample}_vs_deque``: ReplayBuffer items/s over ``collections.deque`` doing the same
    appends and poplefts (FIFO; ``random.choices`` for a prioritized sampler) of the same StepSamples, one
@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from arbor.actors.replay import RateLimiter, ReplayBuffer, ReplayService
+from arbor.actors.replay import RateLimiter, ReplayBuffer
 from arbor.actors.search import HFStepBackend, run_searches
 from arbor.core.config import ArborConfig, load_config
 from arbor.core.flops import matmul_params, matmul_peak, timed
@@ -55,6 +55,7 @@ from arbor.core.samples import StepSample
 from arbor.core.tasks import build_task
 from arbor.learner.actor_critic import ActorCriticLearner, collate_steps
 from arbor.learner.advantages import tree_to_samples
+from arbor.learner.rank import build_learner
 
 REPEATS = 5  # timed rounds per figure, after a warm-up; each ratio is the median over them
 CUDA_MATMUL_SIZES = (4096, 8192)
@@ -100,15 +101,8 @@ def policy(cfg: ArborConfig, device=CPU):
 def make_learner(cfg: ArborConfig, engine: str, device=CPU) -> ActorCriticLearner:
     """The real learner (policy + value head under ``engine``) at the config's batch size."""
     model, tokenizer, head = policy(cfg, device)
-    return ActorCriticLearner(
-        model,
-        head,
-        dataclasses.replace(cfg.train, engine=engine),
-        pad_id=tokenizer.pad_token_id,
-        max_len=int(model.config.max_position_embeddings),
-        temperature=cfg.search.temperature,
-        rank_batch_size=cfg.train.batch_size,
-    )
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, engine=engine))
+    return build_learner(cfg, model, head, tokenizer.pad_token_id)
 
 
 def train_flops(learner: ActorCriticLearner, samples: list[StepSample]) -> tuple[float, float, int]:
@@ -302,10 +296,12 @@ def ray_rounds(cfg: ArborConfig, learner: ActorCriticLearner, trees: Trees) -> d
     """Weight sync through the real channel into a real RolloutWorker, and the ReplayService round trips."""
     import ray
 
-    from arbor.actors.rollout import RolloutWorker
-    from arbor.core.channels import Coordinator, state_bytes, weight_channel
+    from arbor.core.channels import state_bytes
     from arbor.core.model import save_checkpoint
-    from arbor.launch.train import ACTOR_ENV
+    from arbor.launch.distributed.actors import ACTOR_ENV, RolloutActor
+    from arbor.launch.distributed.channels import weight_channel
+    from arbor.launch.distributed.coordinator import Coordinator
+    from arbor.launch.distributed.replay_service import ReplayService
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
@@ -322,7 +318,7 @@ def ray_rounds(cfg: ArborConfig, learner: ActorCriticLearner, trees: Trees) -> d
                 channel = weight_channel(mode, coordinator, learner_on_gpu=False, actors_on_gpu=False)
                 channel.publish(0, learner.publish_state())
                 run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, weight_sync=mode))
-                worker = ray.remote(RolloutWorker).options(num_cpus=1, runtime_env=env)
+                worker = ray.remote(RolloutActor).options(num_cpus=1, runtime_env=env)
                 worker = worker.remote(run_cfg, 0, 1, init, coordinator, service)
                 sync[mode] = sync_rounds(channel, worker, learner)
                 ray.kill(worker)

@@ -1,29 +1,41 @@
-"""The two small interfaces where actors and learner meet (they never import each other).
+"""The small interfaces where rollout actors, the replay buffer and the learner meet (they never import each other).
 
-- **Weight channel**: the learner publishes ``(version, weights)``; actors *pull with version* between
+- :class:`WeightChannel`: the learner publishes ``(version, weights)``; actors *pull with version* between
   search rounds: they ask "anything newer than v?" and fetch only then, so a busy actor never misses an
-  update (RLlib once silently dropped weight pushes to busy workers). On CPU the weights travel as one
-  ``ray.put`` object that every actor reads from the object store; the learner's ref is held by the
-  :class:`Coordinator`, so the object lives exactly until the next publication replaces it.
-- **Buffer client**: ``insert`` blocks while the replay buffer's rate limiter says so (backpressure,
-  nothing dropped); ``sample`` returns ``None`` after a timeout so the caller can check for shutdown.
+  update (RLlib once silently dropped weight pushes to busy workers). Implementations: in-process
+  (:class:`InProcessWeights`, ``train.mode=local``), the Ray object store and torch.distributed pairs
+  (``arbor.launch.distributed``).
+- :class:`BufferClient`: how an actor inserts a finished tree's samples (blocking while the buffer applies
+  backpressure) and reads back where its shard stopped.
+- :class:`Reporter`: where an actor sends its running totals and events; :class:`ActorBoard` is the plain
+  record of them that the coordinator and the local runtime keep.
+- The published weight format: the policy's state dict plus the value head's under ``VALUE_PREFIX``.
 
-The :class:`Coordinator` actor also carries the stop flag and the actors' running statistics. (Each
-actor's problem cursor lives in the replay buffer, recorded with the inserts it accepts.)
+Nothing here imports Ray or torch.distributed.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-import ray
 import torch
 
 from arbor.core.samples import StepSample
 
 VALUE_PREFIX = "value_head."  # key prefix of the value head's tensors in a published state dict
+RECENT_TREES = 4  # finished trees (JSON) a board keeps for the dashboards
+
+
+def published_state(
+    model_state: dict[str, torch.Tensor], head_state: dict[str, torch.Tensor], device: str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """The one state dict a channel carries: copies of the policy's tensors and the value head's under
+    ``VALUE_PREFIX``, on ``device`` (CPU for the object store, the learner's GPU for nccl)."""
+    state = {k: v.detach().to(device, copy=True) for k, v in model_state.items()}
+    return state | {VALUE_PREFIX + k: v.detach().to(device, copy=True) for k, v in head_state.items()}
 
 
 def split_published(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -37,108 +49,91 @@ def state_bytes(state: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
 
 
-class Coordinator:
-    """Ray actor: latest weights (as an object ref), stop flag and actor statistics."""
+@dataclass(frozen=True)
+class WeightPoll:
+    """What an actor learns when it polls: the newest version, its weights if newer than what it has."""
 
-    def __init__(self):
-        self.version = -1  # nothing published yet
-        self.weights: list[ray.ObjectRef] = []  # [ref]: a nested ref is passed through, not resolved
+    version: int  # the newest published version (-1: nothing published yet)
+    state: dict[str, torch.Tensor] | None  # the weights of ``version`` when newer than the poller's, else None
+    stop: bool  # the run asked its actors to stop
+
+
+class WeightChannel(Protocol):
+    """Publish on the learner (rank 0), poll on the actors. ``close`` releases what the channel holds; the
+    default has nothing to release. ``device`` is where published tensors must be."""
+
+    device: str
+
+    def publish(self, version: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Make ``state`` the newest weights, as ``version``; returns timing and size metrics (``sync/...``)."""
+        ...
+
+    def poll(self, have_version: int) -> WeightPoll:
+        """The newest version, and its weights if it is newer than ``have_version``."""
+        ...
+
+    def close(self) -> None:
+        return None
+
+
+class InProcessWeights(WeightChannel):
+    """Learner and actors in one process (``train.mode=local``): publishing keeps one copy of the weights."""
+
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.version = -1
+        self.state: dict[str, torch.Tensor] | None = None
         self.stop = False
-        self.stats: dict[str, dict[str, Any]] = {}
-        self.events: list[dict[str, Any]] = []
-        self.trees: list[dict] = []  # recent finished trees (JSON) for the dashboards
-        self.weight_server: dict[str, Any] | None = None  # train.weight_sync=collective: where actors pull
 
-    def publish(self, version: int, weights: list[ray.ObjectRef]) -> None:
+    def publish(self, version: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
         if version <= self.version:
             raise ValueError(f"published version {version} is not newer than {self.version}")
-        self.version, self.weights = version, list(weights)
+        self.version, self.state = version, state
+        return {"sync/publish_seconds": 0.0, "sync/bytes": float(state_bytes(state))}
 
-    def serve_weights(self, address: dict[str, Any]) -> None:
-        """The collective channel's server address (host, port, backend), set once by learner rank 0."""
-        self.weight_server = dict(address)
+    def poll(self, have_version: int) -> WeightPoll:
+        newer = self.version > have_version and self.state is not None
+        return WeightPoll(self.version, self.state if newer else None, self.stop)
 
-    def poll(self, have_version: int) -> dict[str, Any]:
-        """What an actor needs between rounds: the newest version, its weights if newer (object-store path),
-        the stop flag, and where the collective channel's server is (None on the object-store path)."""
-        newer = self.version > have_version and bool(self.weights)
-        return {
-            "version": self.version,
-            "weights": self.weights if newer else None,
-            "stop": self.stop,
-            "server": self.weight_server,
-        }
 
-    def request_stop(self, stop: bool = True) -> None:
-        self.stop = stop
+class BufferClient(Protocol):
+    """An actor's handle on the replay buffer."""
+
+    def insert(self, samples: Sequence[StepSample], cursor: tuple[str, int] | None = None) -> bool:
+        """Returns once the buffer took every sample (waiting while it applies backpressure); False when the
+        buffer has closed (shutdown) and took nothing. ``cursor`` = (actor, next problem index) is recorded
+        with the insert."""
+        ...
+
+    def cursors(self) -> dict[str, int]:
+        """Each actor's next problem index, as recorded with its accepted inserts."""
+        ...
+
+
+class Reporter(Protocol):
+    """Where an actor sends its running totals (now and then with a finished tree) and its events."""
+
+    def report(self, actor: str, stats: dict[str, Any], tree: dict | None = None) -> None: ...
+
+    def event(self, kind: str, **fields: Any) -> None: ...
+
+
+@dataclass
+class ActorBoard:
+    """The actors' latest totals, their events and a few recent trees: what the driver logs and renders."""
+
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    trees: list[dict] = field(default_factory=list)
 
     def report(self, actor: str, stats: dict[str, Any], tree: dict | None = None) -> None:
-        """An actor finished a tree: its running totals (and now and then the tree, for the dashboards)."""
         self.stats[actor] = stats
         if tree is not None:
-            self.trees = (self.trees + [tree])[-4:]
+            self.trees = (self.trees + [tree])[-RECENT_TREES:]
 
     def event(self, kind: str, **fields: Any) -> None:
         self.events.append({"kind": kind, "time": time.time(), **fields})
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "stats": dict(self.stats),
-            "events": list(self.events),
-            "stop": self.stop,
-        }
-
     def latest_tree(self) -> dict | None:
         return self.trees[-1] if self.trees else None
-
-
-class WeightChannel:
-    """Publisher and puller over a :class:`Coordinator` handle (CPU path: the Ray object store)."""
-
-    device = "cpu"  # where the published weights must be: ray.put takes CPU tensors
-
-    def __init__(self, coordinator: Any):
-        self.coordinator = coordinator
-
-    def close(self) -> None:
-        """Nothing to release: the coordinator holds the one published object."""
-
-    def publish(self, version: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Put ``state`` in the object store once and announce it as ``version``; returns time and bytes."""
-        t0 = time.perf_counter()
-        ref = ray.put(state)
-        ray.get(self.coordinator.publish.remote(version, [ref]))
-        return {"sync/publish_seconds": time.perf_counter() - t0, "sync/bytes": float(state_bytes(state))}
-
-    def poll(self, have_version: int) -> tuple[int, dict[str, torch.Tensor] | None, bool]:
-        """(latest version, its weights if newer than ``have_version`` else None, stop requested)."""
-        reply = ray.get(self.coordinator.poll.remote(have_version))
-        state = ray.get(reply["weights"][0]) if reply["weights"] else None
-        return reply["version"], state, reply["stop"]
-
-
-def weight_channel(mode: str, coordinator: Any, *, learner_on_gpu: bool, actors_on_gpu: bool, name: str = "") -> Any:
-    """The channel ``train.weight_sync`` names: ``object_store`` (:class:`WeightChannel`) or ``collective``
-    (:class:`core.collective.CollectiveWeightChannel`: nccl when learner and actors both have GPUs, else gloo)."""
-    if mode == "object_store":
-        return WeightChannel(coordinator)
-    from arbor.core.collective import CollectiveWeightChannel, weight_backend
-
-    backend, device = weight_backend(learner_on_gpu, actors_on_gpu)
-    return CollectiveWeightChannel(coordinator, backend, device, name=name)
-
-
-class BufferClient:
-    """Blocking insert and timed sample over the replay buffer actor's handle."""
-
-    def __init__(self, buffer: Any):
-        self.buffer = buffer
-
-    def insert(self, samples: Sequence[StepSample], cursor: tuple[str, int] | None = None) -> bool:
-        """Returns once the buffer took every sample (it waits while the rate limiter blocks inserts);
-        False when the buffer has closed (shutdown) and took nothing."""
-        return bool(ray.get(self.buffer.insert.remote(list(samples), False, cursor)))
-
-    def sample(self, n: int, version: int, timeout_s: float) -> list[StepSample] | None:
-        return ray.get(self.buffer.sample.remote(n, version, timeout_s))

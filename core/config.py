@@ -185,7 +185,7 @@ class PRMConfig:
 
 @dataclass
 class TrainConfig:
-    mode: str = "async"  # async: actors and learner run concurrently | sync: search a round, then train on it
+    mode: str = "async"  # async: actors, learner concurrent | sync: search a round, train on it | local: sync, no Ray
     init: str = (
         "sft"  # sft: run the sft section first (on model.path or the from-scratch model) | model: start from model.path
     )
@@ -487,7 +487,7 @@ def validate_prm(p: PRMConfig, s: SearchConfig) -> None:
 
 def validate_train(t: TrainConfig, r: ResourcesConfig) -> None:
     """Checks on the ``train`` and ``resources`` sections; each error names its dotted key."""
-    _choice("train.mode", t.mode, ("async", "sync"))
+    _choice("train.mode", t.mode, ("async", "sync", "local"))
     _choice("train.init", t.init, ("sft", "model"))
     _choice("train.policy_loss", t.policy_loss, ("decoupled_ppo", "ppo", "vtrace"))
     _choice("train.advantage_scale", t.advantage_scale, ("none", "tree_std"))

@@ -1,6 +1,6 @@
 """The per-step learner sample: what actors produce from a search tree and the learner trains on.
 
-This module is the meeting point of ``actors`` and ``learner`` (they never import each other). One
+This module is a meeting point of ``actors`` and ``learner`` (they never import each other). One
 sample is one edge of a search tree, i.e. one step of the step-level MDP: the state (prompt plus the
 steps so far), the action (the next step's tokens), the behaviour policy's per-token log-probs and
 version (for the off-policy correction), and the tree's Monte-Carlo values around the step.
@@ -8,8 +8,13 @@ version (for the off-policy correction), and the tree's Monte-Carlo values aroun
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+from arbor.core.errors import ConfigError, DataError
+from arbor.core.tasks.base import STEP_SEP
 
 
 @dataclass(frozen=True)
@@ -39,3 +44,49 @@ class StepSample:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StepSample:
         return cls(**data)
+
+
+def demonstration_samples(path: str, tokenizer: Any, version: int) -> list[StepSample]:
+    """JSONL rows ``{"prompt": ..., "response": ...}`` as step samples (one per step, advantage +1 on each),
+    for ``train.demonstrations``.
+
+    A demonstration is a correct trace from outside the policy: its steps get value target 1 and a
+    positive advantage; their behaviour log-probs are unknown and set to 0 (probability 1), so the
+    decoupled-PPO weight pi_prox / pi_behav is at most 1 and never amplifies them.
+    """
+    out = []
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config key 'train.demonstrations': file not found: {file}")
+    for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompt, response = str(row["prompt"]), str(row["response"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataError(f"{file}:{lineno}: demonstration needs JSON with 'prompt' and 'response' ({exc})") from None
+        state = list(tokenizer.encode(prompt, add_special_tokens=False))
+        steps = [s + STEP_SEP for s in response.rstrip(STEP_SEP).split(STEP_SEP)]
+        for i, step in enumerate(steps):
+            ids = list(tokenizer.encode(step, add_special_tokens=False))
+            last = i == len(steps) - 1
+            if last:
+                ids = ids[:-1] + [tokenizer.eos_token_id]  # a response ends at eos, as the policy's do
+            out.append(
+                StepSample(
+                    state_tokens=list(state),
+                    action_tokens=ids,
+                    behaviour_logprobs=[0.0] * len(ids),
+                    policy_version=version,
+                    advantage=1.0,
+                    value_target=1.0,
+                    state_value=1.0,
+                    reward=1.0 if last else 0.0,
+                    terminal=last,
+                    problem_uid=f"{file.name}:{lineno}",
+                    meta={"source": str(file)},
+                )
+            )
+            state += ids
+    return out

@@ -1,4 +1,4 @@
-"""The actor-critic update on search-tree step samples (no Ray here: a learner rank wraps this class).
+"""The actor-critic update on search-tree step samples (plain torch: a learner rank wraps this class).
 
 One learner step:
 
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from arbor.core.channels import VALUE_PREFIX
+from arbor.core.channels import published_state
 from arbor.core.config import TrainConfig
 from arbor.core.model import ValueHead, forward_with_hidden
 from arbor.core.samples import StepSample
@@ -242,12 +242,7 @@ class ActorCriticLearner:
             ref_logp = token_logprobs(ref_logits, batch.input_ids, self.temperature)
         metrics = self._loss(batch, logits, logp, values, ref_logp)
         loss = metrics.pop("loss_tensor")
-        finite = bool(torch.isfinite(loss))
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.distributed.get_world_size() > 1:  # every rank skips together, or the all-reduce hangs
-                flag = torch.tensor([1.0 if finite else 0.0], device=loss.device)
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-                finite = bool(flag.item() > 0)
+        finite = self.engine.all_agree(bool(torch.isfinite(loss)))  # every rank skips together, or the all-reduce hangs
         if not finite:
             # Skip: no backward, no optimizer step, so the weights stay as they were.
             self.skipped_nonfinite += 1
@@ -360,11 +355,9 @@ class ActorCriticLearner:
         }
 
     def publish_state(self, device: str = "cpu") -> dict[str, torch.Tensor]:
-        """The weights actors load: the LM's state dict plus the value head's under ``value_head.``, copied to
-        ``device`` (CPU for the object store; the learner's GPU for the nccl channel)."""
-        state = {k: v.detach().to(device, copy=True) for k, v in self.model.state_dict().items()}
-        state |= {VALUE_PREFIX + k: v.detach().to(device, copy=True) for k, v in self.value_head.state_dict().items()}
-        return state
+        """The weights actors load (``arbor.core.channels.published_state``), copied to ``device`` (CPU for
+        the object store; the learner's GPU for the nccl channel)."""
+        return published_state(self.model.state_dict(), self.value_head.state_dict(), device)
 
 
 def _per_sample_sums(batch: StepBatch, logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from arbor.core.config import TrainConfig
 from arbor.core.samples import StepSample
@@ -129,3 +129,9 @@ def tree_samples(tree: SearchTree, cfg: TrainConfig, step_rewards: Sequence[floa
     ``train.advantage_scale``."""
     samples = tree_to_samples(tree, cfg.value_head_weight, cfg.global_advantage, step_rewards)
     return scale_advantages(tree, samples, cfg.advantage_scale)
+
+
+def sample_builder(cfg: TrainConfig) -> Callable[[SearchTree, Sequence[float] | None], list[StepSample]]:
+    """:func:`tree_samples` bound to the ``train`` section: what a rollout worker is handed to turn each
+    finished tree (and its process rewards) into learner samples."""
+    return lambda tree, step_rewards: tree_samples(tree, cfg, step_rewards)

@@ -1,8 +1,10 @@
 """The optimisation engine behind every update: DeepSpeed (ZeRO stage from config) or plain PyTorch.
 
-Both expose the same three calls (``forward`` through ``module``, ``step(loss)``, ``lr``) so SFT, the
-benchmark and the actor-critic learner share one update path. On a machine without CUDA DeepSpeed runs
-on its CPU accelerator over a gloo process group; a single process forms a group of one.
+Both implement :class:`Engine` (forward through ``module``, ``step(loss)``, ``lr``, agreement across
+ranks, and the optimizer and scheduler state a checkpoint keeps) so SFT, the benchmarks and the
+actor-critic learner share one update path. On a machine without CUDA DeepSpeed runs on its CPU
+accelerator over a gloo process group; a single process forms a group of one. This module is the
+learner's one contact with DeepSpeed and torch.distributed.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -39,6 +41,18 @@ class Engine(Protocol):
 
     @property
     def lr(self) -> float: ...
+
+    def all_agree(self, flag: bool) -> bool:
+        """True when ``flag`` holds on every rank (so all ranks take or skip a step together)."""
+        ...
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """This rank's optimizer and scheduler state: ``{"optimizer": ..., "scheduler": ...}``."""
+        ...
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`optimizer_state` returned (same ranks, same layout)."""
+        ...
 
 
 def lr_lambda(cfg: OptimConfig):
@@ -86,6 +100,16 @@ class TorchEngine:
     @property
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
+
+    def all_agree(self, flag: bool) -> bool:
+        return flag  # one process: nothing to agree with
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
 
 
 def init_process_group_if_needed(backend: str | None = None) -> None:
@@ -153,6 +177,40 @@ class DeepSpeedEngine:
     @property
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])
+
+    def all_agree(self, flag: bool) -> bool:
+        if torch.distributed.get_world_size() == 1:
+            return flag
+        vote = torch.tensor([1.0 if flag else 0.0], device=next(self.module.parameters()).device)
+        torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MIN)
+        return bool(vote.item() > 0)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        if self.engine.zero_optimization_stage() > 0:
+            # A ZeRO optimizer takes a list indexed by data-parallel rank and reads only its own entry (same
+            # world size, non-elastic). Its fp32 master partition comes from the state, not rebuilt from the
+            # (possibly bf16) weights.
+            states = [None] * torch.distributed.get_world_size()
+            states[torch.distributed.get_rank()] = state["optimizer"]
+            self.optimizer.load_state_dict(states, load_from_fp32_weights=True)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def deepspeed_checkpoint_globals() -> list[Any]:
+    """The plain DeepSpeed types a ZeRO optimizer's state dict holds (its stage, loss scaler and parameter
+    fragment addresses): allowed by name to ``torch.load(weights_only=True)``, nothing else is."""
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+    except ImportError:  # the torch engine's checkpoints hold none of them
+        return []
+    return [DynamicLossScaler, LossScaler, ZeroStageEnum, fragment_address]
 
 
 def build_engine(

@@ -1,10 +1,11 @@
-"""One learner rank: a process in the learner's torch.distributed group (gloo on CPU, nccl on GPU).
+"""One learner rank: a member of the learner's torch.distributed group (gloo on CPU, nccl on GPU), or the
+whole learner in one process (``train.mode=local``).
 
-The launcher makes W of these Ray actors, gives them the same rendezvous address, and drives them in
-lock step: every ``step`` call hands all ranks the same sampled batch (one object in the store, fetched
-by each rank), each rank trains on its slice, and DeepSpeed all-reduces the gradients. Rank 0 publishes
-the weights every ``train.sync_every`` steps through the weight channel (a new policy version), evaluates
-and writes checkpoints. Every rank saves and loads its own optimizer shard.
+The launcher drives W of these in lock step: every ``step`` call hands all ranks the same sampled batch,
+each rank trains on its slice, and the engine all-reduces the gradients. Rank 0 publishes the weights
+every ``train.sync_every`` steps through its weight channel (a new policy version). Every rank saves and
+loads its own optimizer shard. Plain Python: the Ray actor that wraps it lives in
+``arbor.launch.distributed.actors``, and the channel comes in from whoever builds the rank.
 """
 
 from __future__ import annotations
@@ -12,37 +13,36 @@ from __future__ import annotations
 import json
 import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from arbor.core.channels import weight_channel
+from arbor.core.channels import WeightChannel
 from arbor.core.config import ArborConfig, ModelConfig
 from arbor.core.model import build_policy, save_checkpoint, value_head_for
 from arbor.core.runs import random_state_from_json, random_state_to_json
 from arbor.core.samples import StepSample
 from arbor.learner.actor_critic import ActorCriticLearner
-from arbor.learner.engine import init_process_group_if_needed
+from arbor.learner.engine import deepspeed_checkpoint_globals, init_process_group_if_needed
 
 OPTIM_FILE = "optimizer_rank{rank}.pt"
 RNG_FILE = "rng_rank{rank}.json"
 
 
-def deepspeed_checkpoint_globals() -> list[Any]:
-    """The plain DeepSpeed types a ZeRO optimizer's state dict holds (its stage, loss scaler and parameter
-    fragment addresses): allowed by name to ``torch.load(weights_only=True)``, nothing else is."""
-    try:
-        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-        from deepspeed.runtime.zero.config import ZeroStageEnum
-        from deepspeed.utils.tensor_fragment import fragment_address
-    except ImportError:  # the torch engine's checkpoints hold none of them
-        return []
-    return [DynamicLossScaler, LossScaler, ZeroStageEnum, fragment_address]
+@dataclass(frozen=True)
+class LearnerStep:
+    """What one learner step reports back to the driver."""
+
+    metrics: dict[str, float]  # learner/..., and sync/... when the step published
+    version: int  # the policy version after the step (a publication makes a new one)
+    batch: int  # samples in the whole batch (over all ranks)
+    lags: list[int] = field(default_factory=list)  # rank 0: version minus sample version, per policy sample
 
 
 class LearnerRank:
-    """A learner rank's state and calls (wrapped with ``ray.remote`` by the launcher)."""
+    """A learner rank's state and calls."""
 
     def __init__(
         self,
@@ -50,44 +50,28 @@ class LearnerRank:
         rank: int,
         world: int,
         init_path: str,
-        coordinator: Any,
+        channel: WeightChannel,
         reference_path: str | None = None,
     ):
-        torch.set_num_threads(cfg.resources.learner_threads)
         self.cfg, self.rank, self.world = cfg, rank, world
         self.init_path = init_path
         self.reference_path = reference_path or init_path  # the frozen KL reference: the run's init policy
         self.device = "cuda" if cfg.resources.learner_gpus > 0 and torch.cuda.is_available() else "cpu"
-        self.channel = weight_channel(
-            cfg.train.weight_sync,
-            coordinator,
-            learner_on_gpu=self.device == "cuda",
-            actors_on_gpu=cfg.resources.actor_gpus > 0,
-            name=f"learner-{rank}",
-        )
+        self.channel = channel
         self.version = 0
         self.steps_since_publish = 0
 
-    def address(self) -> tuple[str, int]:
-        """This node's IP and a free port: the rendezvous of the group, asked of rank 0."""
-        import socket
-
-        import ray
-
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
-
-    def setup(self, master_addr: str, master_port: int, start_version: int = 0) -> int:
-        """Join the process group and build the model, value head and engine (all ranks at once)."""
-        os.environ.update(
-            RANK=str(self.rank),
-            LOCAL_RANK="0",
-            WORLD_SIZE=str(self.world),
-            MASTER_ADDR=master_addr,
-            MASTER_PORT=str(master_port),
-        )
+    def setup(self, master_addr: str | None = None, master_port: int | None = None, start_version: int = 0) -> int:
+        """Join the process group (at ``master_addr:master_port``; None: a group of one in this process) and
+        build the model, value head and engine (all ranks at once)."""
+        if master_addr is not None:
+            os.environ.update(
+                RANK=str(self.rank),
+                LOCAL_RANK="0",
+                WORLD_SIZE=str(self.world),
+                MASTER_ADDR=master_addr,
+                MASTER_PORT=str(master_port),
+            )
         cfg = self.cfg
         if cfg.train.engine == "deepspeed" or self.world > 1:
             init_process_group_if_needed("nccl" if self.device == "cuda" else "gloo")
@@ -101,15 +85,8 @@ class LearnerRank:
             model, head = model.cuda(), head.cuda()
             reference = reference.cuda() if reference is not None else None
         torch.manual_seed(cfg.train.seed * 1000 + self.rank)
-        self.learner = ActorCriticLearner(
-            model,
-            head,
-            cfg.train,
-            pad_id=self.tokenizer.pad_token_id,
-            max_len=int(getattr(model.config, "max_position_embeddings", cfg.model.max_seq_len)),
-            temperature=cfg.search.temperature,
-            rank_batch_size=cfg.train.batch_size // self.world,
-            reference=reference,
+        self.learner = build_learner(
+            cfg, model, head, self.tokenizer.pad_token_id, world=self.world, reference=reference
         )
         self.version = start_version
         return self.rank
@@ -117,12 +94,12 @@ class LearnerRank:
     # ---- training -----------------------------------------------------------------------------
 
     def publish(self) -> dict[str, float]:
-        """Rank 0 publishes the current weights as ``self.version`` (object store, or the collective server)."""
+        """Rank 0 publishes the current weights as ``self.version`` through its channel."""
         if self.rank != 0:
             return {}
         return self.channel.publish(self.version, self.learner.publish_state(self.channel.device))
 
-    def step(self, samples: list[StepSample] | None, publish: bool | None = None) -> dict[str, Any] | None:
+    def step(self, samples: list[StepSample] | None, publish: bool | None = None) -> LearnerStep | None:
         """Train on this rank's slice of ``samples`` (the whole batch, shared); None when there was no batch.
 
         ``publish`` None publishes every ``train.sync_every`` steps (async); True / False force it (sync rounds).
@@ -131,18 +108,20 @@ class LearnerRank:
             return None
         n = len(samples) // self.world
         mine = samples[self.rank * n : (self.rank + 1) * n]
-        metrics: dict[str, Any] = self.learner.update(mine, self.version)
-        if self.rank == 0:  # lag against the version that trained on them (before this step's publication)
-            metrics["lags"] = [self.version - s.policy_version for s in samples if not s.meta.get("demonstration")]
+        metrics = self.learner.update(mine, self.version)
+        # rank 0: lag against the version that trained on them (before this step's publication)
+        lags = (
+            [self.version - s.policy_version for s in samples if not s.meta.get("demonstration")]
+            if not self.rank
+            else []
+        )
         self.steps_since_publish += 1
         due = self.steps_since_publish >= self.cfg.train.sync_every if publish is None else publish
         if due:
             self.version += 1
             self.steps_since_publish = 0
             metrics |= self.publish()
-        metrics["version"] = self.version
-        metrics["batch"] = len(samples)
-        return metrics
+        return LearnerStep(metrics, self.version, len(samples), lags)
 
     def with_policy(self, fn, *args: Any) -> Any:
         """Run ``fn(model, tokenizer, *args)`` on the current policy in eval mode (the launcher's held-out
@@ -164,14 +143,7 @@ class LearnerRank:
         path_.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             save_checkpoint(path_, self.learner.model, self.tokenizer, self.learner.value_head, meta=meta)
-        engine = self.learner.engine
-        optim = getattr(engine, "optimizer", None)
-        sched = getattr(engine, "scheduler", None)
-        state = {
-            "optimizer": optim.state_dict() if optim is not None else {},
-            "scheduler": sched.state_dict() if sched is not None else {},
-        }
-        torch.save(state, path_ / OPTIM_FILE.format(rank=self.rank))
+        torch.save(self.learner.engine.optimizer_state(), path_ / OPTIM_FILE.format(rank=self.rank))
         rng = {
             "torch": torch.get_rng_state().tolist(),
             "python": random_state_to_json(random.getstate()),
@@ -186,23 +158,9 @@ class LearnerRank:
     def load(self, path: str) -> int:
         """Restore optimizer, scheduler and RNG state saved by ``save`` (weights came in through init_path)."""
         path_ = Path(path)
-        engine = self.learner.engine
-        deepspeed_engine = getattr(engine, "engine", None)
-        zero = deepspeed_engine is not None and deepspeed_engine.zero_optimization_stage() > 0
         with torch.serialization.safe_globals(deepspeed_checkpoint_globals()):
             state = torch.load(path_ / OPTIM_FILE.format(rank=self.rank), weights_only=True, map_location="cpu")
-        if state["optimizer"]:
-            if zero:
-                # A ZeRO optimizer takes a list indexed by data-parallel rank and reads only its own entry
-                # (same world size, non-elastic), so the other ranks' files stay on disk. Its fp32 master
-                # partition comes from the file, not rebuilt from (possibly bf16) weights.
-                states = [None] * self.world
-                states[self.rank] = state["optimizer"]
-                engine.optimizer.load_state_dict(states, load_from_fp32_weights=True)
-            else:
-                engine.optimizer.load_state_dict(state["optimizer"])
-        if state["scheduler"]:
-            engine.scheduler.load_state_dict(state["scheduler"])
+        self.learner.engine.load_optimizer_state(state)
         rng = json.loads((path_ / RNG_FILE.format(rank=self.rank)).read_text())
         torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
         random.setstate(random_state_from_json(rng["python"]))
@@ -220,7 +178,20 @@ class LearnerRank:
         """A cheap fingerprint of the weights (sum of all parameters), for resume checks."""
         return float(sum(p.detach().double().sum() for p in self.learner.net.parameters()))
 
-    def ping(self) -> dict[str, Any]:
-        import ray
 
-        return {"rank": self.rank, "node_id": ray.get_runtime_context().get_node_id()}
+def build_learner(
+    cfg: ArborConfig, model: Any, head: Any, pad_id: int, *, world: int = 1, reference: Any = None
+) -> ActorCriticLearner:
+    """The actor-critic learner of one rank of ``world`` under ``cfg``, the one way every caller builds it:
+    rows packed up to the model's position limit (``model.max_seq_len`` for a model that does not say),
+    log-probs at the behaviour temperature ``search.temperature``, this rank's share of the batch."""
+    return ActorCriticLearner(
+        model,
+        head,
+        cfg.train,
+        pad_id=pad_id,
+        max_len=int(getattr(model.config, "max_position_embeddings", None) or cfg.model.max_seq_len),
+        temperature=cfg.search.temperature,
+        rank_batch_size=cfg.train.batch_size // world,
+        reference=reference,
+    )

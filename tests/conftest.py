@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from arbor.core.config import ArborConfig, load_config
+from arbor.core.config import ArborConfig, ModelConfig, load_config
+from arbor.core.model import ValueHead, build_policy, hidden_size_of, save_checkpoint
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 REPO = Path(__file__).resolve().parents[1]
@@ -61,3 +62,47 @@ def policy_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
     assert main(["value", str(DEFAULT_CONFIG), *common, *value, f"model.path={sft_ckpt}"]) == 0
     (value_run,) = root.glob("value-*")
     return {"root": root, "sft": sft_ckpt, "value_run": value_run, "value": value_run / "checkpoints" / "value"}
+
+
+TINY_MODEL = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_seq_len=128)
+
+
+def train_overrides(root: Path, init: Path, **extra: object) -> list[str]:
+    base = {
+        "train.init": "model",
+        "model.path": str(init),
+        "run.root": str(root),
+        "wandb.mode": "disabled",
+        "task.eval_size": 6,
+        "eval.batch_size": 6,
+        "eval.max_new_tokens": 24,
+        "train.steps": 6,
+        "train.batch_size": 16,
+        "train.min_size_to_sample": 16,
+        "train.error_buffer": 32,
+        "train.max_policy_lag": 8,
+        "train.eval_every": 3,
+        "train.checkpoint_every": 3,
+        "train.log_every": 1,
+        "train.tree_every": 2,
+        "train.eval_search_simulations": 2,
+        "train.sync_trees_per_round": 4,
+        "search.simulations": 4,
+        "search.children": 2,
+        "search.beam_width": 2,
+        "search.trees_in_flight": 4,
+        "search.max_step_tokens": 12,
+        "search.max_response_tokens": 36,
+        "search.max_depth": 4,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def init_ckpt(tmp_path_factory) -> Path:
+    """A random tiny policy with a fresh value head: the RL init of the training tests."""
+    model, tokenizer = build_policy(TINY_MODEL)
+    path = tmp_path_factory.mktemp("init") / "ckpt"
+    save_checkpoint(path, model, tokenizer, ValueHead(hidden_size_of(model)))
+    return path

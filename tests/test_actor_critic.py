@@ -108,6 +108,7 @@ def test_nonfinite_loss_skips_the_step_and_keeps_weights(policy_loss):
 def test_learner_rank_checkpoint_resumes_exactly(tmp_path, zero_stage):
     """Save after two steps, then step three both ways: same loss, same weights (optimizer, scheduler, RNG).
     Under ZeRO 1-2 the optimizer state is DeepSpeed's partitioned one, loaded with weights_only=True."""
+    from arbor.core.channels import InProcessWeights
     from arbor.core.config import load_config
     from arbor.core.model import save_checkpoint
     from arbor.learner.rank import LearnerRank
@@ -129,8 +130,8 @@ def test_learner_rank_checkpoint_resumes_exactly(tmp_path, zero_stage):
     samples = _samples(tok, model)
 
     def fresh(path):
-        rank = LearnerRank(cfg, 0, 1, str(path), coordinator=None)
-        rank.setup("127.0.0.1", 0)
+        rank = LearnerRank(cfg, 0, 1, str(path), InProcessWeights())
+        rank.setup()
         return rank
 
     a = fresh(init)
@@ -142,9 +143,9 @@ def test_learner_rank_checkpoint_resumes_exactly(tmp_path, zero_stage):
     b = fresh(tmp_path / "ckpt")
     assert b.load(str(tmp_path / "ckpt")) == 2
     again = b.step(samples, publish=False)
-    assert again["learner/loss"] == pytest.approx(third["learner/loss"], rel=1e-6)
+    assert again.metrics["learner/loss"] == pytest.approx(third.metrics["learner/loss"], rel=1e-6)
     assert b.weights_digest() == pytest.approx(a.weights_digest(), rel=1e-9)
-    assert again["learner/lr"] == pytest.approx(third["learner/lr"])
+    assert again.metrics["learner/lr"] == pytest.approx(third.metrics["learner/lr"])
 
 
 def test_a_path_packs_into_one_row_with_the_same_logprobs():

@@ -7,10 +7,10 @@ import pytest
 import ray
 import torch
 
-from arbor.core.channels import Coordinator
-from arbor.core.collective import CollectiveWeightChannel, empty_buffers, flatten, unflatten
 from arbor.core.config import load_config
 from arbor.core.errors import ConfigError
+from arbor.launch.distributed.collective import CollectiveWeightChannel, empty_buffers, flatten, unflatten
+from arbor.launch.distributed.coordinator import Coordinator
 from tests.conftest import DEFAULT_CONFIG
 
 
@@ -52,8 +52,12 @@ def test_actor_pulls_newest_version_over_gloo_and_a_restart_joins_again(local_ra
             self.channel = CollectiveWeightChannel(coordinator, name="puller")
 
         def poll(self, have: int):
-            version, state, stop = self.channel.poll(have)
-            return version, None if state is None else {k: v.clone() for k, v in state.items()}, stop
+            poll = self.channel.poll(have)
+            return (
+                poll.version,
+                None if poll.state is None else {k: v.clone() for k, v in poll.state.items()},
+                poll.stop,
+            )
 
     coordinator = ray.remote(Coordinator).options(num_cpus=0).remote()
     learner = CollectiveWeightChannel(coordinator, name="learner")
@@ -97,7 +101,7 @@ def test_weights_that_change_shape_mid_run_are_refused(local_ray):
         wrong = _state(1) | {"layer.bias": torch.zeros(6)}
         with pytest.raises(ValueError, match="changed names, shapes or dtypes"):
             learner.publish(1, wrong)
-        assert ray.get(coordinator.poll.remote(-1))["version"] == 0  # the bad version was never announced
+        assert ray.get(coordinator.poll.remote(-1)).version == 0  # the bad version was never announced
     finally:
         learner.close()
 

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from arbor.core.model import ValueHead, build_policy, hidden_size_of, save_checkpoint
 from arbor.launch.submit import PACKAGES, stage_package, submit_command
-from tests.conftest import REPO
-from tests.test_train import TINY_MODEL, train_overrides
+from tests.conftest import REPO, TINY_MODEL, train_overrides
 
 
 def _free_port() -> int:

@@ -18,56 +18,14 @@ import ray
 import torch
 from safetensors.torch import load_file
 
-from arbor.core.config import ModelConfig, load_config
+from arbor.core.config import load_config
 from arbor.core.errors import ConfigError, DataError
 from arbor.core.model import ValueHead, build_policy, hidden_size_of, save_checkpoint
 from arbor.core.tasks import build_task
 from arbor.core.tasks.split import ROLLOUT_SEEDS, demonstration_pool, problems_to_skip
 from arbor.launch.cli import main
 from arbor.launch.train import run_train
-from tests.conftest import DEFAULT_CONFIG
-
-TINY_MODEL = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_seq_len=128)
-
-
-def train_overrides(root: Path, init: Path, **extra: object) -> list[str]:
-    base = {
-        "train.init": "model",
-        "model.path": str(init),
-        "run.root": str(root),
-        "wandb.mode": "disabled",
-        "task.eval_size": 6,
-        "eval.batch_size": 6,
-        "eval.max_new_tokens": 24,
-        "train.steps": 6,
-        "train.batch_size": 16,
-        "train.min_size_to_sample": 16,
-        "train.error_buffer": 32,
-        "train.max_policy_lag": 8,
-        "train.eval_every": 3,
-        "train.checkpoint_every": 3,
-        "train.log_every": 1,
-        "train.tree_every": 2,
-        "train.eval_search_simulations": 2,
-        "train.sync_trees_per_round": 4,
-        "search.simulations": 4,
-        "search.children": 2,
-        "search.beam_width": 2,
-        "search.trees_in_flight": 4,
-        "search.max_step_tokens": 12,
-        "search.max_response_tokens": 36,
-        "search.max_depth": 4,
-    }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
-
-
-@pytest.fixture(scope="module")
-def init_ckpt(tmp_path_factory) -> Path:
-    model, tokenizer = build_policy(TINY_MODEL)
-    path = tmp_path_factory.mktemp("init") / "ckpt"
-    save_checkpoint(path, model, tokenizer, ValueHead(hidden_size_of(model)))
-    return path
+from tests.conftest import DEFAULT_CONFIG, TINY_MODEL, train_overrides
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,13 @@
 """The weight channel over torch.distributed groups: nccl between GPUs, gloo on CPU (``train.weight_sync=collective``).
 
-Same small interface as :class:`core.channels.WeightChannel`: the learner calls ``publish(version, state)``,
-an actor calls ``poll(have_version)`` between searches and gets ``(version, state or None, stop)``.
+Same small interface as :class:`arbor.core.channels.WeightChannel`: the learner calls ``publish(version,
+state)``, an actor calls ``poll(have_version)`` between searches and gets a ``WeightPoll``.
 
 How the bytes move:
 
 - Learner rank 0 runs a :class:`WeightServer`: a ``TCPStore`` on its node and one serving thread. ``publish``
   copies the weights into one flat buffer per dtype (on the learner's GPU for nccl) and announces the version
-  through the :class:`~core.channels.Coordinator`; it moves no bytes to anyone.
+  through the :class:`~arbor.launch.distributed.coordinator.Coordinator`; it moves no bytes to anyone.
 - An actor that sees a newer version joins once: it takes a ticket from the store and forms a two-rank group
   (its own communicator) with the server. It then writes "I have version v" into the store; the serving
   thread answers by broadcasting the newest version's number and buffers in that pair's group.
@@ -41,7 +41,8 @@ import ray
 import torch
 import torch.distributed as dist
 
-from arbor.core.channels import state_bytes
+from arbor.core.channels import WeightChannel, WeightPoll, state_bytes
+from arbor.launch.distributed.coordinator import ServerAddress
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,8 @@ class WeightServer:
         self.thread.start()
 
     @property
-    def address(self) -> dict[str, Any]:
-        return {"host": self.host, "port": self.store.port, "backend": self.backend}
+    def address(self) -> ServerAddress:
+        return ServerAddress(self.host, self.store.port, self.backend)
 
     def update(self, version: int, state: dict[str, torch.Tensor]) -> None:
         if not self.thread.is_alive():
@@ -252,7 +253,7 @@ class WeightServer:
                 self._drop(ticket, repr(exc))
 
 
-class CollectiveWeightChannel:
+class CollectiveWeightChannel(WeightChannel):
     """Publisher (learner rank 0) and puller (actors) over pairwise groups; see the module docstring."""
 
     def __init__(self, coordinator: Any, backend: str = "gloo", device: str = "cpu", name: str = "actor"):
@@ -283,17 +284,16 @@ class CollectiveWeightChannel:
 
     # ---- actor side ---------------------------------------------------------------------------
 
-    def poll(self, have_version: int) -> tuple[int, dict[str, torch.Tensor] | None, bool]:
-        """(latest version, its weights if newer than ``have_version`` else None, stop requested)."""
+    def poll(self, have_version: int) -> WeightPoll:
         reply = ray.get(self.coordinator.poll.remote(have_version))
-        if reply["stop"] or reply["version"] <= have_version or reply["server"] is None:
-            return reply["version"], None, reply["stop"]
-        version = self.fetch(have_version, reply["server"])
+        if reply.stop or reply.version <= have_version or reply.server is None:
+            return WeightPoll(reply.version, None, reply.stop)
+        version = self.fetch(have_version, reply.server)
         if version <= have_version:
-            return reply["version"], None, reply["stop"]
-        return version, unflatten(self.layout, self.buffers), reply["stop"]
+            return WeightPoll(reply.version, None, reply.stop)
+        return WeightPoll(version, unflatten(self.layout, self.buffers), reply.stop)
 
-    def fetch(self, have_version: int, server: dict[str, Any]) -> int:
+    def fetch(self, have_version: int, server: ServerAddress) -> int:
         """Ask the server for anything newer than ``have_version``; the received version (-1: nothing newer).
         The weights land in ``self.buffers``."""
         if self.group is None:
@@ -312,13 +312,13 @@ class CollectiveWeightChannel:
             raise
         return version
 
-    def _join(self, server: dict[str, Any]) -> None:
-        if server["backend"] != self.backend:
+    def _join(self, server: ServerAddress) -> None:
+        if server.backend != self.backend:
             raise RuntimeError(
-                f"{self.name}: the weight server speaks {server['backend']} but this actor was set up for"
+                f"{self.name}: the weight server speaks {server.backend} but this actor was set up for"
                 f" {self.backend} (train.weight_sync=collective needs GPUs on both sides for nccl)"
             )
-        self.store = dist.TCPStore(server["host"], server["port"], is_master=False, timeout=TRANSFER_TIMEOUT)
+        self.store = dist.TCPStore(server.host, server.port, is_master=False, timeout=TRANSFER_TIMEOUT)
         self.layout = json.loads(self.store.get("layout"))
         self.buffers = empty_buffers(self.layout, self.device)
         self.ticket = self.store.add("tickets", 1)

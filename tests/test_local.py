@@ -1,0 +1,67 @@
+"""`arbor train train.mode=local`: the same loop in one process, without Ray, resumable like the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from arbor.core.config import load_config
+from arbor.core.errors import ConfigError
+from arbor.launch.train import run_train
+from tests.conftest import DEFAULT_CONFIG, REPO, train_overrides
+
+LOCAL = {"train.mode": "local", "train.steps": 4, "train.eval_every": 2, "train.checkpoint_every": 2}
+
+NO_RAY = """
+import sys
+from arbor.launch.cli import main
+rc = main(["train", *sys.argv[1:]])
+assert rc == 0, rc
+assert "ray" not in sys.modules, "train.mode=local imported ray"
+print("no ray")
+"""
+
+
+def test_local_mode_trains_without_importing_ray(init_ckpt, tmp_path):
+    extra = {**LOCAL, "run.name": "local"}
+    args = [str(DEFAULT_CONFIG), *train_overrides(tmp_path, init_ckpt, **extra)]
+    # a fresh process, not one rank of this test process's own torch.distributed group
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    run = [sys.executable, "-c", NO_RAY, *args]
+    out = subprocess.run(run, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "no ray" in out.stdout, (out.stdout + out.stderr)[-3000:]
+    result = json.loads((tmp_path / "local" / "result.json").read_text())
+    assert result["steps"] == 4 and result["samples_trained"] == 4 * 16
+    assert result["buffer_dropped"] == 0 and result["max_trained_lag"] <= 1  # rounds train on their own trees
+    assert result["actors"]["rollout-0"]["trees"] > 0 and result["placement"]["learner"] == ["local"]
+    b = result["buffer"]
+    assert b["inserted"] == b["size"] + b["released"] + b["evicted_stale"] + b["evicted_capacity"]
+    rows = [json.loads(line) for line in (tmp_path / "local" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "learner/loss" in r] == [1, 2, 3, 4]  # each step logged under its number
+    assert [r["step"] for r in rows if "eval/greedy_accuracy" in r] == [2, 4]
+
+
+def test_local_mode_resumes_at_the_same_step_and_version(init_ckpt, tmp_path):
+    first = run_train(load_config(DEFAULT_CONFIG, train_overrides(tmp_path, init_ckpt, **LOCAL, **{"run.name": "a"})))
+    run_dir = Path(first["run_dir"])
+    (run_dir / "checkpoints" / "latest").write_text("step-000002")
+    state = json.loads((run_dir / "checkpoints" / "step-000002" / "train_state.json").read_text())
+    assert state["before"] == first["before"]  # the init's evaluation is in every checkpoint, not just the last
+    again = run_train(load_config(DEFAULT_CONFIG, train_overrides(tmp_path, init_ckpt, **LOCAL, resume=str(run_dir))))
+    assert again["steps"] == 4 and again["version"] > state["version"]
+    assert again["samples_trained"] == 4 * 16  # 2 x 16 restored with the checkpoint, 2 x 16 after it
+    assert again["before"] == first["before"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "learner/loss" in r][-2:] == [3, 4]  # it went on from step 2
+
+
+def test_local_mode_refuses_a_learner_group(init_ckpt, tmp_path):
+    cfg = load_config(DEFAULT_CONFIG, train_overrides(tmp_path, init_ckpt, **LOCAL, **{"resources.learner_ranks": 2}))
+    with pytest.raises(ConfigError, match="resources.learner_ranks"):
+        run_train(cfg)
+    assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("train-*"))  # nothing written
