@@ -33,11 +33,12 @@ from arbor.learner.engine import OptimConfig, build_engine
 from arbor.learner.losses import (
     LossCoefficients,
     LossInputs,
+    combine,
     entropy_from_logits,
-    kl_to_reference,
     masked_mean,
+    regularisers,
     total_loss,
-    vtrace,
+    vtrace_step_loss,
 )
 
 
@@ -278,79 +279,53 @@ class ActorCriticLearner:
         if self.cfg.negative_advantage_scale != 1.0:
             adv = batch.advantages
             batch.advantages = torch.where(adv < 0, adv * self.cfg.negative_advantage_scale, adv)
-        rows = batch.sample_row
-        adv_mean = float(batch.advantages[mask].mean()) if mask.any() else 0.0
-        common = {
-            "learner/advantage_mean": adv_mean,
-            "learner/reward_mean": float(batch.rewards[batch.terminal].mean()) if batch.terminal.any() else 0.0,
-            "learner/value_mean": float(values[batch.value_mask].mean().detach()),
-        }
+        scaled_logits = logits[:, :-1].float() / self.temperature
+        inputs = LossInputs(
+            logp=logp,
+            # Plain PPO (the AReaL baseline) anchors the trust region at the behaviour policy with no separate
+            # off-policy weight: decoupled PPO with prox = behav and an uncapped weight (identically 1) is exactly
+            # that (tests/test_losses.py). The default anchors at the pre-update policy.
+            prox_logp=batch.behav_logp if self.cfg.policy_loss == "ppo" else logp.detach(),
+            behav_logp=batch.behav_logp,
+            advantages=batch.advantages,
+            mask=mask,
+            values=values,
+            value_targets=batch.value_targets,
+            value_mask=batch.value_mask,
+            logits=scaled_logits if self.coefs.entropy_coef else None,
+            ref_logp=ref_logp,
+        )
         if self.cfg.policy_loss == "vtrace":
-            # One-step V-trace per sample with the value head as critic: x_s = state, x_{s+1} = state after
-            # the step (bootstrap 0 when the step is terminal). The step's log-prob is its tokens' sum.
+            # x_s = the state, x_{s+1} = the state after the step (bootstrap 0 when the step is terminal);
+            # a step's log-prob is its tokens' sum.
+            rows = batch.sample_row
             step_logp, step_behav = _per_sample_sums(batch, torch.where(mask, logp, torch.zeros_like(logp)))
             v_state = values[rows, batch.state_end]
             v_next = torch.where(batch.terminal, torch.zeros_like(v_state), values[rows, batch.action_end])
-            vt = vtrace(
-                step_behav[:, None],
-                step_logp.detach()[:, None],
-                batch.rewards[:, None],
-                v_state.detach()[:, None],
-                v_next.detach(),
-                torch.ones_like(step_behav[:, None], dtype=torch.bool),
-                discount=1.0,
-            )
-            policy = -(vt.pg_advantages[:, 0] * step_logp).mean()
-            vloss = 0.5 * ((v_state - vt.vs[:, 0]) ** 2).mean()
-            entropy = entropy_from_logits(logits[:, :-1].float() / self.temperature, mask)
-            kl = kl_to_reference(logp, ref_logp, mask) if ref_logp is not None else logp.new_tensor(0.0)
-            loss = policy + self.cfg.value_coef * vloss - self.cfg.entropy_coef * entropy + self.cfg.kl_coef * kl
-            return common | {
-                "loss_tensor": loss,
-                "learner/loss": float(loss.detach()),
-                "learner/policy_loss": float(policy.detach()),
-                "learner/value_loss": float(vloss.detach()),
-                "learner/entropy": float(entropy.detach()),
-                "learner/kl": float(kl.detach()),
-                "learner/is_weight_mean": float(vt.rhos.mean()),
-                "learner/ess": float(vt.rhos.sum() ** 2 / (len(rows) * (vt.rhos**2).sum()).clamp(min=1e-12)),
-            }
-        # Plain PPO (the AReaL baseline) anchors the trust region at the behaviour policy with no separate
-        # off-policy weight: decoupled PPO with prox = behav and an uncapped weight (identically 1) is exactly
-        # that (tests/test_losses.py). The default anchors at the pre-update policy.
-        ppo = self.cfg.policy_loss == "ppo"
-        out = total_loss(
-            LossInputs(
-                logp=logp,
-                prox_logp=batch.behav_logp if ppo else logp.detach(),
-                behav_logp=batch.behav_logp,
-                advantages=batch.advantages,
-                mask=mask,
-                values=values,
-                value_targets=batch.value_targets,
-                value_mask=batch.value_mask,
-                logits=logits[:, :-1].float() / self.temperature if self.coefs.entropy_coef else None,
-                ref_logp=ref_logp,
-            ),
-            dataclasses.replace(self.coefs, is_cap=math.inf) if ppo else self.coefs,
-        )
-        policy_out, vout, kl, loss = out.policy, out.value, out.kl, out.loss
+            policy, value = vtrace_step_loss(step_logp, step_behav, batch.rewards, v_state, v_next)
+            out = combine(policy, value, *regularisers(inputs, self.coefs), self.coefs)
+        else:
+            ppo = self.cfg.policy_loss == "ppo"
+            out = total_loss(inputs, dataclasses.replace(self.coefs, is_cap=math.inf) if ppo else self.coefs)
         entropy = out.entropy
         if not self.coefs.entropy_coef:  # still report it, without building the graph
             with torch.no_grad():
-                entropy = entropy_from_logits(logits[:, :-1].float() / self.temperature, mask)
-        return common | {
-            "loss_tensor": loss,
-            "learner/loss": float(loss.detach()),
-            "learner/policy_loss": float(policy_out.loss.detach()),
-            "learner/value_loss": float(vout.loss.detach()),
+                entropy = entropy_from_logits(scaled_logits, mask)
+        return {
+            "loss_tensor": out.loss,
+            "learner/advantage_mean": float(batch.advantages[mask].mean()) if mask.any() else 0.0,
+            "learner/reward_mean": float(batch.rewards[batch.terminal].mean()) if batch.terminal.any() else 0.0,
+            "learner/value_mean": float(values[batch.value_mask].mean().detach()),
+            "learner/loss": float(out.loss.detach()),
+            "learner/policy_loss": float(out.policy.loss.detach()),
+            "learner/value_loss": float(out.value.loss.detach()),
             "learner/entropy": float(entropy.detach()),
-            "learner/kl": float(kl.detach()),
-            "learner/clip_fraction": float(policy_out.clip_fraction),
-            "learner/is_weight_mean": float(policy_out.is_weight_mean),
-            "learner/is_weight_max": float(policy_out.is_weight_max),
-            "learner/ess": float(policy_out.ess),
-            "learner/is_masked_fraction": float(policy_out.masked_fraction),
+            "learner/kl": float(out.kl.detach()),
+            "learner/clip_fraction": float(out.policy.clip_fraction),
+            "learner/is_weight_mean": float(out.policy.is_weight_mean),
+            "learner/is_weight_max": float(out.policy.is_weight_max),
+            "learner/ess": float(out.policy.ess),
+            "learner/is_masked_fraction": float(out.policy.masked_fraction),
             "learner/approx_kl_behav": float(masked_mean((batch.behav_logp - logp.detach()), mask)),
         }
 

@@ -281,6 +281,26 @@ class LossOutput:
     kl: Tensor  # [] mean k3 KL to the reference (0 when no reference is given)
 
 
+def combine(
+    policy: PolicyLossOutput, value: ValueLossOutput, entropy: Tensor, kl: Tensor, coefs: LossCoefficients
+) -> LossOutput:
+    """The one total: policy + value_coef * value - entropy_coef * entropy + kl_coef * kl."""
+    loss = policy.loss + coefs.value_coef * value.loss - coefs.entropy_coef * entropy + coefs.kl_coef * kl
+    return LossOutput(loss=loss, policy=policy, value=value, entropy=entropy, kl=kl)
+
+
+def regularisers(inputs: LossInputs, coefs: LossCoefficients) -> tuple[Tensor, Tensor]:
+    """(entropy, kl) of ``inputs``; each 0 where its input is absent, an error where its coefficient needs it."""
+    if coefs.entropy_coef and inputs.logits is None:
+        raise ValueError("entropy_coef is set but no logits were given")
+    if coefs.kl_coef and inputs.ref_logp is None:
+        raise ValueError("kl_coef is set but no reference log-probs were given")
+    zero = inputs.logp.new_tensor(0.0)
+    entropy = entropy_from_logits(inputs.logits, inputs.mask) if inputs.logits is not None else zero
+    kl = kl_to_reference(inputs.logp, inputs.ref_logp, inputs.mask) if inputs.ref_logp is not None else zero
+    return entropy, kl
+
+
 def total_loss(inputs: LossInputs, coefs: LossCoefficients) -> LossOutput:
     """policy + value_coef * value - entropy_coef * entropy + kl_coef * kl, with the decoupled PPO policy loss."""
     policy = decoupled_ppo_loss(
@@ -294,12 +314,37 @@ def total_loss(inputs: LossInputs, coefs: LossCoefficients) -> LossOutput:
         coefs.is_mode,
     )
     value = value_loss(inputs.values, inputs.value_targets, inputs.value_mask, coefs.value_clip, inputs.old_values)
-    if coefs.entropy_coef and inputs.logits is None:
-        raise ValueError("entropy_coef is set but no logits were given")
-    if coefs.kl_coef and inputs.ref_logp is None:
-        raise ValueError("kl_coef is set but no reference log-probs were given")
-    zero = policy.loss.new_tensor(0.0)
-    entropy = entropy_from_logits(inputs.logits, inputs.mask) if inputs.logits is not None else zero
-    kl = kl_to_reference(inputs.logp, inputs.ref_logp, inputs.mask) if inputs.ref_logp is not None else zero
-    loss = policy.loss + coefs.value_coef * value.loss - coefs.entropy_coef * entropy + coefs.kl_coef * kl
-    return LossOutput(loss=loss, policy=policy, value=value, entropy=entropy, kl=kl)
+    return combine(policy, value, *regularisers(inputs, coefs), coefs)
+
+
+def vtrace_step_loss(
+    step_logp: Tensor, step_behav: Tensor, rewards: Tensor, v_state: Tensor, v_next: Tensor
+) -> tuple[PolicyLossOutput, ValueLossOutput]:
+    """One-step V-trace per step sample, the value head as critic (IMPALA's loss with a trajectory of one step).
+
+    step_logp: [S] log pi_theta of each whole step (its tokens' sum, with gradient); step_behav: [S] the same
+    under the behaviour policy. rewards: [S]. v_state: [S] V(state) (with gradient); v_next: [S] V(state after
+    the step), 0 where the step is terminal. Policy loss -mean(pg_advantage x step_logp); value loss
+    0.5 x mean((V(state) - v_s)^2).
+    """
+    ones = torch.ones_like(step_behav[:, None], dtype=torch.bool)
+    vt = vtrace(
+        step_behav[:, None],
+        step_logp.detach()[:, None],
+        rewards[:, None],
+        v_state.detach()[:, None],
+        v_next.detach(),
+        ones,
+        discount=1.0,
+    )
+    rhos = vt.rhos[:, 0]
+    policy = PolicyLossOutput(
+        loss=-(vt.pg_advantages[:, 0] * step_logp).mean(),
+        clip_fraction=rhos.new_tensor(0.0),
+        is_weight_mean=rhos.mean(),
+        is_weight_max=rhos.max(),
+        ess=effective_sample_size(rhos, ones[:, 0]),
+        masked_fraction=rhos.new_tensor(0.0),
+    )
+    value = ValueLossOutput(loss=0.5 * ((v_state - vt.vs[:, 0]) ** 2).mean(), clip_fraction=rhos.new_tensor(0.0))
+    return policy, value

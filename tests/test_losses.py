@@ -302,3 +302,21 @@ def test_vtrace_per_step_discount_and_bad_mask() -> None:
     assert out.vs.item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="prefix"):
         vtrace(*(_t([[0.0, 0.0]]),) * 4, _t([[0.0]])[0], torch.tensor([[0, 1]]), 0.9)
+
+
+def test_vtrace_step_loss_by_hand() -> None:
+    """On-policy (rho = 1): pg advantage r + V(next) - V(state), value target r + V(next), by hand."""
+    from arbor.learner.losses import vtrace_step_loss
+
+    logp = torch.tensor([-1.0, -2.0], requires_grad=True)
+    v_state = torch.tensor([0.5, 0.2], requires_grad=True)
+    policy, value = vtrace_step_loss(logp, logp.detach(), _t([1.0, 0.0]), v_state, _t([0.0, 0.6]))
+    # pg advantages 0.5 and 0.4: loss = -(0.5 * -1 + 0.4 * -2) / 2
+    assert float(policy.loss) == pytest.approx(0.65)
+    assert float(value.loss) == pytest.approx(0.5 * ((0.5 - 1.0) ** 2 + (0.2 - 0.6) ** 2) / 2)
+    assert float(policy.is_weight_mean) == pytest.approx(1.0) and float(policy.ess) == pytest.approx(1.0)
+    (policy.loss + value.loss).backward()
+    assert logp.grad.tolist() == pytest.approx([-0.25, -0.2])  # -pg / 2: the advantages carry no gradient
+    # off-policy: a step the behaviour policy found twice as likely gets rho = 1/2
+    policy, _ = vtrace_step_loss(_t([-1.0]), _t([-1.0 + math.log(2.0)]), _t([1.0]), _t([0.0]), _t([0.0]))
+    assert float(policy.is_weight_mean) == pytest.approx(0.5) and float(policy.loss) == pytest.approx(0.5 * 1.0)
