@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 SETTINGS = {  # name -> search overrides on top of the config's search section
     "mcts (config)": [],
-    "mcts, 48 simulations": ["search.simulations=48"],
-    "best_of_n, 8": ["search.kind=best_of_n", "search.num_samples=8"],
-    "best_of_n, 16": ["search.kind=best_of_n", "search.num_samples=16"],
+    "mcts, 48 simulations": ["search.mcts.simulations=48"],
+    "best_of_n, 8": ["search.kind=best_of_n", "search.best_of_n.num_samples=8"],
+    "best_of_n, 16": ["search.kind=best_of_n", "search.best_of_n.num_samples=16"],
 }
 
 

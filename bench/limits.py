@@ -198,13 +198,13 @@ def open_limiter(items: int) -> RateLimiter:
 def replay_round(trees: Trees, batch: int, cfg: ArborConfig) -> tuple[float, ...]:
     """Buffer inserts/s, deque appends/s, buffer samples/s, deque samples/s (the same items and calls), and the
     two ratios."""
-    total, t = sum(map(len, trees)), cfg.train
+    total, b = sum(map(len, trees)), cfg.buffer
     draws = total // batch
-    buffer = ReplayBuffer(2 * total, t.sampler, t.max_policy_lag, open_limiter(2 * total), t.seed)
+    buffer = ReplayBuffer(2 * total, str(b.sampler), b.max_policy_lag, open_limiter(2 * total), cfg.train.seed)
     d: deque = deque()
 
     def pop(n: int) -> list[StepSample]:
-        return [d.popleft() for _ in range(n)] if t.sampler == "fifo" else random.choices(d, k=n)
+        return [d.popleft() for _ in range(n)] if b.sampler == "fifo" else random.choices(d, k=n)
 
     insert = timed(lambda: [buffer.try_insert(tree) for tree in trees])
     sample = timed(lambda: [buffer.try_sample(batch, 0) for _ in range(draws)])
@@ -227,7 +227,7 @@ def replay_figures(trees: Trees, cfg: ArborConfig) -> dict:
     rows = [replay_round(fill(trees, REPLAY_ITEMS), cfg.train.batch_size, cfg) for _ in range(REPLAY_ROUNDS)]
     names = ("replay_insert", "deque_append", "replay_sample", "deque_sample")
     ratios = ("replay_insert_vs_deque", "replay_sample_vs_deque")
-    return medians(rows, (*(f"{n}_per_s" for n in names), *ratios)) | {"replay_sampler": cfg.train.sampler}
+    return medians(rows, (*(f"{n}_per_s" for n in names), *ratios)) | {"replay_sampler": cfg.buffer.sampler}
 
 
 class DequeActor:
@@ -311,7 +311,7 @@ def ray_rounds(cfg: ArborConfig, learner: ActorCriticLearner, trees: Trees) -> d
             env = {"env_vars": dict(ACTOR_ENV)}
             cap = 4 * SERVICE_ITEMS
             service = ray.remote(ReplayService).options(num_cpus=0, runtime_env=env)
-            service = service.remote(capacity=cap, sampler=cfg.train.sampler, rate_limiter=open_limiter(cap))
+            service = service.remote(capacity=cap, sampler=str(cfg.buffer.sampler), rate_limiter=open_limiter(cap))
             sync = {}
             for mode in ("object_store", "collective"):  # the same rounds over each weight channel
                 coordinator = ray.remote(Coordinator).options(num_cpus=0).remote()

@@ -75,7 +75,7 @@ def main(argv: list[str]) -> dict:
     sft_s = time.time() - t0
     shepherd = [
         "search.kind=shepherd",
-        f"search.num_samples={PRM_CHAINS}",
+        f"search.best_of_n.num_samples={PRM_CHAINS}",
         f"search.children={PRM_COMPLETIONS}",
         "threads=1",
         f"model.path={policy}",
@@ -96,7 +96,7 @@ def main(argv: list[str]) -> dict:
             f"prm.path={prm_report['checkpoint']}",
             "search.leaf_value=prm",
             "search.terminal_value=value_head",
-            "search.dirichlet_eps=0",
+            "search.mcts.dirichlet_eps=0",
             f"search.answer_by={ANSWER_BY}",
         ],
     )
@@ -113,13 +113,15 @@ def main(argv: list[str]) -> dict:
 
     print(f"policy and PRM ready after {time.time() - t0:.0f} s; measuring on {len(problems)} problems")
 
-    beam_cfg = dataclasses.replace(cfg.search, kind="beam", beam_width=BEAM_WIDTH)
+    beam_cfg = dataclasses.replace(cfg.search, kind="beam", beam=dataclasses.replace(cfg.search.beam, width=BEAM_WIDTH))
     beam = search(beam_cfg)
     beam_tokens = search_stats(beam)["search/tokens_generated_per_tree"]
     # best-of-N at the beam's token spend: N from a first run's tokens per chain, raised until it reaches it
     n = BEAM_WIDTH
     while True:
-        bon_cfg = dataclasses.replace(cfg.search, kind="best_of_n", num_samples=n)
+        bon_cfg = dataclasses.replace(
+            cfg.search, kind="best_of_n", best_of_n=dataclasses.replace(cfg.search.best_of_n, num_samples=n)
+        )
         bon = search(bon_cfg)
         bon_tokens = search_stats(bon)["search/tokens_generated_per_tree"]
         if bon_tokens >= beam_tokens:

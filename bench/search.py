@@ -45,8 +45,8 @@ RULES = ("visits", "value", "vote", "value_vote")
 # Search settings of the benchmark, overridable on the command line like any key.
 BENCH_SEARCH = [
     "search.children=4",
-    "search.c_puct=1.5",
-    "search.leaves_per_round=4",
+    "search.mcts.c_puct=1.5",
+    "search.mcts.leaves_per_round=4",
     "search.answer_by=value_vote",
     "search.trees_in_flight=16",
 ]
@@ -90,7 +90,7 @@ def search_tokens_per_s(backend: HFStepBackend, problems, cfg: ArborConfig) -> t
     """(generated tokens, seconds) of best-of-N chains through the search driver (fresh prefix cache)."""
     backend.cache.clear()
     t0 = time.perf_counter()
-    trees = run_searches(backend, problems, budget_config(cfg.search, "best_of_n", cfg.search.num_samples))
+    trees = run_searches(backend, problems, budget_config(cfg.search, "best_of_n", cfg.search.best_of_n.num_samples))
     return sum(t.tokens_generated for t in trees), time.perf_counter() - t0
 
 

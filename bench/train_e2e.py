@@ -52,7 +52,7 @@ def main(argv: list[str]) -> dict:
         "init_search_accuracy": async_run["before"].get("search_accuracy"),
         "trained_search_accuracy": async_run["after"].get("search_accuracy"),
         "max_trained_lag": async_run["max_trained_lag"],
-        "max_policy_lag": cfg.train.max_policy_lag,
+        "max_policy_lag": cfg.buffer.max_policy_lag,
         "buffer_dropped": async_run["buffer_dropped"],
         "async_samples_per_s": async_run["samples_per_s"],
         "sync_samples_per_s": sync_run["samples_per_s"],

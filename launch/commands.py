@@ -131,7 +131,7 @@ def value_sampling_config(cfg: ArborConfig) -> SearchConfig:
     return dataclasses.replace(
         cfg.search,
         kind="best_of_n",
-        num_samples=v.samples_per_problem,
+        best_of_n=dataclasses.replace(cfg.search.best_of_n, num_samples=v.samples_per_problem),
         temperature=v.temperature,
         terminal_value="verifier",
         trees_in_flight=max(1, cfg.search.max_batch_rows // v.samples_per_problem),

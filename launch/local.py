@@ -37,11 +37,10 @@ class InProcessBuffer(BufferClient):
 
     def insert(self, samples: Sequence[StepSample], cursor: tuple[str, int] | None = None) -> bool:
         if not self.buffer.try_insert(list(samples), cursor):
-            t = self.cfg.train
             raise ConfigError(
                 f"train.mode=local: a round's trees do not fit the replay buffer ({len(self.buffer)} of "
-                f"train.buffer_capacity={t.buffer_capacity} items held, {len(samples)} more offered); raise "
-                f"train.buffer_capacity or lower train.sync_trees_per_round ({t.sync_trees_per_round})"
+                f"buffer.capacity={self.buffer.capacity} items held, {len(samples)} more offered); raise "
+                f"buffer.capacity or lower train.sync_trees_per_round ({self.cfg.train.sync_trees_per_round})"
             )
         return True
 
@@ -53,12 +52,7 @@ class LocalRuntime(Runtime):
     """Rollout workers, replay buffer and one learner rank as objects in this process."""
 
     def __init__(self, cfg: ArborConfig):
-        if cfg.resources.learner_ranks != 1:
-            raise ConfigError(
-                f"train.mode=local trains one learner rank; config key 'resources.learner_ranks' is "
-                f"{cfg.resources.learner_ranks} (use train.mode=sync or async for a learner group)"
-            )
-        self.cfg = cfg
+        self.cfg = cfg  # one learner rank: the config's checks refuse a group in local mode
         self.workers: list[RolloutWorker] = []
         self.rank: LearnerRank | None = None
 
@@ -81,7 +75,7 @@ class LocalRuntime(Runtime):
     def insert_demonstrations(self, samples: list[StepSample]) -> None:
         if not self.buffer.insert_demonstrations(samples):
             raise ConfigError(
-                f"train.demonstrations: {len(samples)} steps do not fit train.buffer_capacity={self.buffer.capacity}"
+                f"train.demonstrations: {len(samples)} steps do not fit buffer.capacity={self.buffer.capacity}"
             )
 
     def stream(self) -> None:

@@ -213,8 +213,8 @@ def fit_implicit(cfg: ArborConfig, policy, tokenizer, trees: Sequence[SearchTree
     chains = verified_responses(trees, tokenizer)
     if not chains:
         raise DataError("prm.kind=implicit: the trees hold no verified response")
-    prm = ImplicitPRM(copy.deepcopy(policy), policy, tokenizer, p.beta, step_sep=step_separator(cfg.task))
-    trainer = ImplicitPRMTrainer(prm, p.implicit_lr, p.weight_decay)
+    prm = ImplicitPRM(copy.deepcopy(policy), policy, tokenizer, p.implicit.beta, step_sep=step_separator(cfg.task))
+    trainer = ImplicitPRMTrainer(prm, p.implicit.lr, p.weight_decay)
     gen = torch.Generator().manual_seed(p.seed)
     with progress_bar() as bar:
         job = bar.add_task("implicit PRM", total=p.steps, info="")
@@ -263,7 +263,7 @@ def run_prm(cfg: ArborConfig) -> dict:
             prm = fit_implicit(cfg, model, tokenizer, fit_trees, on_step)
             fit_scores, held_scores = tree_scores(prm, fit_trees, fit), tree_scores(prm, held_trees, held)
             trunk, head = prm.model, None
-            meta |= {"beta": p.beta, "reference": str(Path(cfg.model.path).resolve())}  # type: ignore[arg-type]
+            meta |= {"beta": p.implicit.beta, "reference": str(Path(cfg.model.path).resolve())}  # type: ignore[arg-type]
         else:
             head, fit_scores, held_scores = fit_explicit(cfg, trunk, trunk_tokenizer, fit, held, on_step)
             meta |= {"base": p.base}

@@ -99,15 +99,15 @@ class Runtime(Protocol):
 
 
 def replay_buffer_kwargs(cfg: ArborConfig) -> dict[str, Any]:
-    """The replay buffer of ``train`` and ``buffer`` settings, as both runtimes build it. Round-based modes
+    """The replay buffer of the ``buffer`` section, as both runtimes build it. Round-based modes
     train on a whole round at once, so their inserts must not wait on samples within a round: the rate
     limiter's window is then as wide as the buffer."""
-    t = cfg.train
-    error_buffer = t.error_buffer if t.mode == "async" else float(t.buffer_capacity)
+    b = cfg.buffer
+    error_buffer = b.error_buffer if cfg.train.mode == "async" else float(b.capacity)
     return dict(
-        capacity=t.buffer_capacity,
-        sampler=t.sampler,
-        max_policy_lag=t.max_policy_lag,
-        rate_limiter=RateLimiter(t.min_size_to_sample, t.samples_per_insert, error_buffer),
-        seed=t.seed,
+        capacity=b.capacity,
+        sampler=str(b.sampler),
+        max_policy_lag=b.max_policy_lag,
+        rate_limiter=RateLimiter(b.min_size_to_sample, b.samples_per_insert, error_buffer),
+        seed=cfg.train.seed,
     )

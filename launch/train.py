@@ -57,14 +57,9 @@ def evaluate_policy(cfg: ArborConfig, path: str, held_out: list[Problem]) -> tup
     out = {"greedy_accuracy": greedy.greedy_accuracy}
     sims = cfg.train.eval_search_simulations
     if sims:
+        mcts = dataclasses.replace(cfg.search.mcts, simulations=sims, dirichlet_eps=0.0, token_budget=0)
         search = dataclasses.replace(
-            cfg.search,
-            kind="mcts",
-            simulations=sims,
-            dirichlet_eps=0.0,
-            terminal_value="value_head",
-            answer_by="value_vote",
-            token_budget=0,
+            cfg.search, kind="mcts", mcts=mcts, terminal_value="value_head", answer_by="value_vote"
         )
         head = value_head_for(model, path)
         backend = HFStepBackend(model, tokenizer, head, seed=cfg.search.seed, max_batch_rows=cfg.search.max_batch_rows)

@@ -209,8 +209,8 @@ class ActorCriticLearner:
             raise ValueError("train.kl_coef > 0 needs a frozen reference model")
         self.coefs = LossCoefficients(
             clip_eps=cfg.clip_eps,
-            is_cap=cfg.is_cap,
-            is_mode=cfg.is_mode,  # type: ignore[arg-type]
+            is_cap=cfg.decoupled_ppo.is_cap,
+            is_mode=str(cfg.decoupled_ppo.is_mode),  # type: ignore[arg-type]
             value_coef=cfg.value_coef,
             entropy_coef=cfg.entropy_coef,
             kl_coef=cfg.kl_coef,

@@ -9,11 +9,13 @@ sampler with seeded randomness, used here in place of a language model (not a mo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Sequence
 
 from arbor.actors.search.backend import StepOutput, StepRequest, StepResult
+from arbor.core.config import SearchConfig
 from arbor.core.tree import SearchTree
 
 STEPS = ["good\n", "bad\n", "meh\n", "Answer: 1\n", "Answer: 0\n"]
@@ -97,3 +99,33 @@ def leaf_mean(tree: SearchTree, node_id: int) -> float | None:
             outcomes.append(n.outcome)
         stack += n.children
     return sum(outcomes) / len(outcomes) if outcomes else None
+
+
+_VARIANT = {  # a search setting's section in the schema, for tests that name settings flat
+    **dict.fromkeys(
+        (
+            "simulations",
+            "c_puct",
+            "dirichlet_alpha",
+            "dirichlet_eps",
+            "virtual_loss",
+            "leaves_per_round",
+            "token_budget",
+        ),
+        "mcts",
+    ),
+    "beam_width": "beam",
+    "num_samples": "best_of_n",
+}
+
+
+def search_cfg(base: SearchConfig | None = None, **settings) -> SearchConfig:
+    """``base`` (the schema's defaults) with ``settings`` applied, variant settings (``simulations``,
+    ``beam_width``, ``num_samples``, ...) into their sections (``mcts``, ``beam``, ``best_of_n``)."""
+    cfg = base or SearchConfig()
+    flat = {k: v for k, v in settings.items() if k not in _VARIANT}
+    for section in ("mcts", "beam", "best_of_n"):
+        mine = {("width" if k == "beam_width" else k): v for k, v in settings.items() if _VARIANT.get(k) == section}
+        if mine:
+            flat[section] = dataclasses.replace(getattr(cfg, section), **mine)
+    return dataclasses.replace(cfg, **flat)

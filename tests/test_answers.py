@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
@@ -11,13 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from arbor.actors.search import run_searches, training_scorers
-from arbor.core.config import SearchConfig
 from arbor.core.tasks.base import Problem
 from arbor.learner.advantages import tree_to_samples
 from arbor.reward import check, verifier_counts, verify
 from arbor.reward.bounded import BoundedWorker, CallTimeout, WorkerFailed
 from tests.conftest import SHARED_DATA
-from tests.search_toy import PROMPT, FixedLogitPolicy
+from tests.search_toy import PROMPT, FixedLogitPolicy, search_cfg
 
 needs_data = pytest.mark.skipif(
     not (SHARED_DATA / "math500_test.jsonl").is_file(), reason=f"shared data sets not found in {SHARED_DATA}"
@@ -200,7 +198,7 @@ def test_a_crashing_verifier_skips_the_response_and_the_search_goes_on(caplog: p
     # a reference without its answer makes the gsm8k verifier raise inside the search
     problems = [Problem("gsm8k", f"gsm8k/data.jsonl:{i}", f"k{i}", PROMPT, {}) for i in range(3)]
     before = verifier_counts()["crashed"]
-    cfg = dataclasses.replace(SearchConfig(), kind="best_of_n", num_samples=4)
+    cfg = search_cfg(kind="best_of_n", num_samples=4)
     with caplog.at_level("WARNING", logger="arbor.search"):
         trees = run_searches(FixedLogitPolicy(seed=2), problems, cfg, training_scorers)
     assert "skipping a response to gsm8k/data.jsonl:2" in caplog.text  # a data task's uid names file and line

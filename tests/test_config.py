@@ -92,3 +92,54 @@ def test_resolved_yaml_round_trips(tmp_path: Path):
     path = tmp_path / "resolved.yaml"
     path.write_text(to_yaml(cfg))
     assert load_config(path) == cfg
+
+
+def test_the_defaults_are_the_default_recipe():
+    """The schema's defaults are what `make run` trains, so a recipe names only what differs."""
+    assert load_config(None) == load_config(DEFAULT_CONFIG)
+    cfg = load_config(None)
+    assert (cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.sft.num_problems) == (60, 512, 1e-4, 1000)
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("search.kind=dfs", ["search.kind", "mcts", "best_of_n", "shepherd"]),
+        ("train.mode=fast", ["train.mode", "async", "sync", "local"]),
+        ("search.kinds=[mcts,dfs]", ["search.kinds", "greedy"]),
+        ("buffer.sampler=lifo", ["buffer.sampler", "fifo", "prioritized"]),
+    ],
+)
+def test_a_choice_outside_its_set_names_the_key_and_the_allowed_values(override: str, named: list[str]):
+    with pytest.raises(ConfigError) as err:
+        load_config(DEFAULT_CONFIG, [override])
+    assert all(word in str(err.value) for word in named), str(err.value)
+
+
+def test_choices_compare_and_print_as_their_values():
+    cfg = load_config(DEFAULT_CONFIG, ["search.kind=beam"])
+    assert cfg.search.kind == "beam" and f"{cfg.search.kind}" == "beam" and str(cfg.train.mode) == "async"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("search.mcts.dirichlet_eps=1.5", "'search.mcts.dirichlet_eps' must be <= 1"),
+        ("train.lr=0", "'train.lr' must be > 0"),
+        ("eval.ks=[1,0]", "'eval.ks' must be > 0"),
+        ("resources.max_actor_restarts=-2", "'resources.max_actor_restarts' must be >= -1"),
+        ("value.holdout_fraction=1", "'value.holdout_fraction' must be < 1"),
+    ],
+)
+def test_bounds_come_from_the_schema_and_name_the_key(override: str, message: str):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        load_config(DEFAULT_CONFIG, [override])
+
+
+def test_a_moved_key_says_where_it_went(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'search\.simulations' \(it is now 'search\.mcts"):
+        load_config(DEFAULT_CONFIG, ["search.simulations=4"])
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  buffer_capacity: 100\n")
+    with pytest.raises(ConfigError, match=r"old\.yaml.*train\.buffer_capacity.*'buffer\.capacity'"):
+        load_config(old)

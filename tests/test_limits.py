@@ -31,7 +31,7 @@ def test_matmul_peak_and_copy_are_positive_and_finite():
 
 @pytest.mark.parametrize("sampler", ["fifo", "prioritized"])
 def test_replay_round_against_deque_gives_positive_rates_and_ratios(sampler: str):
-    cfg = load_config(DEFAULT_CONFIG, [*BENCH, f"train.sampler={sampler}"])
+    cfg = load_config(DEFAULT_CONFIG, [*BENCH, f"buffer.sampler={sampler}"])
     trees = fill(_trees(), 20)
     assert sum(map(len, trees)) >= 20 and all(len(t) == 3 for t in trees)  # whole trees only
     rates = replay_round(trees, 4, cfg)

@@ -4,7 +4,6 @@ model's scoring, the pairwise fit, Math-Shepherd completion search, and `arbor p
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 
 from arbor.actors.search import Scorers, run_searches, training_scorers
 from arbor.actors.search.process_reward import ProcessRewards
-from arbor.core.config import SearchConfig, ValueConfig, load_config
+from arbor.core.config import ValueConfig, load_config
 from arbor.core.errors import ConfigError
 from arbor.core.model import ValueHead, build_tiny_model, hidden_size_of, save_checkpoint
 from arbor.core.tasks.base import Problem
@@ -38,7 +37,7 @@ from arbor.reward.prm import ProcessRewardModel, encode_segments, split_steps
 from arbor.reward.prm_checkpoint import load_prm
 from arbor.reward.prm_labels import dense_step_rewards, sibling_pairs, step_labels
 from tests.conftest import DEFAULT_CONFIG, SMALL_SEARCH, TINY
-from tests.search_toy import PROMPT, FixedLogitPolicy, outcome
+from tests.search_toy import PROMPT, FixedLogitPolicy, outcome, search_cfg
 
 
 def _tree() -> SearchTree:
@@ -105,7 +104,7 @@ def test_zero_step_rewards_change_nothing(weight: float, global_advantage: float
     trees = run_searches(
         FixedLogitPolicy(seed=4),
         [Problem("arith", f"toy/{i}", f"toy/{i}", PROMPT, {"answer": 1}) for i in range(6)],
-        dataclasses.replace(SearchConfig(), simulations=12, children=3),
+        search_cfg(simulations=12, children=3),
         lambda p: Scorers(terminal=outcome),
     )
     for tree in trees:
@@ -199,7 +198,7 @@ def test_implicit_prm_learns_from_outcomes_alone():
 
 
 def test_shepherd_search_grows_completions_from_every_step():
-    cfg = dataclasses.replace(SearchConfig(), kind="shepherd", num_samples=3, children=2)
+    cfg = search_cfg(kind="shepherd", num_samples=3, children=2)
     problems = [Problem("arith", f"toy/{i}", f"toy/{i}", PROMPT, {"answer": 1}) for i in range(5)]
     for tree in run_searches(FixedLogitPolicy(seed=1), problems, cfg, lambda p: Scorers(terminal=outcome)):
         first = [tree.nodes[c] for c in tree.root.children]
@@ -230,8 +229,8 @@ def test_process_rewards_wires_the_prm_into_search_and_step_rewards(tmp_path: Pa
     problem = Problem("arith", "toy/0", "toy/0", PROMPT, {"answer": 1})
     assert process.scorers_for(training_scorers)(problem).prm is not None
 
-    with pytest.raises(ConfigError, match="prm.online"):  # online updates need an implicit PRM
-        ProcessRewards(load_config(None, [*TINY, *use, "prm.online=true"]))
+    with pytest.raises(ConfigError, match="prm.implicit.online"):  # online updates need an implicit PRM
+        ProcessRewards(load_config(None, [*TINY, *use, "prm.implicit.online=true"]))
 
 
 def test_online_implicit_prm_learns_from_every_finished_tree(tmp_path: Path):
@@ -244,7 +243,7 @@ def test_online_implicit_prm_learns_from_every_finished_tree(tmp_path: Path):
         tokenizer,
         meta={"kind": "implicit", "beta": 0.05, "reference": str(tmp_path / "policy")},
     )
-    use = [f"prm.path={tmp_path / 'prm'}", "prm.reward_lambda=0.1", "prm.online=true", "prm.implicit_lr=1e-3"]
+    use = [f"prm.path={tmp_path / 'prm'}", "prm.reward_lambda=0.1", "prm.implicit.online=true", "prm.implicit.lr=1e-3"]
     process = ProcessRewards(load_config(None, [*TINY, *use]))
     assert isinstance(process.prm, ImplicitPRM)
     before = [p.detach().clone() for p in process.prm.model.parameters()]
@@ -262,7 +261,7 @@ def test_online_implicit_prm_learns_from_every_finished_tree(tmp_path: Path):
 def test_arbor_prm_trains_reloads_and_guides_search(policy_checkpoints: dict[str, Path], tmp_path: Path):
     root = tmp_path / "runs"
     common = [*TINY, *SMALL_SEARCH, f"run.root={root}", "threads=1", "task.eval_size=4"]
-    shepherd = ["search.kind=shepherd", "search.num_samples=3", "search.children=2", "prm.problems=12"]
+    shepherd = ["search.kind=shepherd", "search.best_of_n.num_samples=3", "search.children=2", "prm.problems=12"]
     policy = f"model.path={policy_checkpoints['sft']}"
     assert main(["prm", str(DEFAULT_CONFIG), *common, *shepherd, policy, "prm.steps=30"]) == 0
     (run,) = root.glob("prm-*")

@@ -19,9 +19,9 @@ SCALING = [
     "task.eval_size=4",
     "eval.num_samples=0",
     "search.budgets=[1,2]",
-    "search.simulations=4",
+    "search.mcts.simulations=4",
     "search.children=2",
-    "search.beam_width=2",
+    "search.beam.width=2",
 ]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import pytest
@@ -15,7 +14,7 @@ from arbor.core.config import SearchConfig
 from arbor.core.tasks.base import Problem
 from arbor.core.tree import SearchTree
 from arbor.learner.advantages import tree_to_samples
-from tests.search_toy import BAD, GOOD, MEH, PROMPT, RIGHT, STEPS, FixedLogitPolicy, outcome, true_value
+from tests.search_toy import BAD, GOOD, MEH, PROMPT, RIGHT, STEPS, FixedLogitPolicy, outcome, search_cfg, true_value
 from tests.search_toy import leaf_mean as _leaf_mean
 
 VERIFIER = Scorers(terminal=outcome)
@@ -27,7 +26,7 @@ def _problems(n: int) -> list[Problem]:
 
 
 def _cfg(**kw) -> SearchConfig:
-    return dataclasses.replace(SearchConfig(), **kw)
+    return search_cfg(**kw)
 
 
 def _first_step(tree: SearchTree, node_id: int) -> int:
@@ -40,7 +39,7 @@ def test_mcts_concentrates_visits_on_the_best_step_against_the_prior():
     with_good = 0
     for tree in trees:
         kids = {_first_step(tree, c): tree.nodes[c] for c in tree.root.children}
-        assert tree.root.visits == cfg.simulations
+        assert tree.root.visits == cfg.mcts.simulations
         if GOOD not in kids:
             continue  # the policy never proposed it (p 0.79^20 = 1%): nothing to find
         with_good += 1
@@ -122,18 +121,18 @@ def test_virtual_loss_sends_distinct_leaves_and_the_driver_batches_trees():
     trees = run_searches(policy, _problems(8), cfg, lambda p: VERIFIER)
     assert len(trees) == 8 and [t.problem_uid for t in trees] == [f"toy/{i}" for i in range(8)]
     assert max(policy.calls) > 4  # one call carried several leaves of several trees
-    assert all(t.root.visits == cfg.simulations for t in trees)
+    assert all(t.root.visits == cfg.mcts.simulations for t in trees)
     for tree in trees:  # an expanded node was expanded exactly once: no leaf went out twice
         assert all(len(tree.nodes[c].children) <= 3 for c in range(len(tree.nodes)))
     # the same 8 searches one leaf and one tree at a time need many more calls for the same simulations
     one = FixedLogitPolicy(seed=6)
-    run_searches(one, _problems(8), dataclasses.replace(cfg, leaves_per_round=1, trees_in_flight=1), lambda p: VERIFIER)
+    run_searches(one, _problems(8), search_cfg(cfg, leaves_per_round=1, trees_in_flight=1), lambda p: VERIFIER)
     assert len(one.calls) > 2 * len(policy.calls)
 
 
 def test_dirichlet_noise_changes_only_root_priors():
     cfg = _cfg(simulations=3, children=12, dirichlet_eps=0.5)
-    quiet = dataclasses.replace(cfg, dirichlet_eps=0.0)
+    quiet = search_cfg(cfg, dirichlet_eps=0.0)
     noisy_tree, plain_tree = SearchTree("t", PROMPT, [1]), SearchTree("t", PROMPT, [1])
     for tree, c in ((noisy_tree, cfg), (plain_tree, quiet)):
         proc, policy = mcts(tree, c, VERIFIER, random.Random(0)), FixedLogitPolicy(seed=7)

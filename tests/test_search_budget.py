@@ -1,4 +1,4 @@
-"""MCTS under a token cap (``search.token_budget``) on the fixed-logit toy, where every step is one token.
+"""MCTS under a token cap (``search.mcts.token_budget``) on the fixed-logit toy, where every step is one token.
 
 The scaling curve gives MCTS best-of-N's spend; these pin down that it spends about that much, no more
 than one step over once its per-step estimate is right, and always returns an answer.
@@ -6,14 +6,12 @@ than one step over once its per-step estimate is right, and always returns an an
 
 from __future__ import annotations
 
-import dataclasses
-
 from arbor.actors.search.driver import run_searches
 from arbor.actors.search.expand import Scorers
 from arbor.actors.search.mcts import prior_step_tokens
 from arbor.core.config import SearchConfig
 from arbor.core.tasks.base import Problem
-from tests.search_toy import PROMPT, FixedLogitPolicy, outcome
+from tests.search_toy import PROMPT, FixedLogitPolicy, outcome, search_cfg
 
 VERIFIER = Scorers(terminal=outcome)
 # the toy's steps are one token: with these limits the prior tokens-per-step estimate is exact from the start
@@ -25,7 +23,7 @@ def _problems(n: int) -> list[Problem]:
 
 
 def _cfg(**kw) -> SearchConfig:
-    return dataclasses.replace(SearchConfig(), **kw)
+    return search_cfg(**kw)
 
 
 def _chain_tokens() -> int:
@@ -91,7 +89,7 @@ def test_caps_hold_to_within_one_round_with_the_default_prior():
     chain = _chain_tokens()
     cfg0 = _cfg(children=4, leaves_per_round=4, simulations=64)
     for chains in (3, 8):
-        cfg = dataclasses.replace(cfg0, token_budget=chains * chain)
+        cfg = search_cfg(cfg0, token_budget=chains * chain)
         for tree in run_searches(FixedLogitPolicy(seed=15), _problems(8), cfg, lambda p: VERIFIER):
             assert tree.answer_node is not None
-            assert tree.tokens_generated <= cfg.token_budget + cfg.leaves_per_round
+            assert tree.tokens_generated <= cfg.mcts.token_budget + cfg.mcts.leaves_per_round

@@ -16,16 +16,15 @@ from arbor.actors.search.backend import StepRequest
 from arbor.actors.search.driver import run_searches, training_scorers
 from arbor.actors.search.hf_backend import HFStepBackend
 from arbor.actors.search.kv_cache import CacheEntry, PrefixCache
-from arbor.core.config import ModelConfig, SearchConfig, TaskConfig
+from arbor.core.config import ModelConfig, TaskConfig
 from arbor.core.model import ValueHead, build_policy, hidden_size_of
 from arbor.core.tasks import build_task
 from arbor.core.tasks.base import Problem
 from arbor.core.tree import SearchTree
+from tests.search_toy import search_cfg
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_seq_len=128)
-SEARCH = dataclasses.replace(
-    SearchConfig(), simulations=6, children=3, leaves_per_round=2, max_step_tokens=12, max_response_tokens=40
-)
+SEARCH = search_cfg(simulations=6, children=3, leaves_per_round=2, max_step_tokens=12, max_response_tokens=40)
 
 
 def _fit_briefly(model, tokenizer, problems: list[Problem], steps: int = 60) -> None:

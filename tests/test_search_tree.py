@@ -161,16 +161,16 @@ def test_terminal_steps():
 @pytest.mark.parametrize(
     "override, key",
     [
-        ("search.simulations=0", "search.simulations"),
+        ("search.mcts.simulations=0", "search.mcts.simulations"),
         ("search.children=0", "search.children"),
-        ("search.beam_width=0", "search.beam_width"),
-        ("search.num_samples=0", "search.num_samples"),
+        ("search.beam.width=0", "search.beam.width"),
+        ("search.best_of_n.num_samples=0", "search.best_of_n.num_samples"),
         ("search.max_response_tokens=8", "search.max_response_tokens"),  # below one step (max_step_tokens 48)
         ("search.budgets=[4,0]", "search.budgets"),
         ("search.kind=dfs", "search.kind"),
-        ("search.dirichlet_eps=1.5", "search.dirichlet_eps"),
-        ("search.c_puct=-1", "search.c_puct"),
-        ("search.simulations=many", "search.simulations"),
+        ("search.mcts.dirichlet_eps=1.5", "search.mcts.dirichlet_eps"),
+        ("search.mcts.c_puct=-1", "search.mcts.c_puct"),
+        ("search.mcts.simulations=many", "search.mcts.simulations"),
     ],
 )
 def test_bad_search_config_names_the_key(override: str, key: str):
@@ -179,5 +179,5 @@ def test_bad_search_config_names_the_key(override: str, key: str):
 
 
 def test_search_config_defaults_load():
-    cfg = load_config(DEFAULT_CONFIG, ["search.kind=beam", "search.beam_width=8", "search.children=2"])
-    assert cfg.search.kind == "beam" and cfg.search.beam_width == 8
+    cfg = load_config(DEFAULT_CONFIG, ["search.kind=beam", "search.beam.width=8", "search.children=2"])
+    assert cfg.search.kind == "beam" and cfg.search.beam.width == 8

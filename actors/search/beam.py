@@ -14,10 +14,10 @@ from arbor.core.tree import SearchTree
 
 
 def beam_search(tree: SearchTree, cfg: SearchConfig, scorers: Scorers) -> SearchProc:
-    """Beam of ``cfg.beam_width`` candidates, ``cfg.children`` per kept node."""
+    """Beam of ``cfg.beam.width`` candidates, ``cfg.children`` per kept node."""
     tree.kind = "beam"
-    keep = max(1, cfg.beam_width // cfg.children)
-    frontier, per_node = [tree.root], cfg.beam_width  # the root alone proposes all N first steps
+    keep = max(1, cfg.beam.width // cfg.children)
+    frontier, per_node = [tree.root], cfg.beam.width  # the root alone proposes all N first steps
     finished = 0
     while frontier:
         results = yield [step_request(tree, n, per_node, cfg, cfg.temperature) for n in frontier]
@@ -30,4 +30,4 @@ def beam_search(tree: SearchTree, cfg: SearchConfig, scorers: Scorers) -> Search
                 backup(tree.path(c), leaf_value(c))
                 finished += 1
         open_ = sorted((c for c in candidates if not c.terminal), key=leaf_value, reverse=True)
-        frontier = open_[:keep] if finished < cfg.beam_width else []
+        frontier = open_[:keep] if finished < cfg.beam.width else []

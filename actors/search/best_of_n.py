@@ -43,14 +43,14 @@ def best_of_n(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, n: int, tem
 
 
 def shepherd(tree: SearchTree, cfg: SearchConfig, scorers: Scorers) -> SearchProc:
-    """Math-Shepherd completions (Wang et al. 2024): ``cfg.num_samples`` chains from the root, then
+    """Math-Shepherd completions (Wang et al. 2024): ``cfg.best_of_n.num_samples`` chains from the root, then
     ``cfg.children`` more completions from every unfinished step on them, all at ``cfg.temperature``.
 
     Every step of the first chains then has ``children`` + 1 on-policy completions below it, so the share
     that ends right (its Monte-Carlo value, ``reward.prm_labels.step_labels``) is an unbiased estimate of
     P(correct | step), which a tree grown by MCTS's selection does not give.
     """
-    yield from grow_chains(tree, [(tree.root, cfg.num_samples)], cfg, scorers, cfg.temperature)
+    yield from grow_chains(tree, [(tree.root, cfg.best_of_n.num_samples)], cfg, scorers, cfg.temperature)
     tree.kind = "shepherd"
     steps = [n for n in tree.nodes[1:] if not n.terminal]
     if steps and cfg.children:

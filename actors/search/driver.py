@@ -60,7 +60,7 @@ def make_search(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, rng: rand
     if cfg.kind == "beam":
         return beam_search(tree, cfg, scorers)
     if cfg.kind == "best_of_n":
-        return best_of_n(tree, cfg, scorers, cfg.num_samples, cfg.temperature)
+        return best_of_n(tree, cfg, scorers, cfg.best_of_n.num_samples, cfg.temperature)
     if cfg.kind == "greedy":
         return best_of_n(tree, cfg, scorers, 1, 0.0)
     if cfg.kind == "shepherd":

@@ -4,10 +4,10 @@ One simulation: select a path from the root by PUCT; if its leaf is terminal, ba
 otherwise expand the leaf into up to ``children`` sampled steps (duplicates merge) and back up the
 leaf's value (value head or PRM), as AlphaZero backs up the network's v(s). Unvisited children start
 from their own value estimate (first-play value), else from the parent's Q. Dirichlet noise is mixed
-into the root priors. Virtual loss lets one tree put ``leaves_per_round`` distinct leaves into one
+into the root priors. Virtual loss lets one tree put ``search.mcts.leaves_per_round`` distinct leaves into one
 batched model call.
 
-With a token cap (``search.token_budget``, how the scaling curve matches best-of-N's spend) every round
+With a token cap (``search.mcts.token_budget``, how the scaling curve matches best-of-N's spend) every round
 samples only the steps the rest of the cap pays for, so the cap holds to within one step instead of one
 whole round; once it is spent, a tree with no finished answer yet completes one chain along its most
 promising path, so a capped MCTS always answers (at the smallest cap it degenerates to one sampled chain).
@@ -67,16 +67,16 @@ def prior_step_tokens(cfg: SearchConfig) -> float:
 
 
 def affordable_steps(tree: SearchTree, cfg: SearchConfig, steps_sampled: int) -> int:
-    """Steps the rest of ``cfg.token_budget`` pays for at the tree's mean tokens per sampled step so far
+    """Steps the rest of ``cfg.mcts.token_budget`` pays for at the tree's mean tokens per sampled step so far
     (:func:`prior_step_tokens` before the first), never below 1: a round always makes progress, and so
     overshoots the cap by at most one step more than the estimate's error."""
     per_step = tree.tokens_generated / steps_sampled if steps_sampled else prior_step_tokens(cfg)
-    left = cfg.token_budget - tree.tokens_generated
+    left = cfg.mcts.token_budget - tree.tokens_generated
     return max(1, int(left // max(per_step, 1.0)))
 
 
 def over_budget(tree: SearchTree, cfg: SearchConfig) -> bool:
-    return bool(cfg.token_budget) and tree.tokens_generated >= cfg.token_budget
+    return bool(cfg.mcts.token_budget) and tree.tokens_generated >= cfg.mcts.token_budget
 
 
 def complete_one_answer(tree: SearchTree, cfg: SearchConfig, scorers: Scorers) -> SearchProc:
@@ -99,21 +99,21 @@ def complete_one_answer(tree: SearchTree, cfg: SearchConfig, scorers: Scorers) -
 
 
 def mcts(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, rng: random.Random) -> SearchProc:
-    """Run ``cfg.simulations`` simulations on ``tree``, yielding batches of leaf expansions.
+    """Run ``cfg.mcts.simulations`` simulations on ``tree``, yielding batches of leaf expansions.
 
-    With ``cfg.token_budget`` each round's children and leaves shrink to what the rest of the cap affords,
+    With ``cfg.mcts.token_budget`` each round's children and leaves shrink to what the rest of the cap affords,
     the search stops once the cap is spent, and a tree left with no answer then completes one chain.
     """
     tree.kind = "mcts"
     pending: dict[int, float] = {}
     done = 0
     steps_sampled = 0  # steps requested so far: the running tokens-per-step estimate divides by it
-    while done < cfg.simulations and not over_budget(tree, cfg):
+    while done < cfg.mcts.simulations and not over_budget(tree, cfg):
         batch: list[list[Node]] = []
         sizes: list[int] = []  # children to sample for each leaf of the batch
-        steps_left = affordable_steps(tree, cfg, steps_sampled) if cfg.token_budget else -1  # -1: uncapped
-        while done + len(batch) < cfg.simulations and len(batch) < cfg.leaves_per_round and steps_left != 0:
-            path = select_path(tree, cfg.c_puct, pending)
+        steps_left = affordable_steps(tree, cfg, steps_sampled) if cfg.mcts.token_budget else -1  # -1: uncapped
+        while done + len(batch) < cfg.mcts.simulations and len(batch) < cfg.mcts.leaves_per_round and steps_left != 0:
+            path = select_path(tree, cfg.mcts.c_puct, pending)
             leaf = path[-1]
             if leaf.terminal:
                 backup(path, leaf_value(leaf))
@@ -121,7 +121,7 @@ def mcts(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, rng: random.Rand
                 continue
             if any(p[-1] is leaf for p in batch):
                 break  # virtual loss no longer separates the paths: send what we have
-            _add_virtual(pending, path, cfg.virtual_loss)
+            _add_virtual(pending, path, cfg.mcts.virtual_loss)
             batch.append(path)
             sizes.append(cfg.children if steps_left < 0 else min(cfg.children, steps_left))
             if steps_left > 0:
@@ -131,14 +131,16 @@ def mcts(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, rng: random.Rand
         results = yield [step_request(tree, p[-1], k, cfg, cfg.temperature) for p, k in zip(batch, sizes)]
         steps_sampled += sum(sizes)
         for path, result in zip(batch, results):
-            _add_virtual(pending, path, -cfg.virtual_loss)
+            _add_virtual(pending, path, -cfg.mcts.virtual_loss)
             leaf = path[-1]
             children = add_steps(tree, leaf, result, cfg, scorers, merge_duplicates=True)
-            if leaf is tree.root and cfg.dirichlet_eps > 0 and len(children) > 1:
-                noise = dirichlet(rng, cfg.dirichlet_alpha, len(children))
-                for child, p in zip(children, mix_dirichlet([c.prior for c in children], noise, cfg.dirichlet_eps)):
+            if leaf is tree.root and cfg.mcts.dirichlet_eps > 0 and len(children) > 1:
+                noise = dirichlet(rng, cfg.mcts.dirichlet_alpha, len(children))
+                for child, p in zip(
+                    children, mix_dirichlet([c.prior for c in children], noise, cfg.mcts.dirichlet_eps)
+                ):
                     child.prior = p
             backup(path, leaf_value(leaf))
             done += 1
-    if cfg.token_budget and not any(n.terminal for n in tree.nodes):
+    if cfg.mcts.token_budget and not any(n.terminal for n in tree.nodes):
         yield from complete_one_answer(tree, cfg, scorers)

@@ -7,7 +7,7 @@
 ``search.leaf_value=prm`` adds the PRM (``prm.path``) to every problem's scorers; ``prm.reward_lambda`` > 0
 gives every step lambda x its score (``reward.prm_labels.dense_step_rewards``), which the learner's
 advantages add to the outcome (``arbor.learner.advantages.tree_samples``); with an implicit PRM and
-``prm.online``, every finished tree first updates the PRM on its verified responses (PRIME's online update).
+``prm.implicit.online``, every finished tree first updates the PRM on its verified responses (PRIME's online update).
 With none of them set, no PRM is loaded and ``step_rewards`` is None: the samples are exactly the outcome's.
 """
 
@@ -35,13 +35,14 @@ class ProcessRewards:
         self.coef, self.step_score = p.reward_lambda, p.step_score
         self.prm = load_prm(p.path, step_separator(cfg.task)) if p.path and (self.leaf_values or self.coef) else None
         self.trainer = None
-        if p.online:
+        if p.implicit.online:
             if not isinstance(self.prm, ImplicitPRM):
                 raise ConfigError(
-                    f"prm.online=true updates an implicit PRM (arbor prm prm.kind=implicit); prm.path ({p.path}) "
-                    "is not one, or no PRM is in use (search.leaf_value=prm or prm.reward_lambda > 0 loads it)"
+                    f"prm.implicit.online=true updates an implicit PRM (arbor prm prm.kind=implicit); prm.path "
+                    f"({p.path}) is not one, or no PRM is in use (search.leaf_value=prm or prm.reward_lambda > 0 "
+                    "loads it)"
                 )
-            self.trainer = ImplicitPRMTrainer(self.prm, p.implicit_lr, p.weight_decay)
+            self.trainer = ImplicitPRMTrainer(self.prm, p.implicit.lr, p.weight_decay)
         self.online_losses: list[float] = []  # one per tree the online update learned from
 
     def scorers_for(self, base: Callable[[Problem], Scorers]) -> Callable[[Problem], Scorers]:
@@ -53,7 +54,7 @@ class ProcessRewards:
 
     def step_rewards(self, tree: SearchTree) -> list[float] | None:
         """Each node's process reward (``prm.reward_lambda`` x its step score), or None without dense rewards;
-        with ``prm.online`` the implicit PRM first learns from the tree's verified responses."""
+        with ``prm.implicit.online`` the implicit PRM first learns from the tree's verified responses."""
         if self.trainer is not None:
             batch = verified_responses([tree], self.trainer.prm.tokenizer)
             if batch:

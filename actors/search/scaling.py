@@ -1,7 +1,7 @@
 """Test-time scaling: held-out accuracy against search budget for greedy, best-of-N, beam and MCTS.
 
 A budget b means N = b chains for best-of-N and a beam of width b; MCTS gets the same number of
-generated tokens per problem that best-of-N spent at that budget (``search.token_budget``), so the two
+generated tokens per problem that best-of-N spent at that budget (``search.mcts.token_budget``), so the two
 are compared at equal token cost. Searches never see the reference (``terminal_value=value_head``);
 only the chosen answer is scored, afterwards, by the verifier. Each point records what it cost:
 generated tokens and model calls per problem, and tokens forwarded per generated token.
@@ -79,14 +79,15 @@ def _point(kind: str, budget: int, trees: list[SearchTree], problems: Sequence[P
 
 def budget_config(cfg: SearchConfig, kind: str, budget: int, token_budget: int = 0) -> SearchConfig:
     """``cfg`` set up for ``kind`` at ``budget`` (evaluation: no root noise, value-head terminals)."""
-    common = dict(kind=kind, dirichlet_eps=0.0, terminal_value="value_head")
+    common = dict(kind=kind, terminal_value="value_head", mcts=dataclasses.replace(cfg.mcts, dirichlet_eps=0.0))
     if kind == "best_of_n":
-        return dataclasses.replace(cfg, **common, num_samples=budget)
+        return dataclasses.replace(cfg, **common, best_of_n=dataclasses.replace(cfg.best_of_n, num_samples=budget))
     if kind == "beam":
-        return dataclasses.replace(cfg, **common, beam_width=budget, children=min(cfg.children, budget))
+        beam = dataclasses.replace(cfg.beam, width=budget)
+        return dataclasses.replace(cfg, **common, beam=beam, children=min(cfg.children, budget))
     if kind == "mcts":  # each expansion costs >= 1 token, so the cap, not this count, ends an expanding search
-        sims = max(cfg.simulations, budget * cfg.max_depth, token_budget)
-        return dataclasses.replace(cfg, **common, token_budget=token_budget, simulations=sims)
+        sims = max(cfg.mcts.simulations, budget * cfg.max_depth, token_budget)
+        common["mcts"] = dataclasses.replace(common["mcts"], token_budget=token_budget, simulations=sims)
     return dataclasses.replace(cfg, **common)
 
 
