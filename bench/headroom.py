@@ -23,6 +23,7 @@ import torch
 
 from arbor.actors.evaluate import evaluate
 from arbor.actors.search import HFStepBackend, run_searches, training_scorers
+from arbor.actors.search.scaling import coverage
 from arbor.core.config import load_config
 from arbor.core.model import build_policy, value_head_for
 from arbor.core.tasks import build_task
@@ -55,14 +56,7 @@ def main(argv: list[str]) -> dict:
         t0 = time.perf_counter()
         trees = run_searches(backend, held_out, search, training_scorers)
         seconds = time.perf_counter() - t0
-        outcomes = [[n.outcome for n in t.terminals() if n.outcome is not None] for t in trees]
-        scored = [o for tree in outcomes for o in tree]
-        rows[name] = {
-            "any_correct": sum(any(o == 1.0 for o in tree) for tree in outcomes) / len(trees),
-            "answers_per_tree": len(scored) / len(trees),
-            "answer_accuracy": sum(scored) / max(len(scored), 1),
-            "seconds": round(seconds, 1),
-        }
+        rows[name] = coverage(trees) | {"seconds": round(seconds, 1)}
         r = rows[name]
         print(
             f"{name:22s} any-correct {r['any_correct']:.3f}  answers/tree {r['answers_per_tree']:5.2f}  "

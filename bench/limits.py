@@ -34,107 +34,40 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 import random
 import statistics
 import sys
 import tempfile
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import torch
+from common import (
+    REPEATS,
+    Trees,
+    batches,
+    copy_seconds,
+    machine,
+    make_learner,
+    medians,
+    policy,
+    search,
+    train_flops,
+)
 
 from arbor.actors.replay import RateLimiter, ReplayBuffer
-from arbor.actors.search import HFStepBackend, run_searches
+from arbor.actors.search import HFStepBackend
 from arbor.core.config import ArborConfig, load_config
 from arbor.core.flops import matmul_params, matmul_peak, timed
-from arbor.core.model import build_policy, value_head_for
+from arbor.core.model import build_policy
 from arbor.core.samples import StepSample
-from arbor.core.tasks import build_task
-from arbor.learner.actor_critic import ActorCriticLearner, collate_steps
-from arbor.learner.advantages import tree_to_samples
-from arbor.learner.rank import build_learner
+from arbor.learner.actor_critic import ActorCriticLearner
 
-REPEATS = 5  # timed rounds per figure, after a warm-up; each ratio is the median over them
-CUDA_MATMUL_SIZES = (4096, 8192)
 BENCH = ["wandb.mode=disabled", "threads=1", "train.batch_size=128"]  # overridable like any key
 REPLAY_ITEMS = 8192  # items per in-process replay round (the default buffer_capacity)
 REPLAY_ROUNDS = 25  # a deque round takes about a millisecond: many rounds keep its median steady
 SERVICE_ITEMS = 2048  # items per round through Ray
-Trees = list[list[StepSample]]  # each finished tree's step samples
-CPU = torch.device("cpu")
-
-
-def machine() -> dict:
-    """CPU model, cores, torch threads and version, date."""
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
-    return {
-        "cpu": names[0] if names else "unknown",
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-    }
-
-
-def copy_seconds(nbytes: int, device=CPU, repeats: int = 9) -> float:
-    """Median time of ``dst.copy_(src)`` over ``nbytes`` bytes, after one warm-up copy."""
-    src, dst = (torch.ones(nbytes, dtype=torch.uint8, device=device) for _ in range(2))
-    return statistics.median([timed(lambda: dst.copy_(src), device) for _ in range(repeats + 1)][1:])
-
-
-def medians(rows: list[tuple[float, ...]], names: tuple[str, ...]) -> dict[str, float]:
-    """Each column of ``rows`` (one row a round) by its median, under its name."""
-    return {name: statistics.median(r[i] for r in rows) for i, name in enumerate(names)}
-
-
-def policy(cfg: ArborConfig, device=CPU):
-    """(model, tokenizer, value head) as the config names them: the checkpoint's head, else a fresh one."""
-    model, tokenizer = build_policy(cfg.model)
-    head = value_head_for(model, cfg.model.path)
-    return model.to(device), tokenizer, head.to(device)
-
-
-def make_learner(cfg: ArborConfig, engine: str, device=CPU) -> ActorCriticLearner:
-    """The real learner (policy + value head under ``engine``) at the config's batch size."""
-    model, tokenizer, head = policy(cfg, device)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, engine=engine))
-    return build_learner(cfg, model, head, tokenizer.pad_token_id)
-
-
-def train_flops(learner: ActorCriticLearner, samples: list[StepSample]) -> tuple[float, float, int]:
-    """(6N x real tokens, that plus PaLM's 12·L·d·T attention term, real tokens) of one update on ``samples``."""
-    lengths = collate_steps(samples, learner.pad_id, learner.max_len, 0).attention_mask.sum(1).double()
-    cfg = learner.model.config
-    dense = 6.0 * matmul_params(learner.model) * float(lengths.sum())
-    attn = 12.0 * cfg.num_hidden_layers * cfg.hidden_size * float((lengths**2).sum())
-    return dense, dense + attn, int(lengths.sum())
-
-
-def batches(trees: Trees, size: int, n: int) -> list[list[StepSample]]:
-    """``n`` learner batches of ``size`` samples, cycling through the trees' samples."""
-    stream = itertools.cycle([s for t in trees for s in t])
-    return [[next(stream) for _ in range(size)] for _ in range(n)]
-
-
-def search(backend: HFStepBackend, cfg: ArborConfig, first: int, n: int) -> tuple[Trees, dict]:
-    """Search training problems ``first .. first + n - 1``: each tree's samples (tagged as a rollout actor tags
-    them) and the round's generated and forwarded tokens and seconds."""
-    task = build_task(cfg.task)
-    problems = [task.train_problem(i) for i in range(first, first + n)]
-    t0 = time.perf_counter()
-    found = run_searches(backend, problems, cfg.search)
-    seconds = time.perf_counter() - t0
-    trees = []
-    for tree in found:
-        samples = tree_to_samples(tree, cfg.train.value_head_weight, cfg.train.global_advantage)
-        tag = {"tree": tree.problem_uid, "tree_size": len(samples)}
-        trees.append([dataclasses.replace(s, meta={**s.meta, **tag}) for s in samples])
-    generated, forwarded = sum(t.tokens_generated for t in found), sum(t.tokens_forwarded for t in found)
-    return [t for t in trees if t], {"generated": generated, "forwarded": forwarded, "seconds": seconds}
 
 
 def rollout_rounds(cfg: ArborConfig, peaks: list[float]) -> tuple[Trees, dict]:
@@ -339,74 +272,6 @@ def ray_rounds(cfg: ArborConfig, learner: ActorCriticLearner, trees: Trees) -> d
     return figures | medians(svc, svc_names) | {"weight_bytes": nbytes}
 
 
-def _nccl_rank(rank: int, nbytes: int, port: int, repeats: int, result) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", rank=rank, world_size=2)
-    buf, dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda"), torch.device("cuda", rank)
-    times = []
-    for _ in range(repeats + 1):
-        dist.barrier()
-        times.append(timed(lambda: dist.broadcast(buf, 0), dev))
-    if rank == 0:
-        result.put(statistics.median(times[1:]))
-    dist.destroy_process_group()
-
-
-def nccl_broadcast_seconds(nbytes: int, repeats: int = 9) -> float:
-    """Median time to broadcast ``nbytes`` from GPU 0 to GPU 1 over NCCL (two spawned ranks)."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    result = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_nccl_rank, args=(nbytes, port, repeats, result), nprocs=2)
-    return result.get()
-
-
-def gpu_figures(cfg: ArborConfig, dev: torch.device, sizes=CUDA_MATMUL_SIZES, bandwidth_bytes: int = 1 << 30) -> dict:
-    """bf16 peak, learner MFU under bf16 autocast, search decode against the bandwidth bound, weight sync."""
-    peak = matmul_peak(sizes, torch.bfloat16, dev)
-    bandwidth = 2 * bandwidth_bytes / copy_seconds(bandwidth_bytes, dev)  # a copy reads and writes every byte
-    model, tokenizer, head = policy(cfg, dev)
-    backend = HFStepBackend(model, tokenizer, head, seed=cfg.search.seed, max_batch_rows=cfg.search.max_batch_rows)
-    n = cfg.search.trees_in_flight
-    search(backend, cfg, 0, max(1, n // 4))
-    calls = backend.model_calls
-    trees, c = search(backend, cfg, n, n)
-    weight_bytes = sum(p.numel() * p.element_size() for p in itertools.chain(model.parameters(), head.parameters()))
-    at_bound = (backend.model_calls - calls) * weight_bytes / bandwidth  # seconds if every call only read weights
-    learner, mfu = make_learner(cfg, "torch", dev), []
-    for i, batch in enumerate(batches(trees, cfg.train.batch_size, REPEATS + 1)):
-        # collate_steps builds its tensors with factory calls: the device context puts them on the GPU
-        with torch.device(dev), torch.autocast(dev.type, dtype=torch.bfloat16):
-            s = timed(lambda batch=batch: learner.update(batch, 0), dev)
-        if i:
-            mfu.append(train_flops(learner, batch)[0] / s / peak)
-    state = learner.publish_state()
-    nbytes = sum(t.numel() * t.element_size() for t in state.values())
-    copy = copy_seconds(nbytes, dev)
-    out = {
-        "bf16_matmul_peak_tflops": peak / 1e12,
-        "memory_bandwidth_gb_s": bandwidth / 1e9,
-        "learner_mfu_bf16": statistics.median(mfu),
-        "decode_tokens_per_s": c["generated"] / c["seconds"],
-        "decode_vs_bandwidth_bound": at_bound / c["seconds"],
-        "weight_bytes": nbytes,
-        "device_copy_seconds": copy,
-        "nccl_broadcast_seconds": "needs 2 GPUs",
-    }
-    if dev.type == "cuda" and torch.cuda.device_count() >= 2:
-        nccl = nccl_broadcast_seconds(nbytes)
-        out |= {"nccl_broadcast_seconds": nccl, "nccl_sync_vs_device_copy": copy / nccl}
-    return out
-
-
 def table(r: dict) -> str:
     """The CPU figures as rows of (figure, Arbor, limit, ratio); the GPU figures as key: value lines."""
     if r["device"] != "cpu":
@@ -464,6 +329,8 @@ def main(argv: list[str]) -> dict:
         result = machine() | {"device": device, "command": command}
     if device == "cuda" and "cuda" not in result:
         result |= {"gpu": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count()}
+        from limits_gpu import gpu_figures  # bench/ is on sys.path when this script runs
+
         result |= gpu_figures(cfg, torch.device("cuda"))
     elif device == "cpu":
         peaks: list[float] = []

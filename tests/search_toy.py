@@ -129,3 +129,16 @@ def search_cfg(base: SearchConfig | None = None, **settings) -> SearchConfig:
         if mine:
             flat[section] = dataclasses.replace(getattr(cfg, section), **mine)
     return dataclasses.replace(cfg, **flat)
+
+
+def hand_tree() -> SearchTree:
+    """root -> a -> {a1 (1), a2 (0), a3 (open)}; root -> b (1); root -> c (open, no terminal below)."""
+    tree = SearchTree("p/0", "Q?\n", [9, 8])
+    root = tree.root
+    a = tree.add_child(root, text="a\n", token_ids=[1, 0], logprobs=[-0.1, -0.2], value_estimate=0.4)
+    tree.add_child(a, text="Answer: 1\n", token_ids=[5], logprobs=[-0.3], terminal=True, outcome=1.0)
+    tree.add_child(a, text="Answer: 2\n", token_ids=[6], logprobs=[-0.4], terminal=True, outcome=0.0)
+    tree.add_child(a, text="x\n", token_ids=[7], logprobs=[-0.5])
+    tree.add_child(root, text="Answer: 1\n", token_ids=[5], logprobs=[-0.6], terminal=True, outcome=1.0)
+    tree.add_child(root, text="c\n", token_ids=[3], logprobs=[-0.7])
+    return tree

@@ -51,6 +51,19 @@ def accuracy(trees: Sequence[SearchTree], problems: Sequence[Problem], judge: Ju
     return right / max(len(problems), 1)
 
 
+def coverage(trees: Sequence[SearchTree]) -> dict[str, float]:
+    """What a batch of verifier-scored searches found: the share of problems with at least one correct
+    answer (``any_correct``, what RL can learn from), scored answers per tree, and their accuracy."""
+    outcomes = [[n.outcome for n in t.terminals() if n.outcome is not None] for t in trees]
+    scored = [o for tree in outcomes for o in tree]
+    n = max(len(trees), 1)
+    return {
+        "any_correct": sum(any(o == 1.0 for o in tree) for tree in outcomes) / n,
+        "answers_per_tree": len(scored) / n,
+        "answer_accuracy": sum(scored) / max(len(scored), 1),
+    }
+
+
 def accuracy_by_rule(
     trees: Sequence[SearchTree], problems: Sequence[Problem], rules: Sequence[str], judge: Judge = verifier_judge
 ) -> dict[str, float]:

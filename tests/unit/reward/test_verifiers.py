@@ -214,3 +214,12 @@ def test_unknown_kind() -> None:
         verify("sudoku", "Answer: 1", {"answer": 1})
     with pytest.raises(ValueError, match="sudoku"):
         extract_answer("sudoku", "Answer: 1")
+
+
+def test_majority_vote_by_hand() -> None:
+    from arbor.reward import majority_vote
+
+    assert majority_vote(["3", None, "4", "4", "3"]) == 0  # a tie goes to the answer seen first
+    assert majority_vote(["3", "4", "4"]) == 1  # the first response carrying the winner
+    assert majority_vote(["3", "4", "4"], weights=[0.9, 0.3, 0.4]) == 0  # 0.9 against 0.7
+    assert majority_vote([None, None]) is None

@@ -1,4 +1,4 @@
-"""bench/failures.py: the fault kinds it files wrong answers under, and its arithmetic-forced decoding."""
+"""arbor.actors.failures: the fault kinds wrong answers are filed under, and arithmetic-forced decoding."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from arbor.actors.failures import fault as fault_of
+from arbor.actors.failures import forced_arithmetic_greedy
 from arbor.core.config import ModelConfig
 from arbor.core.model import build_policy
 from arbor.core.tasks.base import Problem
-from bench.failures import fault as fault_of
-from bench.failures import forced_arithmetic_greedy
 
 PROBLEM = Problem("countdown", "t/0", "k", "Use 2 6 2 to make 14.\n", {"numbers": [2, 6, 2], "target": 14})
 

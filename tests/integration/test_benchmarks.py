@@ -1,0 +1,74 @@
+"""The benchmarks still run on the shipped code: each runs as a script at tiny size, and its JSON makes sense.
+
+No figure is asserted beyond being finite and positive (timings on a shared 2-core machine are noise); what
+is asserted is that every figure is there and every count is consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO, SMALL_SEARCH, TINY
+
+TINY_RL = [
+    "search.trees_in_flight=4",
+    "search.mcts.simulations=4",
+    "train.batch_size=16",
+    "buffer.min_size_to_sample=16",
+    "buffer.error_buffer=32",
+]
+
+
+def bench(script: str, *args: str, timeout: int = 600) -> dict:
+    """Run ``bench/SCRIPT`` as a user would; its last line is JSON."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    run = [sys.executable, str(REPO / "bench" / script), *args]
+    out = subprocess.run(run, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_limits_measures_every_path_with_positive_finite_figures():
+    result = bench("limits.py", *TINY, *SMALL_SEARCH, *TINY_RL)
+    ratios = [k for k in result if k.endswith(("_vs_peak", "_vs_deque", "_vs_memcpy", "_vs_ray_deque"))]
+    ratios += ["learner_mfu_torch", "learner_mfu_deepspeed", "matmul_peak_gflops"]
+    assert len(ratios) >= 10
+    for key in ratios:
+        assert 0 < result[key] < math.inf, key
+    for key in ("replay_insert_per_s", "deque_append_per_s", "service_round_trips_per_s", "weight_sync_seconds"):
+        assert 0 < result[key] < math.inf, key
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU answer is only given without CUDA")
+def test_limits_gpu_figures_without_a_gpu_say_no_cuda():
+    assert bench("limits.py", "--device", "cuda")["cuda"] == "no cuda"
+
+
+def test_headroom_counts_every_chain_and_bounds_solved_by_correct_answers(policy_checkpoints):
+    result = bench("headroom.py", str(policy_checkpoints["sft"]), *TINY, *SMALL_SEARCH, "task.eval_size=4", "threads=1")
+    assert result["problems"] == 4 and 0.0 <= result["greedy_accuracy"] <= 1.0
+    rows = result["searches"]
+    assert list(rows) == ["mcts (config)", "mcts, 48 simulations", "best_of_n, 8", "best_of_n, 16"]
+    # every best-of-N chain ends in a scored answer (the countdown verifier always gives a verdict)
+    assert rows["best_of_n, 8"]["answers_per_tree"] == 8.0
+    assert rows["best_of_n, 16"]["answers_per_tree"] == 16.0
+    for name, row in rows.items():
+        assert 0.0 <= row["any_correct"] <= 1.0, name
+        assert row["answers_per_tree"] >= 1.0, name  # every tree answers at least once
+        # a tree solved at least once holds at least one correct answer: solved <= correct answers per tree
+        assert row["any_correct"] <= row["answers_per_tree"] * row["answer_accuracy"] + 1e-9, name
+
+
+def test_failures_files_every_wrong_answer(policy_checkpoints):
+    result = bench("failures.py", str(policy_checkpoints["sft"]), *TINY, "task.eval_size=6", "threads=1")
+    assert result["problems"] == 6
+    wrong = round((1.0 - result["greedy_accuracy"]) * 6)
+    assert sum(result["faults"].values()) == wrong  # each wrong greedy answer under exactly one fault
+    assert 0.0 <= result["forced_arithmetic_accuracy"] <= 1.0
