@@ -13,9 +13,15 @@ read off the tree itself (no learned critic needed).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+from arbor.core.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -158,3 +164,28 @@ def search_stats(trees: list[SearchTree]) -> dict[str, float]:
         "search/model_calls_per_tree": sum(t.model_calls for t in trees) / n,
         "search/forward_tokens_per_generated_token": sum(t.tokens_forwarded for t in trees) / max(generated, 1),
     }
+
+
+def save_trees(path: Path, trees: Sequence[SearchTree]) -> None:
+    """One tree's JSON per line."""
+    with path.open("w") as f:
+        for tree in trees:
+            f.write(tree.dumps() + "\n")
+
+
+def load_trees(path: str | Path) -> list[SearchTree]:
+    """Trees saved by :func:`save_trees`; a line that is not a tree is skipped and logged with its line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"prm.trees: no such file: {path}")
+    trees = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            trees.append(SearchTree.from_json(json.loads(line)))
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("skipping %s:%d: not a search tree (%s)", path, number, exc)
+    if not trees:
+        raise DataError(f"prm.trees: {path} holds no search tree")
+    return trees

@@ -21,23 +21,24 @@ from arbor.actors.search import (
     scaling_table,
     training_scorers,
 )
-from arbor.core.config import ArborConfig, SearchConfig
+from arbor.core.config import ArborConfig
 from arbor.core.errors import ConfigError
 from arbor.core.model import VALUE_HEAD_FILE, build_policy, load_value_head, save_checkpoint
 from arbor.core.runs import RunLogger, make_run_dir
-from arbor.core.tasks import DATA_TASKS, Problem, Task, build_task, step_separator
+from arbor.core.tasks import DATA_TASKS, Problem, build_task, step_separator
 from arbor.core.tasks.jsonl import question_key
-from arbor.core.tasks.split import VALUE_SEEDS, distinct_problems, problems_to_skip, stretch_start
-from arbor.core.tree import SearchTree
+from arbor.core.tasks.split import problems_to_skip
 from arbor.launch.report import advance, console, plot_scaling, progress_bar, results_table, value_table
 from arbor.learner.sft import train_sft
 from arbor.learner.value_fit import (
     LabelledSequence,
     fit_value_head,
-    label_chain,
+    labelled_chains,
     prefix_features,
     split_by_group,
+    value_problems,
     value_report,
+    value_sampling_config,
 )
 from arbor.reward.prm_checkpoint import load_prm
 
@@ -114,38 +115,6 @@ def run_sft(cfg: ArborConfig) -> dict:
         logger.close()
     console.print(f"checkpoint: {ckpt}\nrun directory: {run_dir}")
     return summary
-
-
-def value_problems(task: Task, cfg: ArborConfig) -> list[Problem]:
-    """``value.problems`` distinct training problems for the value fit, none that rollouts skip (held out, or
-    an SFT demonstration: :func:`arbor.core.tasks.split.problems_to_skip`). The policy has memorised the SFT pool,
-    so its outcomes there would teach the head values it never meets in search."""
-    first = stretch_start(VALUE_SEEDS, cfg.value.seed)
-    skip = problems_to_skip(cfg, task)
-    return distinct_problems(task, cfg.value.problems, first, cfg.value.difficulty_mix, skip)
-
-
-def value_sampling_config(cfg: ArborConfig) -> SearchConfig:
-    """Best-of-N chains at ``value.temperature``, verified (training rollouts may see the reference)."""
-    v = cfg.value
-    return dataclasses.replace(
-        cfg.search,
-        kind="best_of_n",
-        best_of_n=dataclasses.replace(cfg.search.best_of_n, num_samples=v.samples_per_problem),
-        temperature=v.temperature,
-        terminal_value="verifier",
-        trees_in_flight=max(1, cfg.search.max_batch_rows // v.samples_per_problem),
-        seed=v.seed,
-    )
-
-
-def labelled_chains(tree: SearchTree) -> list[LabelledSequence]:
-    """Every sampled chain of a best-of-N tree, its step prefixes labelled with its verified outcome."""
-    return [
-        label_chain(tree.segments(leaf), leaf.outcome, tree.problem_uid)
-        for leaf in tree.terminals()
-        if leaf.outcome is not None
-    ]
 
 
 def run_value(cfg: ArborConfig) -> dict:

@@ -20,14 +20,12 @@ import copy
 import dataclasses
 import json
 import logging
-import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from rich.table import Table
-from transformers import PreTrainedTokenizerBase
 
 from arbor.actors.search import HFStepBackend, run_searches, training_scorers
 from arbor.core.config import ArborConfig, ValueConfig
@@ -39,107 +37,14 @@ from arbor.core.model import (
 )
 from arbor.core.tasks import step_separator
 from arbor.core.tasks.split import PRM_SEEDS, distinct_problems, problems_to_skip, stretch_start
-from arbor.core.tree import SearchTree
+from arbor.core.tree import SearchTree, load_trees, save_trees
 from arbor.launch.commands import prepare
 from arbor.launch.report import advance, console, progress_bar
-from arbor.learner.prm_fit import fit_pairwise_head, pair_accuracy
-from arbor.learner.value_fit import LabelledSequence, fit_value_head, prefix_features, roc_auc
+from arbor.learner.prm_fit import LabelledTrees, fit_pairwise_head, label_trees, prm_report, split_trees, tree_scores
+from arbor.learner.value_fit import fit_value_head, prefix_features
 from arbor.reward.implicit_prm import ImplicitPRM, ImplicitPRMTrainer, verified_responses
-from arbor.reward.prm import ProcessRewardModel, encode_segments
-from arbor.reward.prm_labels import StepLabel, sibling_pairs, step_labels
 
 log = logging.getLogger("arbor.prm")
-
-
-def save_trees(path: Path, trees: Sequence[SearchTree]) -> None:
-    """One tree's JSON per line."""
-    with path.open("w") as f:
-        for tree in trees:
-            f.write(tree.dumps() + "\n")
-
-
-def load_trees(path: str | Path) -> list[SearchTree]:
-    """Trees saved by :func:`save_trees`; a line that is not a tree is skipped and logged with its line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"prm.trees: no such file: {path}")
-    trees = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            trees.append(SearchTree.from_json(json.loads(line)))
-        except (ValueError, TypeError, KeyError) as exc:
-            log.warning("skipping %s:%d: not a search tree (%s)", path, number, exc)
-    if not trees:
-        raise DataError(f"prm.trees: {path} holds no search tree")
-    return trees
-
-
-@dataclasses.dataclass
-class LabelledTrees:
-    """Every labelled node of some trees as one feature row, and the sibling pairs as row indices."""
-
-    seqs: list[LabelledSequence]
-    steps: list[StepLabel]  # one per feature row, in row order
-    rows: list[tuple[int, int]]  # (tree index, node id) of each feature row
-    pairs: torch.Tensor  # [P, 2] (preferred row, rejected row)
-
-
-def label_trees(
-    trees: Sequence[SearchTree], tokenizer: PreTrainedTokenizerBase, label: str, min_completions: int
-) -> LabelledTrees:
-    """Each labelled node once: the paths to the leaves are walked in order and a node is taken on the first
-    path that reaches it, so shared prefixes are not counted twice."""
-    seqs: list[LabelledSequence] = []
-    steps: list[StepLabel] = []
-    rows: list[tuple[int, int]] = []
-    pairs: list[tuple[int, int]] = []
-    for t, tree in enumerate(trees):
-        labels = {s.node: s for s in step_labels(tree, min_completions)}
-        row: dict[int, int] = {}
-        for leaf in (n for n in tree.nodes if not n.children):
-            path = tree.path(leaf)
-            ids, ends = encode_segments(tokenizer, [tree.prompt, *(n.text for n in path[1:])])
-            new = [(n, end) for n, end in zip(path, ends) if n.id in labels and n.id not in row]
-            if not new:
-                continue
-            for n, _ in new:
-                row[n.id] = len(steps)
-                steps.append(labels[n.id])
-                rows.append((t, n.id))
-            values = tuple(labels[n.id].soft if label == "soft" else labels[n.id].hard for n, _ in new)
-            seqs.append(LabelledSequence(ids, [end for _, end in new], 0.0, tree.problem_uid, values))
-        pairs += [(row[a], row[b]) for a, b in sibling_pairs(tree, min_completions) if a in row and b in row]
-    return LabelledTrees(seqs, steps, rows, torch.tensor(pairs, dtype=torch.long).view(-1, 2))
-
-
-def split_trees(trees: Sequence[SearchTree], holdout_fraction: float, seed: int):
-    """(fit, held-out) trees with whole problems on one side; at least one problem on each side."""
-    groups = sorted({t.problem_uid for t in trees})
-    if len(groups) < 2:
-        raise DataError(f"a held-out split needs trees of at least 2 problems; got {len(groups)}")
-    random.Random(seed).shuffle(groups)
-    held = set(groups[: min(len(groups) - 1, max(1, round(holdout_fraction * len(groups))))])
-    return [t for t in trees if t.problem_uid not in held], [t for t in trees if t.problem_uid in held]
-
-
-def prm_report(scores: Sequence[float], labelled: LabelledTrees) -> dict:
-    """How the PRM's scores (one per feature row) rank and fit the trees' labels; the root (the prompt) is
-    left out of the step figures, being no step."""
-    steps = [(s, lab) for s, lab in zip(scores, labelled.steps) if lab.node != 0]
-    n = max(len(steps), 1)
-    return {
-        "steps": len(steps),
-        "pairs": len(labelled.pairs),
-        "hard_rate": sum(lab.hard for _, lab in steps) / n,
-        "soft_mean": sum(lab.soft for _, lab in steps) / n,
-        "mean_score": sum(s for s, _ in steps) / n,
-        "multi_completion_share": sum(lab.completions > 1 for _, lab in steps) / n,
-        "step_auc": roc_auc([s for s, _ in steps], [lab.hard for _, lab in steps]),
-        "soft_brier": sum((s - lab.soft) ** 2 for s, lab in steps) / n,
-        "pair_accuracy": pair_accuracy(torch.tensor(scores), labelled.pairs) if scores else None,
-    }
 
 
 def _table(report: dict) -> Table:
@@ -224,12 +129,6 @@ def fit_implicit(cfg: ArborConfig, policy, tokenizer, trees: Sequence[SearchTree
             advance(bar, job, step, p.steps, "implicit PRM", f"loss {loss:.4f}")
             on_step(step, {"prm/loss": loss})
     return prm
-
-
-def tree_scores(prm: ProcessRewardModel, trees: Sequence[SearchTree], labelled: LabelledTrees) -> list[float]:
-    """The PRM's score of every labelled row, read by scoring each tree that has one."""
-    per_tree = {t: prm.score_tree(trees[t]) for t in sorted({t for t, _ in labelled.rows})}
-    return [per_tree[t][node] for t, node in labelled.rows]  # type: ignore[misc]
 
 
 def run_prm(cfg: ArborConfig) -> dict:

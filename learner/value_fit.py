@@ -13,6 +13,7 @@ same engine as every other update. Held-out problems (never fitted) give the cal
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -22,8 +23,11 @@ import torch
 from transformers import PreTrainedModel
 
 from arbor.core.batching import right_pad
-from arbor.core.config import ValueConfig
+from arbor.core.config import ArborConfig, SearchConfig, ValueConfig
 from arbor.core.model import ValueHead, forward_with_hidden
+from arbor.core.tasks import Problem, Task
+from arbor.core.tasks.split import VALUE_SEEDS, distinct_problems, problems_to_skip, stretch_start
+from arbor.core.tree import SearchTree
 from arbor.learner.engine import OptimConfig, build_engine
 
 
@@ -217,3 +221,35 @@ def value_report(head: ValueHead, features: PrefixFeatures, bins: int) -> dict:
         "brier": sum((v - y) ** 2 for v, y in zip(values, labels)) / n,
         "reliability": table,
     }
+
+
+def value_problems(task: Task, cfg: ArborConfig) -> list[Problem]:
+    """``value.problems`` distinct training problems for the value fit, none that rollouts skip (held out, or
+    an SFT demonstration: :func:`arbor.core.tasks.split.problems_to_skip`). The policy has memorised the SFT pool,
+    so its outcomes there would teach the head values it never meets in search."""
+    first = stretch_start(VALUE_SEEDS, cfg.value.seed)
+    skip = problems_to_skip(cfg, task)
+    return distinct_problems(task, cfg.value.problems, first, cfg.value.difficulty_mix, skip)
+
+
+def value_sampling_config(cfg: ArborConfig) -> SearchConfig:
+    """Best-of-N chains at ``value.temperature``, verified (training rollouts may see the reference)."""
+    v = cfg.value
+    return dataclasses.replace(
+        cfg.search,
+        kind="best_of_n",
+        best_of_n=dataclasses.replace(cfg.search.best_of_n, num_samples=v.samples_per_problem),
+        temperature=v.temperature,
+        terminal_value="verifier",
+        trees_in_flight=max(1, cfg.search.max_batch_rows // v.samples_per_problem),
+        seed=v.seed,
+    )
+
+
+def labelled_chains(tree: SearchTree) -> list[LabelledSequence]:
+    """Every sampled chain of a best-of-N tree, its step prefixes labelled with its verified outcome."""
+    return [
+        label_chain(tree.segments(leaf), leaf.outcome, tree.problem_uid)
+        for leaf in tree.terminals()
+        if leaf.outcome is not None
+    ]

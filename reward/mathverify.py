@@ -1,6 +1,6 @@
 """The ``math`` verifier's comparisons on math-verify; these functions run inside the bounded worker.
 
-Called as ``BoundedWorker("reward.mathverify").call(...)`` (see ``reward.bounded``), never in the
+Called as ``BoundedWorker("arbor.reward.mathverify").call(...)`` (see ``reward.bounded``), never in the
 caller's process: math-verify's own timeouts need the main thread, which the worker has. Both answers go
 through ``math_verify.parse`` (LaTeX, ``\\boxed{}``, fractions, intervals, sets, percentages, units) and
 are compared with ``math_verify.verify``; nothing here normalises LaTeX by hand.

@@ -8,7 +8,7 @@ checkpoint (``value_head.safetensors`` next to an HF model directory). Loaded he
   ``actors.search`` (``search.leaf_value=prm``), scoring each new step's state;
 - into the learner as a dense step reward: :meth:`ProcessRewardModel.score_tree` scores every node of a
   finished tree, and ``reward.prm_labels.dense_step_rewards`` turns the scores into the per-step rewards
-  that ``actors.search.tree_to_samples`` adds to the outcome.
+  that ``arbor.learner.advantages.tree_to_samples`` adds to the outcome.
 
 Text goes in, not token ids: the prompt and each step are encoded one by one and concatenated, and a
 state is scored at the last token of its last segment, so a PRM on another tokenizer than the policy's

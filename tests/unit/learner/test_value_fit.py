@@ -127,7 +127,7 @@ def test_value_problems_are_distinct_by_content_and_skip_held_out_and_sft_pool()
     The fit draws from RL's problems only: never held out, never one of the SFT demonstrations."""
     from arbor.core.tasks import build_task
     from arbor.core.tasks.split import demonstration_pool
-    from arbor.launch.commands import value_problems
+    from arbor.learner.value_fit import value_problems
 
     cfg = load_config(DEFAULT_CONFIG, ["value.problems=512"])
     assert cfg.sft.num_problems == 1000  # the default recipe caps SFT to a pool

@@ -18,11 +18,10 @@ from arbor.core.errors import ConfigError
 from arbor.core.model import ValueHead, build_tiny_model, hidden_size_of, save_checkpoint
 from arbor.core.tasks.base import Problem
 from arbor.core.tokenizer import build_char_tokenizer
-from arbor.core.tree import SearchTree
+from arbor.core.tree import SearchTree, load_trees
 from arbor.launch.cli import main
-from arbor.launch.prm import label_trees, load_trees
 from arbor.learner.advantages import tree_to_samples
-from arbor.learner.prm_fit import fit_pairwise_head, pair_accuracy, pairwise_loss
+from arbor.learner.prm_fit import fit_pairwise_head, label_trees, pair_accuracy, pairwise_loss
 from arbor.learner.value_fit import PrefixFeatures
 from arbor.reward.implicit_prm import (
     ImplicitPRM,
