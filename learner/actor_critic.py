@@ -192,6 +192,7 @@ class ActorCriticLearner:
         temperature: float,
         rank_batch_size: int,
         reference: PreTrainedModel | None = None,
+        compute_dtype: str = "float32",
     ):
         if temperature <= 0:
             raise ValueError("the learner needs the behaviour temperature (search.temperature > 0)")
@@ -201,7 +202,10 @@ class ActorCriticLearner:
         self.temperature = temperature
         self.net = PolicyWithValue(model, value_head, cfg.value_trunk_grad)
         optim = OptimConfig(cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-        self.engine = build_engine(self.net, cfg.engine, optim, batch_size=rank_batch_size, zero_stage=cfg.zero_stage)
+        self.compute_dtype = str(compute_dtype)  # model.dtype: the forward's autocast, and what actors receive
+        self.engine = build_engine(
+            self.net, cfg.engine, optim, rank_batch_size, zero_stage=cfg.zero_stage, compute_dtype=self.compute_dtype
+        )
         self.net = self.engine.module
         self.net.train()
         self.reference = reference.eval() if reference is not None else None
@@ -332,7 +336,7 @@ class ActorCriticLearner:
     def publish_state(self, device: str = "cpu") -> dict[str, torch.Tensor]:
         """The weights actors load (``arbor.core.channels.published_state``), copied to ``device`` (CPU for
         the object store; the learner's GPU for the nccl channel)."""
-        return published_state(self.model.state_dict(), self.value_head.state_dict(), device)
+        return published_state(self.model.state_dict(), self.value_head.state_dict(), device, self.compute_dtype)
 
 
 def _per_sample_sums(batch: StepBatch, logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

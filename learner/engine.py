@@ -5,10 +5,15 @@ ranks, and the optimizer and scheduler state a checkpoint keeps) so SFT, the ben
 actor-critic learner share one update path. On a machine without CUDA DeepSpeed runs on its CPU
 accelerator over a gloo process group; a single process forms a group of one. This module is the
 learner's one contact with DeepSpeed and torch.distributed.
+
+Precision (``model.dtype``): an engine keeps float32 master weights and runs its forward passes under
+autocast in the compute dtype (bfloat16 or float16 matrix products, float32 softmax and losses), so updates
+smaller than a half-precision step are not rounded away. float32 runs without autocast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -76,17 +81,29 @@ def _optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), foreach=True)
 
 
+def compute_precision(module: nn.Module, compute_dtype: str) -> contextlib.AbstractContextManager:
+    """Make ``module``'s weights float32 masters and return the context its forward passes run in: autocast
+    in ``compute_dtype`` (bfloat16 | float16), or nothing for float32."""
+    module.float()
+    if compute_dtype == "float32":
+        return contextlib.nullcontext()
+    device = next(module.parameters()).device.type
+    return torch.autocast(device, dtype=getattr(torch, str(compute_dtype)))
+
+
 class TorchEngine:
     """A plain PyTorch loop: AdamW, global-norm clipping, LambdaLR."""
 
-    def __init__(self, module: nn.Module, cfg: OptimConfig):
+    def __init__(self, module: nn.Module, cfg: OptimConfig, compute_dtype: str = "float32"):
+        self.precision = compute_precision(module, compute_dtype)
         self.module = module
         self.cfg = cfg
         self.optimizer = _optimizer(module, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
 
     def __call__(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
+        with self.precision:
+            return self.module(*args, **kwargs)
 
     def step(self, loss: torch.Tensor) -> float:
         loss.backward()
@@ -136,9 +153,12 @@ def init_process_group_if_needed(backend: str | None = None) -> None:
 class DeepSpeedEngine:
     """A DeepSpeed engine over the module with a client AdamW (no compiled ops needed on CPU)."""
 
-    def __init__(self, module: nn.Module, cfg: OptimConfig, batch_size: int, zero_stage: int = 0):
+    def __init__(
+        self, module: nn.Module, cfg: OptimConfig, batch_size: int, zero_stage: int = 0, compute_dtype: str = "float32"
+    ):
         import deepspeed
 
+        self.precision = compute_precision(module, compute_dtype)
         init_process_group_if_needed()
         self.cfg = cfg
         world = torch.distributed.get_world_size()
@@ -161,7 +181,8 @@ class DeepSpeedEngine:
         self.module = self.engine.module
 
     def __call__(self, *args, **kwargs):
-        return self.engine(*args, **kwargs)
+        with self.precision:
+            return self.engine(*args, **kwargs)
 
     def step(self, loss: torch.Tensor) -> float:
         self.engine.backward(loss)
@@ -214,11 +235,11 @@ def deepspeed_checkpoint_globals() -> list[Any]:
 
 
 def build_engine(
-    module: nn.Module, kind: str, cfg: OptimConfig, batch_size: int, zero_stage: int = 0
+    module: nn.Module, kind: str, cfg: OptimConfig, batch_size: int, zero_stage: int = 0, compute_dtype: str = "float32"
 ) -> TorchEngine | DeepSpeedEngine:
-    """The engine named by ``kind`` (``deepspeed`` or ``torch``)."""
+    """The engine named by ``kind`` (``deepspeed`` or ``torch``), computing in ``compute_dtype``."""
     if kind == "deepspeed":
-        return DeepSpeedEngine(module, cfg, batch_size=batch_size, zero_stage=zero_stage)
+        return DeepSpeedEngine(module, cfg, batch_size=batch_size, zero_stage=zero_stage, compute_dtype=compute_dtype)
     if kind == "torch":
-        return TorchEngine(module, cfg)
+        return TorchEngine(module, cfg, compute_dtype)
     raise ValueError(f"unknown engine '{kind}' (expected deepspeed or torch)")

@@ -10,6 +10,7 @@ loads its own optimizer shard. Plain Python: the Ray actor that wraps it lives i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from arbor.core.channels import WeightChannel
-from arbor.core.config import ArborConfig, ModelConfig
+from arbor.core.config import ArborConfig
 from arbor.core.model import build_policy, save_checkpoint, value_head_for
 from arbor.core.runs import random_state_from_json, random_state_to_json
 from arbor.core.samples import StepSample
@@ -75,11 +76,11 @@ class LearnerRank:
         cfg = self.cfg
         if cfg.train.engine == "deepspeed" or self.world > 1:
             init_process_group_if_needed("nccl" if self.device == "cuda" else "gloo")
-        model, self.tokenizer = build_policy(ModelConfig(path=self.init_path))
+        model, self.tokenizer = build_policy(dataclasses.replace(cfg.model, path=self.init_path))
         head = value_head_for(model, self.init_path)
         reference = None
         if cfg.train.kl_coef:
-            reference, _ = build_policy(ModelConfig(path=self.reference_path))
+            reference, _ = build_policy(dataclasses.replace(cfg.model, path=self.reference_path))
             reference.requires_grad_(False)
         if self.device == "cuda":
             model, head = model.cuda(), head.cuda()
@@ -194,4 +195,5 @@ def build_learner(
         temperature=cfg.search.temperature,
         rank_batch_size=cfg.train.batch_size // world,
         reference=reference,
+        compute_dtype=cfg.model.dtype,
     )

@@ -108,7 +108,9 @@ def train_sft(
     """Run ``cfg.sft.steps`` updates on solver traces; returns the trained model (same object)."""
     s = cfg.sft
     optim = OptimConfig(s.lr, s.weight_decay, s.grad_clip, s.warmup_steps, s.steps, s.min_lr_ratio)
-    engine = build_engine(model, s.engine, optim, batch_size=s.batch_size, zero_stage=s.zero_stage)
+    engine = build_engine(
+        model, s.engine, optim, s.batch_size, zero_stage=s.zero_stage, compute_dtype=str(cfg.model.dtype)
+    )
     engine.module.train()
     batches = sft_batches(task, tokenizer, cfg, exclude_keys)
     skipped = consecutive = 0

@@ -168,7 +168,7 @@ class HFStepBackend:
         """One model pass: (logits [B,T,V], values [B,T] or None, cache)."""
         self.model_calls += 1
         logits, hidden, cache = forward_with_hidden(
-            self.model, input_ids, attention_mask, position_ids=position_ids, past_key_values=past, use_cache=True
+            self.model, input_ids, attention_mask, position_ids=position_ids, cache=past, use_cache=True
         )
         values = self.value_head(hidden) if self.value_head is not None else None
         return logits, values, cache

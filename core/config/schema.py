@@ -61,6 +61,7 @@ def each_positive(default: list) -> Any:
 
 
 Arch = choices("Arch", "llama", "qwen2")
+Dtype = choices("Dtype", "float32", "bfloat16", "float16")
 TaskName = choices("TaskName", "countdown", "arith", "gsm8k", "math")
 Template = choices("Template", "plain", "few_shot", "chat")
 StepUnit = choices("StepUnit", "line", "paragraph")
@@ -87,7 +88,8 @@ Strategy = choices("Strategy", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 @dataclass
 class ModelConfig:
-    path: str | None = None  # local HF checkpoint dir to load; None builds the tiny model below from scratch
+    path: str | None = None  # local HF checkpoint dir or GGUF file to load; None: the tiny model below, from scratch
+    dtype: Dtype = Dtype.float32  # weights of the policy, the search backend and checkpoints (the learner: see train)
     arch: Arch = Arch.llama  # architecture of the from-scratch model
     hidden_size: int = positive(192)  # width of the from-scratch model
     num_layers: int = positive(4)  # transformer blocks

@@ -20,7 +20,7 @@ from arbor.core.config import ModelConfig, TaskConfig
 from arbor.core.model import ValueHead, build_policy, hidden_size_of
 from arbor.core.tasks import build_task
 from arbor.core.tasks.base import Problem
-from arbor.core.tree import SearchTree
+from tests.reference import recompute, worst_gap_to_recomputation
 from tests.search_toy import search_cfg
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_seq_len=128)
@@ -59,39 +59,13 @@ def policy():
     torch.set_num_threads(threads)
 
 
-@torch.no_grad()
-def _recompute(model, head, segments, temperature: float = 1.0) -> tuple[list[list[float]], list[float]]:
-    """No-cache reference: one full unpadded forward of the whole prefix; per-segment log-probs and values."""
-    ids = [t for seg in segments for t in seg]
-    out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
-    logp = torch.log_softmax(out.logits[0].float() / temperature, dim=-1)  # [T, V]
-    values = head(out.hidden_states[-1])[0]  # [T]
-    per_seg, vals, start = [], [], 0
-    for seg in segments:
-        per_seg.append([float(logp[start + j - 1, t]) for j, t in enumerate(seg)] if start else [])
-        start += len(seg)
-        vals.append(float(values[start - 1]))
-    return per_seg, vals
-
-
-def _check_tree_against_recomputation(tree: SearchTree, model, head) -> float:
-    worst = 0.0
-    for node in tree.nodes[1:]:
-        logps, values = _recompute(model, head, tree.segments(node))
-        assert len(logps[-1]) == len(node.logprobs)
-        worst = max(worst, max(abs(a - b) for a, b in zip(logps[-1], node.logprobs)))
-        worst = max(worst, abs(values[-1] - node.value_estimate))
-    root_values = _recompute(model, head, tree.segments(tree.root))[1]
-    return max(worst, abs(root_values[-1] - tree.root.value_estimate))
-
-
 def test_kv_reusing_search_matches_no_cache_recomputation(policy):
     model, tokenizer, head, problems = policy
     backend = HFStepBackend(model, tokenizer, head, seed=0)
     trees = run_searches(backend, problems[:3], SEARCH, training_scorers)
     assert max(n.depth for t in trees for n in t.nodes) >= 2  # children were forwarded on top of cached parents
     for tree in trees:
-        assert _check_tree_against_recomputation(tree, model, head) < 1e-4
+        assert worst_gap_to_recomputation(tree, model, head) < 1e-4
         # every token is forwarded once: the prompt, then each generated token (the step's last one included)
         assert tree.tokens_forwarded == len(tree.prompt_tokens) + tree.tokens_generated
         assert tree.tokens_generated >= sum(len(n.token_ids) for n in tree.nodes[1:])  # merged duplicates count too
@@ -144,10 +118,10 @@ def test_cache_is_never_reused_across_policy_versions(policy):
     assert again.policy_version == 1
     assert again.tokens_forwarded == sum(map(len, child)) + again.tokens_generated  # the prefix was re-read
     for step in again.steps:  # every log-prob and value comes from the new weights
-        logps, values = _recompute(model, head, child + (tuple(step.token_ids),))
+        logps, values = recompute(model, head, child + (tuple(step.token_ids),))
         assert logps[-1] == pytest.approx(step.logprobs, abs=1e-4)
         assert values[-1] == pytest.approx(step.value, abs=1e-4)
-    assert _recompute(model, head, child)[1][-1] == pytest.approx(again.prefix_value, abs=1e-4)
+    assert recompute(model, head, child)[1][-1] == pytest.approx(again.prefix_value, abs=1e-4)
     fresh = backend.cache.lookup(child)[-1].next_logits
     assert (fresh - stale_logits).abs().max() > 1e-3  # reusing the old entry would have been visibly wrong
     assert all(e.version == 1 for e in backend.cache.lookup(child))
@@ -170,7 +144,7 @@ def test_weights_arriving_mid_search_are_used_from_then_on(policy):
     assert {n.policy_version for t in trees for n in t.nodes[1:]} == {0, 1}
     for tree in trees:  # each step matches a no-cache recomputation under the weights that produced it
         for node in tree.nodes[1:]:
-            logps, values = _recompute(old if node.policy_version == 0 else model, head, tree.segments(node))
+            logps, values = recompute(old if node.policy_version == 0 else model, head, tree.segments(node))
             assert logps[-1] == pytest.approx(node.logprobs, abs=1e-4)
             assert values[-1] == pytest.approx(node.value_estimate, abs=1e-4)
 

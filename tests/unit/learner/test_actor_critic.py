@@ -175,3 +175,38 @@ def test_a_path_packs_into_one_row_with_the_same_logprobs():
         assert float(behav[i]) == pytest.approx(-0.5 * len(s.action_tokens))
     # each sample's advantage sits on its own action tokens only
     assert sorted(set(packed.advantages[0][packed.action_mask[0]].tolist())) == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_half_precision_policy_with_float32_masters():
+    """model.dtype=bfloat16: the policy and the search hold bf16 weights, the value head stays float32, the
+    learner trains float32 master weights under autocast and publishes bf16 weights to the actors."""
+    from arbor.actors.search import HFStepBackend, run_searches, training_scorers
+    from arbor.core.channels import split_published
+    from arbor.core.config import load_config
+    from arbor.core.tasks import build_task
+    from arbor.learner.advantages import tree_to_samples
+    from arbor.learner.rank import build_learner
+    from tests.conftest import DEFAULT_CONFIG, TINY
+    from tests.search_toy import search_cfg
+
+    overrides = ["model.dtype=bfloat16", "train.engine=torch", "train.entropy_coef=0.01", "train.warmup_steps=0"]
+    cfg = load_config(DEFAULT_CONFIG, [*TINY, *overrides])  # the entropy term moves the LM whatever the outcomes
+    model, tok = build_policy(cfg.model)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    head = ValueHead(hidden_size_of(model))
+    backend = HFStepBackend(model, tok, head, seed=0)
+    search = search_cfg(kind="best_of_n", num_samples=4, max_step_tokens=8, max_response_tokens=24, max_depth=3)
+    (tree,) = run_searches(backend, [build_task(cfg.task).train_problem(0)], search, training_scorers)
+    assert all(isinstance(n.value_estimate, float) for n in tree.nodes[1:])
+    samples = tree_to_samples(tree, value_head_weight=1.0)
+    learner = build_learner(cfg, build_policy(cfg.model)[0], ValueHead(hidden_size_of(model)), tok.pad_token_id)
+    assert {p.dtype for p in learner.net.parameters()} == {torch.float32}  # masters (its own copy, as a rank's)
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    metrics = learner.update(samples, 0)
+    assert metrics["learner/step_skipped"] == 0.0 and math.isfinite(metrics["learner/loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, learner.model.parameters()))
+    state = learner.publish_state()
+    lm = [v for k, v in state.items() if not k.startswith("value_head.") and v.is_floating_point()]
+    assert {v.dtype for v in lm} == {torch.bfloat16} and state["value_head.proj.weight"].dtype == torch.float32
+    backend.load_weights(1, *split_published(state))  # the actors' bf16 model takes them as they are
+    assert {p.dtype for p in backend.model.parameters()} == {torch.bfloat16}
