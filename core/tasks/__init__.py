@@ -8,6 +8,7 @@ from typing import Any
 from arbor.core.config import TaskConfig
 from arbor.core.tasks.arith import Arith
 from arbor.core.tasks.base import STEP_SEP, Problem, Task
+from arbor.core.tasks.chat import ChatPrompts
 from arbor.core.tasks.countdown import Countdown
 
 __all__ = ["TASKS", "Problem", "Task", "build_task", "step_separator"]
@@ -15,12 +16,18 @@ __all__ = ["TASKS", "Problem", "Task", "build_task", "step_separator"]
 DATA_TASKS = ("gsm8k", "math")
 
 
+def _generated(task: Task, cfg: TaskConfig, tokenizer: Any) -> Task:
+    return task if cfg.data.template == "plain" else ChatPrompts(task, cfg.data, tokenizer)
+
+
 def _countdown(cfg: TaskConfig, tokenizer: Any = None) -> Task:
-    return Countdown(cfg.countdown, eval_size=cfg.eval_size, eval_seed=cfg.eval_seed, eval_mix=cfg.eval_mix)
+    task = Countdown(cfg.countdown, eval_size=cfg.eval_size, eval_seed=cfg.eval_seed, eval_mix=cfg.eval_mix)
+    return _generated(task, cfg, tokenizer)
 
 
 def _arith(cfg: TaskConfig, tokenizer: Any = None) -> Task:
-    return Arith(cfg.arith, eval_size=cfg.eval_size, eval_seed=cfg.eval_seed, eval_mix=cfg.eval_mix)
+    task = Arith(cfg.arith, eval_size=cfg.eval_size, eval_seed=cfg.eval_seed, eval_mix=cfg.eval_mix)
+    return _generated(task, cfg, tokenizer)
 
 
 def _jsonl(cfg: TaskConfig, tokenizer: Any = None) -> Task:

@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 from arbor.core.config import DataConfig
 from arbor.core.errors import DataError
 from arbor.core.tasks.base import ANSWER_PREFIX, STEP_SEP, Problem
+from arbor.core.tasks.chat import chat_prompt, chat_tokenizer
 from arbor.core.tasks.split import check_train_index
 
 log = logging.getLogger("arbor.data")
@@ -168,15 +169,11 @@ class PromptTemplate:
     def __init__(self, cfg: DataConfig, examples: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase | None):
         self.kind = cfg.template
         self.prefix = "".join(f"{r['question']}{STEP_SEP}{r['solution']}{STEP_SEP}{STEP_SEP}" for r in examples)
-        self.tokenizer = tokenizer
-        if self.kind == "chat" and getattr(tokenizer, "chat_template", None) is None:
-            where = cfg.tokenizer or "the policy's tokenizer"
-            raise DataError(f"task.data.template=chat: {where} has no chat template (task.data.tokenizer)")
+        self.tokenizer = chat_tokenizer(cfg, tokenizer) if self.kind == "chat" else tokenizer
 
     def __call__(self, question: str) -> str:
         if self.kind == "chat":
-            messages = [{"role": "user", "content": question}]
-            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+            return chat_prompt(self.tokenizer, question)
         return f"{self.prefix}{question}{STEP_SEP}"
 
 
@@ -213,10 +210,6 @@ class JsonlTask:
             if len(examples) < cfg.few_shot:
                 raise DataError(f"{cfg.path}: task.data.few_shot={cfg.few_shot} needs that many rows with a solution")
             records = [r for r in records if r not in examples]
-        if cfg.template == "chat" and tokenizer is None and cfg.tokenizer:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True)
         template = PromptTemplate(cfg, examples, tokenizer)
         if cfg.eval_path:
             held_out, skipped = load_records(name, cfg.eval_path, fmt, cfg.steps)

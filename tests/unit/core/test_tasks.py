@@ -263,3 +263,26 @@ def test_build_task() -> None:
     assert isinstance(build_task(TaskConfig(name="arith")), Arith)
     with pytest.raises(ValueError, match="unknown task 'chess'"):
         build_task(TaskConfig(name="chess"))
+
+
+def test_generated_tasks_take_the_chat_template_with_a_format_hint() -> None:
+    from arbor.core.config import DataConfig, TaskConfig
+    from arbor.core.errors import DataError
+    from arbor.core.tasks import build_task
+    from arbor.core.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>"
+    for name in ("countdown", "arith"):
+        plain = build_task(TaskConfig(name=name, eval_size=4))
+        chat = build_task(TaskConfig(name=name, eval_size=4, data=DataConfig(template="chat")), tokenizer)
+        for a, b in zip(
+            plain.eval_problems() + [plain.train_problem(7)], chat.eval_problems() + [chat.train_problem(7)]
+        ):
+            assert (a.key, a.reference, a.solution) == (b.key, b.reference, b.solution)  # the same problem
+            assert b.prompt.startswith("<u>") and b.prompt.endswith(f"{a.prompt.strip()}</u><a>")
+            assert "Answer:" in b.prompt  # the hint says how the verifier reads a response
+    with pytest.raises(DataError, match="no chat template"):
+        build_task(TaskConfig(data=DataConfig(template="chat")), build_char_tokenizer())
+    with pytest.raises(DataError, match="few_shot"):
+        build_task(TaskConfig(data=DataConfig(template="few_shot")), tokenizer)
