@@ -167,7 +167,7 @@ def main(argv: list[str]) -> dict:
     result = {
         "problems": len(problems),
         "budget": BUDGET,
-        "sft_steps": cfg.sft.steps,
+        "sft_steps": 0 if policy else cfg.sft.steps,  # --policy: measured as given
         "model": str(cfg.model.path),
         "dtype": str(cfg.model.dtype),
         "value_held_out_auc": value["held_out"]["auc"] if value else None,

@@ -42,7 +42,13 @@ def sample_tokens(
     greedy = temperature <= 0
     scale = torch.where(greedy, torch.ones_like(temperature), temperature)
     logp = torch.log_softmax(logits.float() / scale[:, None], dim=-1)  # [A, V]
-    drawn = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # [A]
+    # Inverse-CDF sampling: one uniform per row. torch.multinomial draws work per vocabulary entry, which on
+    # a 49k-token vocabulary cost a tenth of a real model's search time on CPU; this is ~10x cheaper. The
+    # cumulative sum is float64 so the tail's tokens keep their mass; right=True never lands on a token of
+    # probability 0 (its cumulative value equals its predecessor's).
+    cdf = logp.double().exp().cumsum(-1)  # [A, V]
+    u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    drawn = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)  # [A]
     tokens = torch.where(greedy, logits.argmax(-1), drawn)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 

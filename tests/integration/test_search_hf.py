@@ -190,6 +190,26 @@ def test_padded_output_rows_beyond_the_tokenizer_are_never_sampled():
     assert torch.allclose(logp, torch.full((64,), -torch.log(torch.tensor(10.0))))  # uniform over the real 10
 
 
+def test_sampled_tokens_follow_the_tempered_softmax_and_skip_impossible_ones():
+    """The inverse-CDF sampler draws each token as often as softmax(logits / T) says (within 4 standard
+    errors over 40k draws), never a token of probability 0, and T = 0 rows take the argmax."""
+    from arbor.actors.search.hf_backend import sample_tokens
+
+    base = torch.tensor([2.0, 0.0, -1.0, float("-inf"), 1.0, -3.0])
+    rows, temperature = 40_000, 0.7
+    logits = base.repeat(rows, 1)
+    temps = torch.full((rows,), temperature)
+    temps[:100] = 0.0
+    tokens, logp = sample_tokens(logits, temps, torch.Generator().manual_seed(1))
+    assert bool((tokens[:100] == 0).all())
+    expected = torch.softmax(base / temperature, -1)
+    counts = torch.bincount(tokens[100:], minlength=6).double() / (rows - 100)
+    se = (expected * (1 - expected) / (rows - 100)).sqrt()
+    assert counts[3] == 0
+    assert bool(((counts - expected).abs() <= 4 * se + 1e-12).all()), (counts, expected)
+    assert torch.allclose(logp[100:], torch.log(expected)[tokens[100:]].float(), atol=1e-5)
+
+
 def test_rollout_rounds_draw_from_a_stream_their_cursor_names(policy):
     """A round's token draws depend on (seed, actor, the round's first cursor, restarted) only: a resumed
     actor reseeded at the checkpointed cursor draws what the uninterrupted one would have, whatever its
