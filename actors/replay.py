@@ -342,8 +342,9 @@ class ReplayBuffer:
         os.replace(tmp, path)
 
     @classmethod
-    def restore(cls, path: str | os.PathLike[str]) -> ReplayBuffer:
-        """Rebuild a buffer from ``snapshot``; a missing, truncated or malformed file raises ``DataError``."""
+    def restore(cls, path: str | os.PathLike[str], vocab_size: int | None = None) -> ReplayBuffer:
+        """Rebuild a buffer from ``snapshot``; a missing, truncated or malformed file raises ``DataError``, as
+        does a token id outside ``[0, vocab_size)`` (when given), which would fail mid-run in an embedding."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -379,7 +380,12 @@ class ReplayBuffer:
             buf._rng.setstate(random_state_from_json(state["rng_state"]))
             for i, raw in enumerate(state["items"]):
                 field = f"items[{i}]"
-                buf._add(_Item(raw["key"], StepSample.from_json(raw["sample"]), raw["priority"], raw["times_sampled"]))
+                sample = StepSample.from_json(raw["sample"])
+                if vocab_size is not None:
+                    bad = [t for t in (*sample.state_tokens, *sample.action_tokens) if not 0 <= t < vocab_size]
+                    if bad:
+                        raise ValueError(f"token id {bad[0]} is outside the model's vocabulary (0..{vocab_size - 1})")
+                buf._add(_Item(raw["key"], sample, raw["priority"], raw["times_sampled"]))
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{path}: replay snapshot field {field!r} is malformed: {type(e).__name__}: {e}") from e
         if len(buf._items) != buf.rate_limiter.size or len(buf._items) > buf.capacity:

@@ -15,3 +15,12 @@ class ModelLoadError(ArborError):
 
 class DataError(ArborError):
     """A data file is empty or malformed; the message names the file, the line and the field."""
+
+
+class Interrupted(Exception):
+    """The user stopped the command (Ctrl-C) after it saved what it had; the CLI exits with status 130."""
+
+
+class RunFailed(Exception):
+    """A process the run cannot go on without died (a learner rank; every rollout actor); the message says what
+    died and how to resume from the latest checkpoint. The CLI exits with status 1, without a traceback."""

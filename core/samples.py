@@ -58,7 +58,11 @@ def demonstration_samples(path: str, tokenizer: Any, version: int) -> list[StepS
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"config key 'train.demonstrations': file not found: {file}")
-    for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, raw in enumerate(file.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{file}:{lineno}: not UTF-8 text (byte {exc.start}); is this a JSONL file?") from None
         if not line.strip():
             continue
         try:

@@ -15,9 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from arbor.actors.replay import ReplayBuffer
 from arbor.core.config import ArborConfig
-from arbor.core.errors import ConfigError, DataError
+from arbor.core.errors import ArborError, ConfigError, DataError
+from arbor.core.integrity import check_weights
 
 LATEST = "latest"  # checkpoints/latest names the newest complete checkpoint directory
 STATE_FILE = "train_state.json"
@@ -78,21 +81,40 @@ def read_state(path: Path) -> TrainState:
 
 
 def write_state(path: Path, state: TrainState) -> None:
-    path.write_text(json.dumps(state.to_json(), indent=2))
+    write_atomic(path, json.dumps(state.to_json(), indent=2))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """``path`` holds ``text`` or what it held before, never a torn mix (written aside, flushed, renamed)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def check_resume(cfg: ArborConfig) -> ResumeState | None:
-    """The run to continue, with its newest complete checkpoint; ConfigError / DataError name what is wrong."""
+    """The run to continue, with its newest complete checkpoint (``resume=RUN_DIR``) or the one named
+    (``resume=RUN_DIR/checkpoints/step-N``), every file of it checked; ConfigError / DataError name what is
+    wrong and, for a damaged checkpoint, the earlier one to resume from instead."""
     if not cfg.resume:
         return None
-    run_dir = Path(cfg.resume)
-    if not run_dir.is_dir():
-        raise ConfigError(f"config key 'resume': run directory not found: {run_dir}")
-    latest = run_dir / "checkpoints" / LATEST
-    if not latest.is_file():
-        raise ConfigError(f"config key 'resume': {run_dir} has no complete checkpoint ({latest} is missing)")
-    ckpt = run_dir / "checkpoints" / latest.read_text().strip()
-    state = read_state(ckpt / STATE_FILE)
+    given = Path(cfg.resume)
+    if not given.is_dir():
+        raise ConfigError(f"config key 'resume': run directory not found: {given}")
+    if given.parent.name == "checkpoints" and (given / STATE_FILE).is_file():
+        run_dir, ckpt = given.parent.parent, given
+    else:
+        run_dir = given
+        latest = run_dir / "checkpoints" / LATEST
+        if not latest.is_file():
+            raise ConfigError(f"config key 'resume': {run_dir} has no complete checkpoint ({latest} is missing)")
+        ckpt = run_dir / "checkpoints" / latest.read_text().strip()
+    try:
+        state = read_state(ckpt / STATE_FILE)
+    except ArborError as exc:
+        raise DataError(f"{exc}; {instead(run_dir, ckpt)}") from None
     for dotted, now in optimizer_layout(cfg).items():
         saved = state.layout.get(dotted.split(".")[1], now)  # (checkpoints before these were recorded pass)
         if saved != now:
@@ -100,16 +122,118 @@ def check_resume(cfg: ArborConfig) -> ResumeState | None:
                 f"config key '{dotted}' is {now}, but {ckpt} holds optimizer state saved with {saved};"
                 f" resume with {dotted}={saved}"
             )
-    ReplayBuffer.restore(ckpt / REPLAY_FILE)  # parse it all now: a corrupt snapshot stops before any work
+    try:
+        check_checkpoint_files(ckpt, cfg.resources.learner_ranks)
+    except ArborError as exc:
+        raise DataError(f"{exc}; {instead(run_dir, ckpt)}") from None
+    if state.reference_path:
+        state.reference_path = locate_reference(run_dir, state.reference_path)
+        if cfg.train.kl_coef and not Path(state.reference_path).is_dir():
+            raise ConfigError(
+                f"config key 'resume': the KL reference of {run_dir} ({ckpt / STATE_FILE}: reference_path) is"
+                f" {state.reference_path}, which does not exist; restore it there, or resume with train.kl_coef=0"
+            )
     return ResumeState(run_dir, ckpt, state)
+
+
+def check_checkpoint_files(ckpt: Path, ranks: int) -> None:
+    """Every file a resume loads is whole: the weights (headers), each rank's optimizer state (loaded with
+    ``weights_only``, memory-mapped: a pickle of anything but tensors is refused), the RNG states and the
+    buffer snapshot (parsed in full, so a corrupt one stops before any work)."""
+    from arbor.learner.engine import deepspeed_checkpoint_globals
+    from arbor.learner.rank import OPTIM_FILE, RNG_FILE
+
+    check_weights(ckpt)
+    for rank in range(ranks):
+        optim, rng = ckpt / OPTIM_FILE.format(rank=rank), ckpt / RNG_FILE.format(rank=rank)
+        try:
+            with torch.serialization.safe_globals(deepspeed_checkpoint_globals()):
+                torch.load(optim, weights_only=True, map_location="cpu", mmap=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file; each is named
+            raise DataError(f"{optim}: cannot be loaded as optimizer state ({type(exc).__name__}: {exc})") from None
+        try:
+            json.loads(rng.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{rng}: cannot read the RNG state ({type(exc).__name__}: {exc})") from None
+    try:
+        vocab = int(json.loads((ckpt / "config.json").read_text())["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{ckpt / 'config.json'}: no model vocab_size ({type(exc).__name__}: {exc})") from None
+    ReplayBuffer.restore(ckpt / REPLAY_FILE, vocab_size=vocab)
+
+
+def instead(run_dir: Path, damaged: Path) -> str:
+    """What to do about a damaged checkpoint: the newest earlier complete one to resume from."""
+    root = run_dir / "checkpoints"
+    older = sorted(
+        (p for p in root.glob("step-*") if p.name < damaged.name and (p / STATE_FILE).is_file()), reverse=True
+    )
+    for candidate in older:
+        try:
+            read_state(candidate / STATE_FILE)
+            check_weights(candidate)
+        except ArborError:
+            continue
+        return f"resume from the checkpoint before it instead: resume={candidate}"
+    return "no earlier complete checkpoint is left to resume from"
+
+
+def locate_reference(run_dir: Path, path: str) -> str:
+    """The KL reference recorded in a run's state, as an absolute path. Runs record it absolute; older ones
+    recorded it relative to the directory they were started in, which is found again through the run
+    directory's own name (``runs/NAME/checkpoints/init`` -> ``RUN_DIR/checkpoints/init``)."""
+    ref = Path(path)
+    if ref.is_absolute():
+        return str(ref)
+    if run_dir.name in ref.parts:
+        inside = ref.parts[ref.parts.index(run_dir.name) + 1 :]
+        candidate = run_dir.joinpath(*inside)
+        if candidate.exists():
+            return str(candidate.resolve())
+    return str(ref.resolve())
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step:06d}"
 
 
+def partial_dir(run_dir: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` is written before it is renamed to :func:`step_dir`."""
+    return run_dir / "checkpoints" / f".tmp-step-{step:06d}"
+
+
+def is_complete(checkpoint: Path, step: int) -> bool:
+    """Whether ``checkpoint`` is a finished checkpoint of ``step``: its state file, written last, says so."""
+    try:
+        return read_state(checkpoint / STATE_FILE).step == step
+    except DataError:
+        return False
+
+
+def latest_name(run_dir: Path) -> str | None:
+    """The directory name ``checkpoints/latest`` holds, if there is one."""
+    latest = run_dir / "checkpoints" / LATEST
+    return latest.read_text().strip() if latest.is_file() else None
+
+
 def mark_latest(run_dir: Path, checkpoint: Path) -> None:
     """Point ``checkpoints/latest`` at ``checkpoint``, atomically: a resume sees the old one or the new one."""
-    tmp = run_dir / "checkpoints" / f".{LATEST}.tmp"
-    tmp.write_text(checkpoint.name)
-    os.replace(tmp, run_dir / "checkpoints" / LATEST)
+    write_atomic(run_dir / "checkpoints" / LATEST, checkpoint.name)
+
+
+def checkpoints_to_prune(run_dir: Path, keep: int, evals: list[dict[str, Any]]) -> list[Path]:
+    """The step checkpoints ``train.keep_checkpoints=keep`` lets go: all but the newest ``keep``, the one
+    ``latest`` names and the one with the best held-out greedy accuracy (``evals``, by step); ``keep=0`` keeps
+    every one. Leftover partial directories (``.tmp-step-*``, from a killed write) go too."""
+    root = run_dir / "checkpoints"
+    partial = sorted(root.glob(".tmp-step-*"))
+    if keep <= 0:
+        return partial
+    steps = sorted((int(p.name.split("-")[1]), p) for p in root.glob("step-*") if p.name.split("-")[1].isdigit())
+    latest = latest_name(run_dir)
+    kept = {p for _, p in steps[-keep:]} | {p for _, p in steps if p.name == latest}
+    scored = {int(e["step"]): e["greedy_accuracy"] for e in evals if e.get("greedy_accuracy") is not None}
+    with_eval = [(scored[n], n, p) for n, p in steps if n in scored]
+    if with_eval:
+        kept.add(max(with_eval, key=lambda t: (t[0], t[1]))[2])  # the best; the later one on a tie
+    return partial + [p for _, p in steps if p not in kept]

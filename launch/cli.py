@@ -40,16 +40,32 @@ def _parser() -> argparse.ArgumentParser:
         if name == "submit":
             cmd.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
             cmd.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
-            cmd.add_argument("--pip", nargs="*", default=None, help="packages the job's runtime_env installs")
+            cmd.add_argument(
+                "--pip", action="append", default=None, metavar="PKG", help="a package the job installs (repeatable)"
+            )
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with dotted overrides taken from anywhere on it."""
+    parser = _parser()
+    # Overrides may follow the options too (`arbor submit CONFIG --address URL model.path=DIR`): argparse
+    # stops a positional list at the first option, so what it leaves over is taken as more overrides.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     # Heavy imports wait until the arguments parse, so `arbor --help` answers at once.
     from arbor.core.config import load_config
-    from arbor.core.errors import ArborError
+    from arbor.core.errors import ArborError, Interrupted, RunFailed
 
     try:
         if args.command == "convert":
@@ -79,6 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     except ArborError as exc:
         print(f"arbor {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # Ctrl-C in the RL loop: the step in flight finished and was checkpointed
+        print(f"arbor {args.command}: {exc}", file=sys.stderr)
+        return 130
+    except RunFailed as exc:  # a learner rank or every rollout actor died: what died, and how to resume
+        print(f"arbor {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # elsewhere (SFT, an evaluation): the processes are closed on the way out
+        print(f"arbor {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

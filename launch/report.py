@@ -152,9 +152,12 @@ def train_table(title: str, before: dict | None, after: dict, result: dict, init
     for label, key, spec in rows:
         if key in after:
             table.add_row(label, _fmt(before.get(key), spec), _fmt(after.get(key), spec))
+    segment = result.get("segment_samples", result["samples_trained"])
+    trained = f"{segment} samples trained in {result['rl_seconds']:.0f} s"
+    if segment != result["samples_trained"]:  # a resumed run: this segment's figures, then the run's
+        trained += f" this segment, {result['samples_trained']} in {result.get('total_rl_seconds', 0):.0f} s in all"
     table.caption = (
-        f"{result['steps']} learner steps, policy version {result['version']}, "
-        f"{result['samples_trained']} samples trained in {result['rl_seconds']:.0f} s; "
+        f"{result['steps']} learner steps, policy version {result['version']}, {trained}; "
         f"max trained lag {result['max_trained_lag']}, dropped {result.get('buffer_dropped', 0)}"
     )
     return table

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,13 +26,14 @@ from arbor.actors.evaluate import evaluate
 from arbor.actors.search import HFStepBackend, evaluation_scorers, run_searches
 from arbor.actors.search.scaling import accuracy
 from arbor.core.config import ArborConfig, to_yaml
-from arbor.core.errors import ConfigError
+from arbor.core.errors import ConfigError, Interrupted, RunFailed
+from arbor.core.integrity import check_weights
 from arbor.core.model import build_policy, build_tokenizer, model_dir, save_checkpoint, value_head_for
 from arbor.core.runs import RunLogger, make_run_dir
 from arbor.core.samples import demonstration_samples
 from arbor.core.tasks import Problem, build_task
 from arbor.core.tasks.split import problems_to_skip
-from arbor.launch.checkpoints import check_resume
+from arbor.launch.checkpoints import check_resume, latest_name
 from arbor.launch.report import advance, console, progress_bar, train_table
 from arbor.launch.runtime import Runtime
 from arbor.launch.trainer import Trainer
@@ -99,12 +101,24 @@ def check_train_inputs(cfg: ArborConfig) -> None:
         raise ConfigError("arbor train samples its behaviour policy: config key 'search.temperature' must be > 0")
 
 
+def resume_hint(run_dir: Path) -> str:
+    """How to continue ``run_dir`` from its latest complete checkpoint (or say there is none)."""
+    latest = latest_name(run_dir)
+    if latest is None:
+        return f"no checkpoint was written yet; {run_dir} holds the run's logs"
+    return (
+        f"resume from {run_dir / 'checkpoints' / latest} with: arbor train {run_dir / 'config.yaml'} resume={run_dir}"
+    )
+
+
 def run_train(cfg: ArborConfig) -> dict[str, Any]:
     """The body of ``arbor train``; see the module docstring."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     check_train_inputs(cfg)
     resume = check_resume(cfg)
+    if cfg.model.path and not resume:
+        check_weights(model_dir(cfg.model.path))  # a truncated weight file stops here, before Ray or a run dir
     # The policy's tokenizer: task.data.template=chat wraps the held-out prompts as the actors wrap theirs.
     tokenizer = build_tokenizer(
         cfg.model if not resume else dataclasses.replace(cfg.model, path=str(resume.checkpoint))
@@ -135,7 +149,8 @@ def run_train(cfg: ArborConfig) -> dict[str, Any]:
             console.print(f"resuming at step {trainer.step}, version {trainer.version} from {init_path}")
         else:
             init_path = warm_start(cfg, run_dir, logger, task, held_out)
-            trainer.state.reference_path = init_path  # the KL reference stays the init, also after a resume
+            # the KL reference stays the init, also after a resume, from whatever directory it is started in
+            trainer.state.reference_path = str(Path(init_path).resolve())
             trainer.state.init = str(cfg.train.init)
             with console.status("evaluating the init policy (greedy and with search)"):
                 before, shown = evaluate_policy(cfg, init_path, held_out)
@@ -144,11 +159,20 @@ def run_train(cfg: ArborConfig) -> dict[str, Any]:
             (run_dir / "eval_init.json").write_text(json.dumps(before | {"samples": shown}, indent=2))
         trainer.setup(init_path, demos)
         result = trainer.train()
+    except RunFailed as exc:
+        logger.close()
+        raise RunFailed(f"{exc}.\n{resume_hint(run_dir)}") from None
     except BaseException:
         logger.close()
         raise
     finally:
         trainer.cleanup()  # the actors' CPUs go back before the final evaluation
+    if result["interrupted"]:
+        logger.close()
+        raise Interrupted(
+            f"interrupted at step {trainer.step}: checkpoint {result['checkpoint']} holds every step trained.\n"
+            f"{resume_hint(run_dir)}"
+        )
     try:
         before = trainer.state.before
         with console.status("evaluating the trained policy (greedy and with search)"):

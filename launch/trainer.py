@@ -18,6 +18,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import shutil
+import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,7 +34,19 @@ from arbor.core.runs import RunLogger
 from arbor.core.samples import StepSample
 from arbor.core.tasks import Problem
 from arbor.core.tree import SearchTree
-from arbor.launch.checkpoints import ResumeState, TrainState, mark_latest, optimizer_layout, step_dir, write_state
+from arbor.launch.checkpoints import (
+    STATE_FILE,
+    ResumeState,
+    TrainState,
+    checkpoints_to_prune,
+    is_complete,
+    latest_name,
+    mark_latest,
+    optimizer_layout,
+    partial_dir,
+    step_dir,
+    write_state,
+)
 from arbor.launch.report import console, progress_bar, render_tree
 from arbor.launch.runtime import Runtime
 from arbor.learner.rank import LearnerStep
@@ -62,6 +78,7 @@ class Trainer:
         self.t0 = time.time()  # when this segment's RL began (reset by train)
         self.bar, self.job = None, None  # the live progress bar, while train runs
         self.closed = False
+        self.interrupted = False  # a Ctrl-C ended the loop early
 
     @property
     def step(self) -> int:
@@ -76,6 +93,10 @@ class Trainer:
     def setup(self, init_path: str, demonstrations: list[StepSample] | None = None) -> None:
         """Start the runtime on ``init_path`` (a resume's checkpoint, or the run's init) at this version."""
         resume = self.resume.checkpoint if self.resume else None
+        if resume is not None and latest_name(self.run_dir) != resume.name:
+            # resumed from an earlier checkpoint (resume=RUN/checkpoints/step-N): the run's branch goes on from
+            # there, so later checkpoints of the abandoned branch are rewritten, never reused as this one's
+            mark_latest(self.run_dir, resume)
         with console.status("starting the rollout actors, replay buffer and learner group"):
             self.runtime.start(self.run_dir.name, init_path, resume, self.version, self.state.reference_path)
         if demonstrations and not self.resume:  # a resumed buffer holds them already
@@ -85,7 +106,28 @@ class Trainer:
     # ---- train --------------------------------------------------------------------------------
 
     def train(self) -> dict[str, Any]:
-        """Train to the budget, write the final checkpoint and stop the actors; returns the run's figures."""
+        """Train to the budget (or a Ctrl-C), write the final checkpoint and stop the actors; returns the
+        run's figures. A first Ctrl-C lets the learner step in flight finish and ends the loop there, so the
+        checkpoint holds every step trained; a second one stops at once."""
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            return self._train()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        console.print(
+            "[bold]interrupted[/]: finishing the learner step in flight, then a checkpoint "
+            "(Ctrl-C again stops at once and loses the steps since the last checkpoint)"
+        )
+
+    def _train(self) -> dict[str, Any]:
         t = self.cfg.train
         start_step, start_samples = self.step, self.state.samples_trained
         self.t0 = time.time()
@@ -94,7 +136,7 @@ class Trainer:
             self.runtime.stream()
         with progress_bar() as bar:
             self.bar, self.job = bar, bar.add_task("train", total=t.steps, completed=self.step, info="")
-            while self._budget_left():
+            while self._budget_left() and not self.interrupted:
                 trained = self._async_step() if t.mode == "async" else self._round()
                 if not trained and time.time() - last_log > 30:
                     console.print(f"waiting for samples (buffer {self.runtime.buffer_stats()['size']})")
@@ -107,10 +149,13 @@ class Trainer:
         actors = self.runtime.actors()
         steps_done = self.step - start_step
         return {
+            "interrupted": self.interrupted,
+            "segment_samples": self.state.samples_trained - start_samples,
             "checkpoint": str(ckpt),
             "steps": self.step,
             "version": self.version,
-            "rl_seconds": rl_seconds,
+            "rl_seconds": rl_seconds,  # this segment's (a resumed run's earlier segments: total_rl_seconds)
+            "total_rl_seconds": rl_seconds + self.prior_seconds,
             "samples_trained": self.state.samples_trained,
             "samples_per_s": (self.state.samples_trained - start_samples) / max(rl_seconds, 1e-9),
             "steps_per_s": steps_done / max(rl_seconds, 1e-9),
@@ -146,9 +191,12 @@ class Trainer:
         t = self.cfg.train
         self.runtime.search_round(t.sync_trees_per_round)
         steps = min(self.runtime.buffer_stats()["size"] // t.batch_size, t.steps - self.step)
-        trained = [
-            self._learn(self.runtime.sample(t.batch_size, self.version, 5.0), k == steps - 1) for k in range(steps)
-        ]
+        trained = []
+        for k in range(steps):
+            last = k == steps - 1 or self.interrupted  # an interrupt publishes what the round trained so far
+            trained.append(self._learn(self.runtime.sample(t.batch_size, self.version, 5.0), last))
+            if self.interrupted:
+                break
         return any(trained)
 
     def _learn(self, batch: Any, publish: bool | None = None) -> bool:
@@ -218,15 +266,26 @@ class Trainer:
     def checkpoint(self, t_rl: float) -> Path:
         """Model + value head (HF), optimizer/scheduler/RNG per rank, buffer + cursors, step and version."""
         path = step_dir(self.run_dir, self.step)
-        if path.exists():  # already written at this step (e.g. a periodic one, or a resume with no budget left)
-            return path
+        if latest_name(self.run_dir) == path.name and is_complete(path, self.step):
+            return path  # written at this step already (a periodic one; a resume with no budget left)
+        # Written aside and renamed into place: a kill mid-write leaves a .tmp-step-* directory (removed by
+        # the next write or prune), never a step-* directory that looks finished. A step-* directory without
+        # its state file (from a writer before this one), or one of a branch abandoned by resuming from an
+        # earlier checkpoint, is not trusted either: it is replaced.
+        tmp = partial_dir(self.run_dir, self.step)
+        shutil.rmtree(tmp, ignore_errors=True)
         meta = {"command": "train", "step": self.step, "version": self.version}
-        self.state.cursors = self.runtime.save(path, meta)
+        self.state.cursors = self.runtime.save(tmp, meta)
         self.state.lag_histogram = {str(k): v for k, v in sorted(self.lag_hist.items())}
         self.state.rl_seconds = t_rl
         self.state.layout = {dotted.split(".")[1]: value for dotted, value in optimizer_layout(self.cfg).items()}
-        write_state(path / "train_state.json", self.state)
+        write_state(tmp / STATE_FILE, self.state)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
         mark_latest(self.run_dir, path)  # only a complete checkpoint becomes "latest"
+        for old in checkpoints_to_prune(self.run_dir, self.cfg.train.keep_checkpoints, self.state.evals):
+            shutil.rmtree(old, ignore_errors=True)
         return path
 
     def snapshot(self, t_rl: float) -> Path:

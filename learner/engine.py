@@ -129,8 +129,12 @@ class TorchEngine:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-def init_process_group_if_needed(backend: str | None = None) -> None:
-    """Join (or, alone, form) the torch.distributed group DeepSpeed expects."""
+def init_process_group_if_needed(backend: str | None = None, store_file: str | None = None) -> None:
+    """Join (or, alone, form) the torch.distributed group DeepSpeed expects.
+
+    Alone, the group's store is in memory; with ``store_file`` (every rank on one machine) it is that file;
+    otherwise it is the TCP rendezvous at MASTER_ADDR:MASTER_PORT. The first two open no network port
+    (torch's TCPStore server listens on every interface)."""
     import deepspeed
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -147,7 +151,12 @@ def init_process_group_if_needed(backend: str | None = None) -> None:
             s.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    if world == 1 or store_file:
+        dist = torch.distributed
+        store = dist.HashStore() if world == 1 else dist.FileStore(store_file, world)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)  # joins that group, or the TCP rendezvous
 
 
 class DeepSpeedEngine:

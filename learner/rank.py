@@ -62,9 +62,16 @@ class LearnerRank:
         self.version = 0
         self.steps_since_publish = 0
 
-    def setup(self, master_addr: str | None = None, master_port: int | None = None, start_version: int = 0) -> int:
-        """Join the process group (at ``master_addr:master_port``; None: a group of one in this process) and
-        build the model, value head and engine (all ranks at once)."""
+    def setup(
+        self,
+        master_addr: str | None = None,
+        master_port: int | None = None,
+        start_version: int = 0,
+        store_file: str | None = None,
+    ) -> int:
+        """Join the process group (at ``master_addr:master_port``, or through ``store_file`` when every rank
+        runs on this machine; neither: a group of one in this process) and build the model, value head and
+        engine (all ranks at once)."""
         if master_addr is not None:
             os.environ.update(
                 RANK=str(self.rank),
@@ -74,8 +81,10 @@ class LearnerRank:
                 MASTER_PORT=str(master_port),
             )
         cfg = self.cfg
+        if store_file:
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: gloo's pair sockets on loopback
         if cfg.train.engine == "deepspeed" or self.world > 1:
-            init_process_group_if_needed("nccl" if self.device == "cuda" else "gloo")
+            init_process_group_if_needed("nccl" if self.device == "cuda" else "gloo", store_file)
         model, self.tokenizer = build_policy(dataclasses.replace(cfg.model, path=self.init_path))
         head = value_head_for(model, self.init_path)
         reference = None

@@ -4,11 +4,14 @@ rules that tie fields together. Each error names its dotted key."""
 from __future__ import annotations
 
 import dataclasses
+import math
+from pathlib import PurePath
 from typing import Any
 
 from arbor.core.config.schema import ArborConfig, DataConfig, ResourcesConfig, SearchConfig, TrainConfig
 from arbor.core.errors import ConfigError
 
+MAX_INT = 2**53  # integers past this lose exactness as floats (and no run counts that far)
 _BOUNDS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b)}
 _BOUNDS |= {"lt": ("<", lambda v, b: v < b), "le": ("<=", lambda v, b: v <= b)}
 
@@ -22,6 +25,10 @@ def check_bounds(section: Any, prefix: str = "") -> None:
             check_bounds(value, key + ".")
             continue
         for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"config key '{key}' must be a finite number; got {value}")
+            if isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_INT:
+                raise ConfigError(f"config key '{key}' must be at most 2^53 in size; got {value}")
             for name, bound in f.metadata.items():
                 symbol, holds = _BOUNDS[name]
                 if isinstance(item, (int, float)) and not holds(item, bound):
@@ -49,6 +56,19 @@ def validate(cfg: ArborConfig) -> None:
         )
     check_train(cfg)
     check_resources(cfg.train, cfg.resources)
+    check_run_name(cfg.run.name)
+
+
+def check_run_name(name: str | None) -> None:
+    """A run directory stays inside ``run.root``: its name is one plain path component."""
+    if name is None:
+        return
+    parts = PurePath(name).parts
+    if len(parts) != 1 or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+        raise ConfigError(
+            f"config key 'run.name' must be a plain directory name inside 'run.root' (no '/', '..', or leading "
+            f"'.'); got {name!r}"
+        )
 
 
 def check_data(d: DataConfig) -> None:
@@ -79,6 +99,15 @@ def check_train(cfg: ArborConfig) -> None:
         )
     if t.batch_size > b.capacity:
         raise ConfigError(f"config key 'train.batch_size' ({t.batch_size}) exceeds 'buffer.capacity' ({b.capacity})")
+    # Before the first sample the rate limiter admits min_size_to_sample + error_buffer / samples_per_insert
+    # items: a larger batch never finds enough of them, and the learner waits forever.
+    most = b.min_size_to_sample + b.error_buffer / b.samples_per_insert
+    if t.batch_size > most:
+        raise ConfigError(
+            f"config key 'train.batch_size' ({t.batch_size}) exceeds what the buffer admits before the learner's "
+            f"first sample, 'buffer.min_size_to_sample' + 'buffer.error_buffer' / 'buffer.samples_per_insert' "
+            f"= {most:g}: the learner would wait forever; raise buffer.error_buffer"
+        )
     # A learner batch must fit the rate limiter's window (Reverb: 2 * error_buffer), or sampling deadlocks.
     if b.error_buffer < max(1.0, b.samples_per_insert) / 2 or 2 * b.error_buffer < t.batch_size:
         raise ConfigError(

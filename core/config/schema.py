@@ -318,6 +318,7 @@ class TrainConfig:
     eval_every: int = nonneg(20)  # held-out greedy evaluation every this many learner steps (0: before/after)
     eval_search_simulations: int = nonneg(8)  # MCTS simulations of the final "with search" evaluation (0 skips)
     checkpoint_every: int = nonneg(20)  # checkpoint every this many learner steps (0: only at the end)
+    keep_checkpoints: int = nonneg(3)  # step checkpoints kept: the newest K and the best held-out one (0: all)
     log_every: int = positive(2)  # learner steps between metric rows
     tree_every: int = nonneg(20)  # learner steps between rendered sample trees (run dir and wandb)
     engine: EngineKind = EngineKind.deepspeed  # which engine runs the update
@@ -359,5 +360,5 @@ class ArborConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    resume: str | None = None  # arbor train: run directory to continue (same step, version, buffer and RNG)
+    resume: str | None = None  # arbor train: a run directory to continue (its latest), or RUN/checkpoints/step-N
     threads: int = nonneg(0)  # torch intra-op threads; 0 keeps torch's default

@@ -9,9 +9,11 @@ Without ``resources.address`` or ``$RAY_ADDRESS`` Ray starts in this process; wi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections import Counter
+from collections.abc import Iterator
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group
@@ -33,12 +35,38 @@ def start_ray(cfg: ArborConfig) -> bool:
         return True
     r = cfg.resources
     cpus_needed = r.rollout_actors * r.actor_cpus + r.learner_ranks * r.learner_cpus + r.buffer_cpus
-    ray.init(
-        num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)),  # logical CPUs: enough for the bundles
-        include_dashboard=False,
-        logging_level="WARNING",
-    )
+    with loopback_only():
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)),  # logical CPUs: enough for the bundles
+            include_dashboard=False,
+            logging_level="WARNING",
+        )
     return True
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """The Ray started here listens on 127.0.0.1 only (GCS, raylet, object manager, workers, metrics agent).
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` does not do it: Ray swaps a loopback node address for the
+    host's reachable one. Its single-machine mode (the one it uses on macOS, switched by
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) takes the loopback address as the node's and binds every server
+    to it. The processes ``ray.init`` starts inherit the variable; this process's own lookup reads the
+    constant, so both are set while Ray starts and put back after (a later join of a real cluster from the
+    same process is unaffected). Verified with ``ss -ltn`` in tests/integration/test_interrupt.py."""
+    from ray._private import ray_constants
+
+    name = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    saved_env, saved_flag = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_env
 
 
 def bundles(cfg: ArborConfig) -> list[dict[str, float]]:

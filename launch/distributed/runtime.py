@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from arbor.core.config import ArborConfig
+from arbor.core.errors import RunFailed
 from arbor.core.samples import StepSample
 from arbor.launch.checkpoints import REPLAY_FILE
 from arbor.launch.distributed.actors import ACTOR_ENV, LearnerActor, RolloutActor
@@ -42,6 +45,7 @@ class RayRuntime(Runtime):
         self.rollouts: list[Any] = []
         self.run_refs: list[ray.ObjectRef] = []  # async mode: each actor's free-running search
         self.learner_nodes: list[str] = []
+        self.store_dir: str | None = None  # the learner group's file rendezvous, when Ray started here
         try:
             check_resources(cfg)
         except BaseException:
@@ -67,15 +71,19 @@ class RayRuntime(Runtime):
             for i in range(r.learner_ranks)
         ]
         addr, port = ray.get(self.ranks[0].address.remote())
-        ray.get([rk.setup.remote(addr, port, version) for rk in self.ranks])
+        store = None
+        if self.started_ray and r.learner_ranks > 1:  # one machine: a file rendezvous, no listening TCP store
+            self.store_dir = tempfile.mkdtemp(prefix="arbor-group-")
+            store = str(Path(self.store_dir) / "store")
+        ray.get([rk.setup.remote(addr, port, version, store) for rk in self.ranks])
         if resume:
             versions = ray.get([rk.load.remote(str(resume)) for rk in self.ranks])
             if set(versions) != {version}:
                 raise RuntimeError(f"{resume}: the ranks restored versions {versions}, the run state says {version}")
         ray.get(self.ranks[0].publish.remote())  # version `version`, before any actor searches
         actor_cls = ray.remote(RolloutActor)
-        # Constructor arguments held here for the whole run: Ray re-reads them when it restarts an actor.
-        self.actor_args = [ray.put(cfg), ray.put(init_path)]
+        # Constructor arguments go inline (the config and a path are a few kB), not as object-store references:
+        # Ray re-reads them when it restarts an actor, and an inline argument cannot be lost before then.
         self.rollouts = [
             actor_cls.options(
                 num_cpus=r.actor_cpus,
@@ -85,7 +93,7 @@ class RayRuntime(Runtime):
                 scheduling_strategy=place.actor(i),
                 runtime_env=env,
                 name=f"{name}/rollout-{i}",
-            ).remote(self.actor_args[0], i, r.rollout_actors, self.actor_args[1], self.coordinator, self.service)
+            ).remote(cfg, i, r.rollout_actors, init_path, self.coordinator, self.service)
             for i in range(r.rollout_actors)
         ]
         ray.get([a.ping.remote() for a in self.rollouts])
@@ -105,7 +113,13 @@ class RayRuntime(Runtime):
         return self.service.sample.remote(n, version, timeout_s)  # resolved by each rank, not here
 
     def learn(self, batch: ray.ObjectRef, publish: bool | None = None) -> LearnerStep | None:
-        return ray.get([rk.step.remote(batch, publish) for rk in self.ranks])[0]
+        refs = [rk.step.remote(batch, publish) for rk in self.ranks]
+        try:
+            return ray.get(refs)[0]
+        except ray.exceptions.RayActorError as exc:  # a rank's process died (killed, out of memory, node lost)
+            dead = next((i for i, ref in enumerate(refs) if _died(ref)), "?")
+            cause = str(exc).strip().splitlines()[0]
+            raise RunFailed(f"learner rank {dead} died during a learner step ({cause})") from None
 
     def check_rollouts(self) -> None:
         """Surface rollout actors that died for good (restarts exhausted); stop if none is left."""
@@ -119,7 +133,7 @@ class RayRuntime(Runtime):
             except Exception as exc:  # noqa: BLE001 - an actor's death arrives as any Ray error
                 failed.append(str(exc).splitlines()[0])
         if failed and len(done) == len(self.run_refs):
-            raise RuntimeError(f"every rollout actor has stopped; the first failure: {failed[0]}")
+            raise RunFailed(f"every rollout actor has stopped; the first failure: {failed[0]}")
 
     def buffer_stats(self) -> dict[str, Any]:
         return ray.get(self.service.stats.remote())
@@ -163,3 +177,17 @@ class RayRuntime(Runtime):
         if self.started_ray:
             self.started_ray = False
             ray.shutdown()
+        if self.store_dir:
+            shutil.rmtree(self.store_dir, ignore_errors=True)
+            self.store_dir = None
+
+
+def _died(ref: ray.ObjectRef) -> bool:
+    """Whether the task behind ``ref`` failed because its actor died."""
+    try:
+        ray.get(ref, timeout=0)
+    except ray.exceptions.RayActorError:
+        return True
+    except Exception:  # noqa: BLE001 - finished some other way, or still running
+        return False
+    return False

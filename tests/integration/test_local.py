@@ -63,3 +63,34 @@ def test_local_mode_resumes_at_the_same_step_and_version(init_ckpt, tmp_path):
 def test_local_mode_refuses_a_learner_group(init_ckpt, tmp_path):
     with pytest.raises(ConfigError, match="resources.learner_ranks"):  # at load time: before anything runs
         load_config(DEFAULT_CONFIG, train_overrides(tmp_path, init_ckpt, **LOCAL, **{"resources.learner_ranks": 2}))
+
+
+def test_a_partial_checkpoint_is_replaced_never_trusted(init_ckpt, tmp_path):
+    """A kill mid-write leaves step-N without its state file (the old writer) or a .tmp-step-N directory
+    (this one); a resume that reaches step N writes a complete step-N, and no partial directory is left."""
+    extra = {**LOCAL, "train.checkpoint_every": 1, "train.keep_checkpoints": 0, "run.name": "p"}
+    first = run_train(load_config(DEFAULT_CONFIG, train_overrides(tmp_path, init_ckpt, **extra)))
+    root = Path(first["run_dir"]) / "checkpoints"
+    assert sorted(p.name for p in root.glob("step-*")) == [f"step-00000{i}" for i in (1, 2, 3, 4)]
+    (root / "latest").write_text("step-000002")
+    (root / "step-000004" / "train_state.json").unlink()  # as a SIGKILL during the old in-place write left it
+    (root / ".tmp-step-000003").mkdir()
+    (root / ".tmp-step-000003" / "model.safetensors").write_bytes(b"torn")
+    resumed = {**LOCAL, "train.checkpoint_every": 1, "train.keep_checkpoints": 0, "resume": str(root.parent)}
+    again = run_train(load_config(DEFAULT_CONFIG, train_overrides(tmp_path, init_ckpt, **resumed)))
+    assert again["steps"] == 4 and again["checkpoint"] == str(root / "step-000004")
+    state = json.loads((root / "step-000004" / "train_state.json").read_text())
+    assert state["step"] == 4 and (root / "latest").read_text() == "step-000004"
+    assert not list(root.glob(".tmp-*")) and not list(root.glob(".*.tmp"))
+
+
+def test_keep_checkpoints_keeps_the_newest_and_the_best_held_out_one(init_ckpt, tmp_path):
+    extra = {**LOCAL, "train.steps": 5, "train.checkpoint_every": 1, "train.keep_checkpoints": 2, "run.name": "k"}
+    result = run_train(load_config(DEFAULT_CONFIG, train_overrides(tmp_path, init_ckpt, **extra)))
+    root = Path(result["run_dir"]) / "checkpoints"
+    state = json.loads((root / "step-000005" / "train_state.json").read_text())
+    evals = {e["step"]: e["greedy_accuracy"] for e in state["evals"]}
+    best = max((acc, step) for step, acc in evals.items())[1]  # evaluated at steps 2 and 4
+    expected = {"step-000004", "step-000005", f"step-{best:06d}"}
+    assert {p.name for p in root.glob("step-*")} == expected
+    assert (root / "latest").read_text() == "step-000005" and not list(root.glob(".tmp-*"))

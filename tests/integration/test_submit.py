@@ -17,8 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from arbor.core.model import ValueHead, build_policy, hidden_size_of, save_checkpoint
-from arbor.launch.submit import PACKAGES, stage_package, submit_command
+from arbor.launch.cli import parse_args
+from arbor.launch.submit import PACKAGES, plain_http_warning, project_root, stage_package, submit_command
 from tests.conftest import REPO, TINY_MODEL, train_overrides
 
 
@@ -46,6 +49,31 @@ def stop_head(temp_dir: str) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(procs, timeout=30)
+
+
+def test_overrides_may_follow_the_options_of_submit():
+    args = parse_args(["submit", "c.yaml", "a.b=1", "--address", "http://h:8265", "model.path=/m", "--pip", "x==1"])
+    assert args.overrides == ["a.b=1", "model.path=/m"] and args.address == "http://h:8265" and args.pip == ["x==1"]
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["submit", "c.yaml", "--address", "http://h:8265", "--bogus"])
+    assert exit_.value.code == 2
+
+
+def test_the_uploaded_directory_is_the_configs_project_not_the_shell_directory(tmp_path, monkeypatch):
+    assert project_root(REPO / "configs" / "countdown_tiny.yaml") == REPO
+    (tmp_path / "proj" / "configs").mkdir(parents=True)
+    (tmp_path / "proj" / "configs" / "x.yaml").write_text("")
+    monkeypatch.chdir(tmp_path)  # typed from above the project: only the project goes up
+    assert project_root(Path("proj/configs/x.yaml")) == tmp_path / "proj"
+    (tmp_path / "lone.yaml").write_text("")
+    assert project_root(Path("lone.yaml")) == tmp_path
+
+
+def test_a_token_over_plain_http_to_a_remote_head_is_warned_about():
+    assert "unencrypted" in plain_http_warning("http://10.0.0.1:8265", True)
+    assert plain_http_warning("https://10.0.0.1:8265", True) is None
+    assert plain_http_warning("http://127.0.0.1:8265", True) is None  # a tunnel or a local head
+    assert plain_http_warning("http://10.0.0.1:8265", False) is None  # no token to leak
 
 
 def test_submit_command_names_the_job_and_its_runtime_env(tmp_path):

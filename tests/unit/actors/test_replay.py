@@ -214,6 +214,14 @@ def test_corrupt_snapshot_names_the_file_and_the_problem(tmp_path: Path) -> None
     with pytest.raises(DataError, match=r"bad_item.json.*items\[1\]"):
         ReplayBuffer.restore(bad_item)
 
+    state = json.loads(text)
+    state["items"][2]["sample"]["state_tokens"][0] = 10**6  # past any vocabulary
+    bad_token = tmp_path / "bad_token.json"
+    bad_token.write_text(json.dumps(state))
+    ReplayBuffer.restore(bad_token)  # a snapshot alone does not know the vocabulary
+    with pytest.raises(DataError, match=r"bad_token.json.*items\[2\].*token id 1000000 is outside"):
+        ReplayBuffer.restore(bad_token, vocab_size=64)
+
     other = tmp_path / "other.json"
     other.write_text("[1, 2]")
     with pytest.raises(DataError, match="other.json: not a replay snapshot"):

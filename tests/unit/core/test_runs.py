@@ -35,3 +35,21 @@ def test_logger_writes_jsonl_and_an_offline_wandb_run(tmp_path: Path, monkeypatc
     assert json.loads((run / "summary.json").read_text()) == {"final": 0.25}
     offline = list((run / "wandb").glob("offline-run-*/*.wandb"))
     assert offline and offline[0].stat().st_size > 0
+
+
+def test_checkpoints_to_prune_keeps_newest_latest_and_best(tmp_path):
+    from arbor.launch.checkpoints import checkpoints_to_prune
+
+    root = tmp_path / "checkpoints"
+    for step in (10, 20, 30, 40, 50):
+        (root / f"step-{step:06d}").mkdir(parents=True)
+    (root / ".tmp-step-000060").mkdir()
+    (root / "init").mkdir()
+    (root / "latest").write_text("step-000050")
+    evals = [{"step": 20, "greedy_accuracy": 0.4}, {"step": 40, "greedy_accuracy": 0.3}]
+    evals.append({"step": 45, "greedy_accuracy": 0.9})  # the best, but no checkpoint holds step 45
+    gone = {p.name for p in checkpoints_to_prune(tmp_path, 2, evals)}
+    assert gone == {".tmp-step-000060", "step-000010", "step-000030"}  # 40, 50 newest; 20 best with a checkpoint
+    assert {p.name for p in checkpoints_to_prune(tmp_path, 0, evals)} == {".tmp-step-000060"}
+    (root / "latest").write_text("step-000010")  # latest is never pruned, even when older than the newest K
+    assert "step-000010" not in {p.name for p in checkpoints_to_prune(tmp_path, 1, evals)}
