@@ -46,6 +46,15 @@ def test_limits_measures_every_path_with_positive_finite_figures():
         assert 0 < result[key] < math.inf, key
 
 
+def test_dtype_compares_float32_and_bfloat16_on_the_shipped_search_and_learner():
+    result = bench("dtype.py", *TINY, "search.trees_in_flight=4", "search.max_step_tokens=12")
+    for key in ("float32_search_tokens_per_s", "bfloat16_search_tokens_per_s", "learner_speedup", "search_speedup"):
+        assert 0 < result[key] < math.inf, key
+    # bfloat16 keeps 8 bits of mantissa: its log-probs differ from float32's, by far less than one nat
+    assert 0 < result["logprob_gap_mean"] < 0.1 and result["float32_logprob_gap_mean"] < 1e-4
+    assert result["action_tokens"] > 0
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU answer is only given without CUDA")
 def test_limits_gpu_figures_without_a_gpu_say_no_cuda():
     assert bench("limits.py", "--device", "cuda")["cuda"] == "no cuda"
