@@ -1,9 +1,9 @@
 """Prompts through a chat model's own template (``task.data.template=chat``), for every task.
 
-Data tasks wrap each question; generated tasks (countdown, arith) wrap their prompt after a one-line
-format hint, since an instruct model asked "Use 3 5 11 to make 26." has no way to know that Arbor's
-verifier reads one ``a op b=c`` step per line and a final ``Answer:`` line. The template is the policy
-tokenizer's, or the one in ``task.data.tokenizer``.
+Data tasks wrap each question; generated tasks (countdown, arith) put one worked exchange first (a
+format hint and a training problem, answered with its solver trace), since an instruct model asked "Use 3
+5 11 to make 26." has no way to know that Arbor's verifier reads one ``a op b=c`` step per line and a final
+``Answer:`` line. The template is the policy tokenizer's, or the one in ``task.data.tokenizer``.
 """
 
 from __future__ import annotations
@@ -41,27 +41,33 @@ def chat_tokenizer(cfg: DataConfig, tokenizer: Any) -> Any:
     return tokenizer
 
 
-def chat_prompt(tokenizer: Any, text: str) -> str:
-    """``text`` as the user's turn, with the assistant's turn opened."""
-    messages = [{"role": "user", "content": text}]
+def chat_prompt(tokenizer: Any, text: str, example: tuple[str, str] | None = None) -> str:
+    """``text`` as the user's turn, with the assistant's turn opened; ``example`` (a question and its worked
+    answer) goes before it as an earlier exchange."""
+    messages = []
+    if example is not None:
+        messages += [{"role": "user", "content": example[0]}, {"role": "assistant", "content": example[1]}]
+    messages.append({"role": "user", "content": text})
     return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
 class ChatPrompts:
     """A generated task whose problems are the same (keys, references, traces) but whose prompts are chat
-    turns: its format hint, then its own prompt."""
+    turns: one worked exchange (the format hint and a training problem, answered with its solver trace),
+    then the problem. A small instruct model given the hint alone copies the hint's own example
+    ("12+7=19") whatever it is asked; a worked exchange shows the format on a problem of the task."""
 
     def __init__(self, task: Task, cfg: DataConfig, tokenizer: Any):
         if cfg.template == "few_shot":
             raise DataError(f"task.data.template=few_shot needs a data task; {task.name} has no worked examples file")
         self.task, self.tokenizer = task, chat_tokenizer(cfg, tokenizer)
         self.name, self.num_levels = task.name, task.num_levels
-        self.hint = HINTS[task.name]
+        held_out = {p.key for p in task.eval_problems()}
+        shown = next(p for p in map(task.train_problem, range(1000)) if p.key not in held_out and p.solution)
+        self.example = (f"{HINTS[task.name]}\n{shown.prompt.strip()}", shown.solution.strip())
 
     def _chat(self, problem: Problem) -> Problem:
-        return dataclasses.replace(
-            problem, prompt=chat_prompt(self.tokenizer, f"{self.hint}\n{problem.prompt.strip()}")
-        )
+        return dataclasses.replace(problem, prompt=chat_prompt(self.tokenizer, problem.prompt.strip(), self.example))
 
     def train_problem(self, index: int, level_mix: list[float] | None = None) -> Problem:
         return self._chat(self.task.train_problem(index, level_mix))

@@ -265,7 +265,7 @@ def test_build_task() -> None:
         build_task(TaskConfig(name="chess"))
 
 
-def test_generated_tasks_take_the_chat_template_with_a_format_hint() -> None:
+def test_generated_tasks_take_the_chat_template_with_a_worked_exchange() -> None:
     from arbor.core.config import DataConfig, TaskConfig
     from arbor.core.errors import DataError
     from arbor.core.tasks import build_task
@@ -282,6 +282,9 @@ def test_generated_tasks_take_the_chat_template_with_a_format_hint() -> None:
             assert (a.key, a.reference, a.solution) == (b.key, b.reference, b.solution)  # the same problem
             assert b.prompt.startswith("<u>") and b.prompt.endswith(f"{a.prompt.strip()}</u><a>")
             assert "Answer:" in b.prompt  # the hint says how the verifier reads a response
+            shown, answer = chat.example  # one worked exchange: a training problem with its solver trace
+            assert f"<u>{shown}</u><u>{answer}</u>" in b.prompt and answer.splitlines()[-1].startswith("Answer:")
+            assert shown.splitlines()[-1] not in {p.prompt.strip() for p in plain.eval_problems()}
     with pytest.raises(DataError, match="no chat template"):
         build_task(TaskConfig(data=DataConfig(template="chat")), build_char_tokenizer())
     with pytest.raises(DataError, match="few_shot"):
