@@ -38,6 +38,10 @@ class RolloutActor(RolloutWorker):
     def __init__(
         self, cfg: ArborConfig, actor_index: int, num_actors: int, init_path: str, coordinator: Any, service: Any
     ):
+        # The run passes the coordinator and the replay service by name, looked up here: an actor handle as a
+        # constructor argument is an object-store reference that Ray cannot rebuild when it restarts this
+        # actor (ray-project/ray#53727), a name always resolves while the run lives.
+        coordinator, service = (ray.get_actor(a) if isinstance(a, str) else a for a in (coordinator, service))
         torch.set_num_threads(cfg.resources.actor_threads)
         context = ray.get_runtime_context()
         name = f"rollout-{actor_index}"

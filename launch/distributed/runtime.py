@@ -56,11 +56,16 @@ class RayRuntime(Runtime):
         cfg, r = self.cfg, self.cfg.resources
         self.place = place = Placement(cfg, f"arbor-{name}")
         env = {"env_vars": dict(ACTOR_ENV)}  # merged into the job's runtime_env, which stays in force
-        self.coordinator = ray.remote(Coordinator).options(num_cpus=0, scheduling_strategy=place.buffer()).remote()
+        names = {"coordinator": f"{name}/coordinator", "service": f"{name}/replay"}  # rollout actors look them up
+        self.coordinator = (
+            ray.remote(Coordinator)
+            .options(num_cpus=0, scheduling_strategy=place.buffer(), name=names["coordinator"])
+            .remote()
+        )
         buffer_args = {"restore_path": str(resume / REPLAY_FILE)} if resume else replay_buffer_kwargs(cfg)
         self.service = (
             ray.remote(ReplayService)
-            .options(num_cpus=r.buffer_cpus, scheduling_strategy=place.buffer(), runtime_env=env)
+            .options(num_cpus=r.buffer_cpus, scheduling_strategy=place.buffer(), runtime_env=env, name=names["service"])
             .remote(**buffer_args)
         )
         rank_cls = ray.remote(LearnerActor)
@@ -82,8 +87,8 @@ class RayRuntime(Runtime):
                 raise RuntimeError(f"{resume}: the ranks restored versions {versions}, the run state says {version}")
         ray.get(self.ranks[0].publish.remote())  # version `version`, before any actor searches
         actor_cls = ray.remote(RolloutActor)
-        # Constructor arguments go inline (the config and a path are a few kB), not as object-store references:
-        # Ray re-reads them when it restarts an actor, and an inline argument cannot be lost before then.
+        # Constructor arguments go inline (the config and a path are a few kB; the coordinator and the service
+        # by name), never as object-store references, which Ray cannot rebuild when it restarts an actor.
         self.rollouts = [
             actor_cls.options(
                 num_cpus=r.actor_cpus,
@@ -93,7 +98,7 @@ class RayRuntime(Runtime):
                 scheduling_strategy=place.actor(i),
                 runtime_env=env,
                 name=f"{name}/rollout-{i}",
-            ).remote(cfg, i, r.rollout_actors, init_path, self.coordinator, self.service)
+            ).remote(cfg, i, r.rollout_actors, init_path, names["coordinator"], names["service"])
             for i in range(r.rollout_actors)
         ]
         ray.get([a.ping.remote() for a in self.rollouts])
@@ -116,9 +121,11 @@ class RayRuntime(Runtime):
         refs = [rk.step.remote(batch, publish) for rk in self.ranks]
         try:
             return ray.get(refs)[0]
-        except ray.exceptions.RayActorError as exc:  # a rank's process died (killed, out of memory, node lost)
+        except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as exc:  # killed, OOM, node lost
             dead = next((i for i, ref in enumerate(refs) if _died(ref)), "?")
             cause = str(exc).strip().splitlines()[0]
+            if isinstance(exc, ray.exceptions.OutOfMemoryError):
+                cause += "; a smaller train.batch_size or shorter search.max_response_tokens needs less"
             raise RunFailed(f"learner rank {dead} died during a learner step ({cause})") from None
 
     def check_rollouts(self) -> None:
@@ -186,7 +193,7 @@ def _died(ref: ray.ObjectRef) -> bool:
     """Whether the task behind ``ref`` failed because its actor died."""
     try:
         ray.get(ref, timeout=0)
-    except ray.exceptions.RayActorError:
+    except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError):
         return True
     except Exception:  # noqa: BLE001 - finished some other way, or still running
         return False
