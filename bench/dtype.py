@@ -26,7 +26,7 @@ import sys
 import time
 
 import torch
-from common import batches, machine, make_learner, policy, search  # bench/ is on sys.path
+from common import batches, machine, make_learner, policy, search, train_flops  # bench/ is on sys.path
 
 from arbor.actors.search import HFStepBackend
 from arbor.core.config import load_config
@@ -72,6 +72,7 @@ def main(argv: list[str]) -> dict:
     n = base.search.trees_in_flight
     trees, _ = search(parts["float32"][2], cfgs["float32"], 0, n)  # the samples every learner round trains on
     batch = batches(trees, base.train.batch_size, 1)[0]
+    tokens = {d: train_flops(parts[d][3], batch)[2] for d in dtypes}  # real tokens of one update, as limits counts
     rates: dict[str, dict[str, list[float]]] = {d: {"search": [], "learner": []} for d in dtypes}
     for r in range(ROUNDS + 1):
         for d in dtypes:
@@ -83,8 +84,7 @@ def main(argv: list[str]) -> dict:
             learner_s = time.perf_counter() - t
             if r:  # round 0 warms up
                 rates[d]["search"].append(stats["generated"] / stats["seconds"])
-                tokens = sum(len(s.state_tokens) + len(s.action_tokens) for s in batch)
-                rates[d]["learner"].append(tokens / learner_s)
+                rates[d]["learner"].append(tokens[d] / learner_s)
     model32, tokenizer, _, learner32 = parts["float32"]
     samples = [s for t in trees for s in t if s.action_tokens]
     gap_mean, gap_max = logprob_gap(parts[half][0], tokenizer, samples, learner32.max_len, base.search.temperature)

@@ -106,11 +106,11 @@ def check_resume(cfg: ArborConfig) -> ResumeState | None:
     if given.parent.name == "checkpoints" and (given / STATE_FILE).is_file():
         run_dir, ckpt = given.parent.parent, given
     else:
-        run_dir = given
-        latest = run_dir / "checkpoints" / LATEST
-        if not latest.is_file():
-            raise ConfigError(f"config key 'resume': {run_dir} has no complete checkpoint ({latest} is missing)")
-        ckpt = run_dir / "checkpoints" / latest.read_text().strip()
+        run_dir, latest = given, latest_name(given)
+        if latest is None:
+            missing = run_dir / "checkpoints" / LATEST
+            raise ConfigError(f"config key 'resume': {run_dir} has no complete checkpoint ({missing} is missing)")
+        ckpt = run_dir / "checkpoints" / latest
     try:
         state = read_state(ckpt / STATE_FILE)
     except ArborError as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import PurePath
 from typing import Any
 
 from arbor.core.config.schema import ArborConfig, DataConfig, ResourcesConfig, SearchConfig, TrainConfig
@@ -61,10 +60,7 @@ def validate(cfg: ArborConfig) -> None:
 
 def check_run_name(name: str | None) -> None:
     """A run directory stays inside ``run.root``: its name is one plain path component."""
-    if name is None:
-        return
-    parts = PurePath(name).parts
-    if len(parts) != 1 or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+    if name is not None and (not name or "/" in name or "\\" in name or name.startswith(".")):
         raise ConfigError(
             f"config key 'run.name' must be a plain directory name inside 'run.root' (no '/', '..', or leading "
             f"'.'); got {name!r}"

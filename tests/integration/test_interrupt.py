@@ -3,6 +3,7 @@ in flight and checkpointing it, a dead learner rank named with the way to resume
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -73,21 +75,28 @@ def left_running(procs: list[psutil.Process]) -> list[str]:
     return [f"{p.pid} {p.name()}" for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
-def test_ctrl_c_checkpoints_the_step_in_flight_and_the_embedded_ray_listens_on_loopback(init_ckpt, tmp_path):
-    proc = start(tmp_path, init_ckpt, "sigint")
-    run_dir = tmp_path / "sigint"
+@contextlib.contextmanager
+def training(tmp_path: Path, init: Path, name: str) -> Iterator[tuple[subprocess.Popen, Path, list[psutil.Process]]]:
+    """A run trained 2 steps: (its process, run directory, process tree); the tree is killed if it outlives
+    the test."""
+    proc = start(tmp_path, init, name)
+    run_dir = tmp_path / name
     try:
         wait_for_steps(proc, run_dir, 2)
-        procs = tree(proc)
+        yield proc, run_dir, tree(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_ctrl_c_checkpoints_the_step_in_flight_and_the_embedded_ray_listens_on_loopback(init_ckpt, tmp_path):
+    with training(tmp_path, init_ckpt, "sigint") as (proc, run_dir, procs):
         ports = listening(procs)
         assert ports, "no listening socket found: the check would prove nothing"
         outside = [p for p in ports if not loopback(p[1])]
         assert not outside, f"listening beyond loopback: {outside}"
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and f"resume={run_dir}" in err, err[-3000:]
     latest = (run_dir / "checkpoints" / "latest").read_text()
@@ -97,18 +106,11 @@ def test_ctrl_c_checkpoints_the_step_in_flight_and_the_embedded_ray_listens_on_l
 
 
 def test_a_dead_learner_rank_is_named_with_the_checkpoint_to_resume_from(init_ckpt, tmp_path):
-    proc = start(tmp_path, init_ckpt, "rankdied")
-    run_dir = tmp_path / "rankdied"
-    try:
-        wait_for_steps(proc, run_dir, 2)
-        procs = tree(proc)
+    with training(tmp_path, init_ckpt, "rankdied") as (proc, run_dir, procs):
         ranks = [p for p in procs if "LearnerActor" in " ".join(p.cmdline())]
         assert len(ranks) == 1, [p.cmdline()[:2] for p in procs]
         ranks[0].kill()
         out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 1, err[-3000:]
     assert "learner rank 0 died" in err and "Traceback" not in err, err[-3000:]
     assert "no checkpoint was written yet" in err or f"resume={run_dir}" in err
