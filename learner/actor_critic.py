@@ -7,7 +7,8 @@ One learner step:
    last token toward V(parent) and the action's last token toward V(child), both Monte-Carlo values
    read off the tree.
 2. One forward pass gives log pi_theta of the action tokens (at the behaviour temperature, so the
-   importance weights compare like with like) and the values. With one gradient step per batch the
+   importance weights compare like with like) and the values; the output head runs on the action
+   positions only (:func:`target_logprobs`). With one gradient step per batch the
    proximal policy is the pre-update policy: ``prox_logp = logp.detach()``.
 3. ``total_loss`` (decoupled PPO: behaviour weight pi_prox / pi_behav capped or masked) or plain PPO
    anchored at the behaviour policy, or one-step V-trace with the value head as critic.
@@ -27,14 +28,14 @@ from transformers import PreTrainedModel
 
 from arbor.core.channels import published_state
 from arbor.core.config import TrainConfig
-from arbor.core.model import ValueHead, forward_with_hidden
+from arbor.core.model import ValueHead
 from arbor.core.samples import StepSample
 from arbor.learner.engine import OptimConfig, build_engine
 from arbor.learner.losses import (
     LossCoefficients,
     LossInputs,
     combine,
-    entropy_from_logits,
+    entropy_of_logits,
     masked_mean,
     regularisers,
     total_loss,
@@ -51,9 +52,14 @@ class PolicyWithValue(nn.Module):
         self.value_head = value_head
         self.value_trunk_grad = value_trunk_grad  # False: the value loss trains the head only, not the shared trunk
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, hidden, _ = forward_with_hidden(self.model, input_ids, attention_mask, use_cache=False)
-        return logits, self.value_head(hidden if self.value_trunk_grad else hidden.detach())  # [B, L, V], [B, L]
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-probs [B, L-1] at ``targets``, their scaled logits [N, V], values [B, L]): :func:`target_logprobs`."""
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden = hidden.last_hidden_state
+        logp, logits = target_logprobs(self.model, hidden, input_ids, targets, temperature)
+        return logp, logits, self.value_head(hidden if self.value_trunk_grad else hidden.detach())
 
 
 @dataclass
@@ -178,6 +184,23 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: f
     return torch.log_softmax(scaled, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
 
 
+def target_logprobs(
+    model: PreTrainedModel, hidden: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(target token) at the target positions ``targets`` [B, L-1] only (0 elsewhere), and the scaled
+    logits there [N, V] (N = targets.sum(), row-major order).
+
+    The output head runs on the action positions alone: the full [B, L, V] logits of a real vocabulary are
+    most of a learner's memory (SmolLM2's 49,152 tokens x 32 GSM8K rows x their prompts: 18 GB once copied
+    for the softmax and its gradient), and the state tokens, most of every row, need none of them.
+    ``hidden`` is the trunk's last hidden state [B, L, H].
+    """
+    logits = model.get_output_embeddings()(hidden[:, :-1][targets]).float() / temperature  # [N, V]
+    picked = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:][targets][:, None]).squeeze(-1)
+    logp = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device).masked_scatter(targets, picked)
+    return logp, logits
+
+
 class ActorCriticLearner:
     """Policy + value head under one engine (DeepSpeed or torch); ``update`` is one learner step."""
 
@@ -200,6 +223,10 @@ class ActorCriticLearner:
         self.pad_id = pad_id
         self.max_len = max_len
         self.temperature = temperature
+        if cfg.gradient_checkpointing:
+            if not model.supports_gradient_checkpointing:
+                raise ValueError(f"train.gradient_checkpointing: {type(model).__name__} does not support it")
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.net = PolicyWithValue(model, value_head, cfg.value_trunk_grad)
         optim = OptimConfig(cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
         self.compute_dtype = str(compute_dtype)  # model.dtype: the forward's autocast, and what actors receive
@@ -238,13 +265,19 @@ class ActorCriticLearner:
         """One gradient step on ``samples`` (trained by policy ``current_version``); returns metrics."""
         t0 = time.perf_counter()
         batch = collate_steps(samples, self.pad_id, self.max_len, current_version).to(self.device)
-        logits, values = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        logp = token_logprobs(logits, batch.input_ids, self.temperature)  # [B, L-1]
+        logp, logits, values = self.engine(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            targets=batch.action_mask,
+            temperature=self.temperature,
+        )  # [B, L-1], [N, V] at the action targets, [B, L]
         ref_logp = None
         if self.reference is not None:
             with torch.no_grad():
-                ref_logits = self.reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            ref_logp = token_logprobs(ref_logits, batch.input_ids, self.temperature)
+                ref = self.reference.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                ref_logp, _ = target_logprobs(
+                    self.reference, ref.last_hidden_state, batch.input_ids, batch.action_mask, self.temperature
+                )
         metrics = self._loss(batch, logits, logp, values, ref_logp)
         loss = metrics.pop("loss_tensor")
         finite = self.engine.all_agree(bool(torch.isfinite(loss)))  # every rank skips together, or the all-reduce hangs
@@ -283,7 +316,9 @@ class ActorCriticLearner:
         if self.cfg.negative_advantage_scale != 1.0:
             adv = batch.advantages
             batch.advantages = torch.where(adv < 0, adv * self.cfg.negative_advantage_scale, adv)
-        scaled_logits = logits[:, :-1].float() / self.temperature
+        token_entropy = None
+        if self.coefs.entropy_coef:  # per action token [B, L-1], from the action positions' logits
+            token_entropy = torch.zeros_like(logp).masked_scatter(mask, entropy_of_logits(logits))
         inputs = LossInputs(
             logp=logp,
             # Plain PPO (the AReaL baseline) anchors the trust region at the behaviour policy with no separate
@@ -296,7 +331,7 @@ class ActorCriticLearner:
             values=values,
             value_targets=batch.value_targets,
             value_mask=batch.value_mask,
-            logits=scaled_logits if self.coefs.entropy_coef else None,
+            entropy=token_entropy,
             ref_logp=ref_logp,
         )
         if self.cfg.policy_loss == "vtrace":
@@ -314,7 +349,7 @@ class ActorCriticLearner:
         entropy = out.entropy
         if not self.coefs.entropy_coef:  # still report it, without building the graph
             with torch.no_grad():
-                entropy = entropy_from_logits(scaled_logits, mask)
+                entropy = entropy_of_logits(logits).mean() if len(logits) else logits.new_tensor(0.0)
         return {
             "loss_tensor": out.loss,
             "learner/advantage_mean": float(batch.advantages[mask].mean()) if mask.any() else 0.0,

@@ -222,17 +222,20 @@ def value_loss(
     )
 
 
-def entropy_from_logits(logits: Tensor, mask: Tensor) -> Tensor:
-    """Masked mean of the per-token entropy -sum_v p log p of softmax(logits).
+def entropy_of_logits(logits: Tensor) -> Tensor:
+    """Per-position entropy -sum_v p log p of softmax(logits): [..., V] -> [...].
 
-    logits: [B, T, V]; mask: [B, T]. Logits of -inf (banned tokens) contribute 0, with a finite gradient.
-    Returns a scalar [].
+    Logits of -inf (banned tokens) contribute 0, with a finite gradient.
     """
-    logp = torch.log_softmax(logits, dim=-1)  # [B, T, V]
+    logp = torch.log_softmax(logits, dim=-1)
     # 0 * log 0 = 0: fill before multiplying, or the backward computes 0 * -inf = NaN.
     logp = logp.masked_fill(torch.isneginf(logp), 0.0)
-    entropy = -(logp.exp() * logp).sum(dim=-1)  # [B, T]
-    return masked_mean(entropy, mask)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def entropy_from_logits(logits: Tensor, mask: Tensor) -> Tensor:
+    """Masked mean of the per-token entropy of softmax(logits). logits: [B, T, V]; mask: [B, T]. Returns []."""
+    return masked_mean(entropy_of_logits(logits), mask)
 
 
 def kl_to_reference(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
@@ -269,6 +272,7 @@ class LossInputs:
     value_mask: Tensor  # [B, T] positions where the value head is trained (e.g. each step's last token)
     old_values: Tensor | None = None  # [B, T] value predictions before the update, for value_clip
     logits: Tensor | None = None  # [B, T, V] policy logits, for the entropy term
+    entropy: Tensor | None = None  # [B, T] per-token entropy (instead of logits, where only the mask's are computed)
     ref_logp: Tensor | None = None  # [B, T] frozen reference log-probs, for the KL term
 
 
@@ -291,12 +295,16 @@ def combine(
 
 def regularisers(inputs: LossInputs, coefs: LossCoefficients) -> tuple[Tensor, Tensor]:
     """(entropy, kl) of ``inputs``; each 0 where its input is absent, an error where its coefficient needs it."""
-    if coefs.entropy_coef and inputs.logits is None:
-        raise ValueError("entropy_coef is set but no logits were given")
+    if coefs.entropy_coef and inputs.logits is None and inputs.entropy is None:
+        raise ValueError("entropy_coef is set but neither logits nor per-token entropy were given")
     if coefs.kl_coef and inputs.ref_logp is None:
         raise ValueError("kl_coef is set but no reference log-probs were given")
     zero = inputs.logp.new_tensor(0.0)
-    entropy = entropy_from_logits(inputs.logits, inputs.mask) if inputs.logits is not None else zero
+    entropy = zero
+    if inputs.entropy is not None:
+        entropy = masked_mean(inputs.entropy, inputs.mask)
+    elif inputs.logits is not None:
+        entropy = entropy_from_logits(inputs.logits, inputs.mask)
     kl = kl_to_reference(inputs.logp, inputs.ref_logp, inputs.mask) if inputs.ref_logp is not None else zero
     return entropy, kl
 

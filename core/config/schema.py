@@ -307,6 +307,8 @@ class TrainConfig:
     entropy_coef: float = nonneg(0.0)  # weight of the entropy bonus
     kl_coef: float = nonneg(0.0)  # weight of the k3 KL to the frozen init policy (0: no reference model kept)
     value_trunk_grad: bool = False  # let the value loss train the shared trunk too (False: the head only)
+    gradient_checkpointing: bool = False  # recompute each layer in the backward: ~1/3 more learner compute, a
+    # fraction of the activation memory (a real model's long prompts; the tiny default does not need it)
     global_advantage: float = 1.0  # adds this times V(child) - V(root) to each step's local advantage (TreeRL)
     negative_advantage_scale: float = nonneg(1.0)  # multiplies negative advantages (0: better-than-baseline only)
     advantage_scale: AdvantageScale = AdvantageScale.none  # tree_std: divide by a tree's outcome std (GRPO)

@@ -210,3 +210,95 @@ def test_half_precision_policy_with_float32_masters():
     assert {v.dtype for v in lm} == {torch.bfloat16} and state["value_head.proj.weight"].dtype == torch.float32
     backend.load_weights(1, *split_published(state))  # the actors' bf16 model takes them as they are
     assert {p.dtype for p in backend.model.parameters()} == {torch.bfloat16}
+
+
+def test_the_head_on_action_positions_only_matches_the_full_logits():
+    """target_logprobs (output head at the action targets alone) gives the full-logits log-probs, entropy and
+    gradient: what the learner's memory saving must not change."""
+    from arbor.learner.actor_critic import target_logprobs
+    from arbor.learner.losses import entropy_from_logits, entropy_of_logits
+
+    torch.manual_seed(0)
+    model, tok = build_policy(TINY)
+    batch = collate_steps(_samples(tok, model, 4), tok.pad_token_id, 64, 0)
+    mask = batch.action_mask
+
+    def grads(fn):
+        model.zero_grad()
+        fn().backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    def full():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        lp = token_logprobs(logits, batch.input_ids, 0.7)
+        return (lp * mask).sum() + entropy_from_logits(logits[:, :-1].float() / 0.7, mask), lp
+
+    def sparse():
+        hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        lp, logits = target_logprobs(model, hidden, batch.input_ids, mask, 0.7)
+        assert logits.shape == (int(mask.sum()), model.config.vocab_size)
+        return lp.sum() + entropy_of_logits(logits).mean(), lp
+
+    lp_full, lp_sparse = full()[1], sparse()[1]
+    assert torch.allclose(lp_sparse[mask], lp_full[mask], atol=1e-6)
+    assert not lp_sparse[~mask].any()  # nothing outside the actions
+    for a, b in zip(grads(lambda: full()[0]), grads(lambda: sparse()[0])):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_update_with_entropy_and_kl_reports_the_action_tokens_entropy():
+    """The learner's reported entropy is the mean over action tokens, with and without the entropy term."""
+    from arbor.learner.losses import entropy_from_logits
+
+    torch.manual_seed(0)
+    model, tok = build_policy(TINY)
+    samples = _samples(tok, model)
+    batch = collate_steps(samples, tok.pad_token_id, 64, 0)
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    expected = float(entropy_from_logits(logits[:, :-1], batch.action_mask))
+    reference, _ = build_policy(TINY)
+    reference.load_state_dict(model.state_dict())
+    cfg = TrainConfig(engine="torch", lr=1e-2, warmup_steps=0, steps=10, entropy_coef=0.01, kl_coef=0.1)
+    learner = ActorCriticLearner(
+        model,
+        ValueHead(hidden_size_of(model)),
+        cfg,
+        pad_id=tok.pad_token_id,
+        max_len=64,
+        temperature=1.0,
+        rank_batch_size=6,
+        reference=reference,
+    )
+    m = learner.update(samples, 0)
+    assert m["learner/entropy"] == pytest.approx(expected, rel=1e-5)
+    assert m["learner/kl"] == pytest.approx(0.0, abs=1e-6)  # reference == policy before the step
+    m2 = learner.update(samples, 1)
+    assert m2["learner/kl"] > 0  # the step moved the policy away from its frozen copy
+
+
+def test_gradient_checkpointing_takes_the_same_step(tmp_path):
+    """train.gradient_checkpointing recomputes activations in the backward: same loss, same new weights, and a
+    checkpoint saved from it loads and generates like any other."""
+    from transformers import AutoModelForCausalLM
+
+    from arbor.core.model import save_checkpoint
+
+    torch.manual_seed(0)
+    model, tok = build_policy(TINY)
+    twin, _ = build_policy(TINY)
+    twin.load_state_dict(model.state_dict())
+    samples = _samples(tok, model)
+    plain = _learner(model, tok)
+    recomputed = _learner(twin, tok, gradient_checkpointing=True)
+    assert twin.is_activation_checkpointing and not model.is_activation_checkpointing
+    a, b = plain.update(samples, 0), recomputed.update(samples, 0)
+    assert b["learner/loss"] == pytest.approx(a["learner/loss"], rel=1e-6)
+    assert b["learner/grad_norm"] == pytest.approx(a["learner/grad_norm"], rel=1e-4)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    save_checkpoint(tmp_path / "ckpt", twin, tok)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
+    assert not again.is_activation_checkpointing
+    ids = torch.tensor([samples[0].state_tokens])
+    assert again.generate(ids, max_new_tokens=4, do_sample=False).shape == (1, ids.shape[1] + 4)
