@@ -33,77 +33,14 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
+from arbor.actors.ledger import TreeLedger
+from arbor.actors.rate_limiter import RateLimiter
 from arbor.core.errors import DataError
 from arbor.core.runs import random_state_from_json, random_state_to_json
 from arbor.core.samples import StepSample
 
 SNAPSHOT_FORMAT = "arbor.replay/1"
 DEMO_FLAG = "demonstration"  # meta key set on off-policy traces inserted with insert_demonstrations
-
-
-class RateLimiter:
-    """Reverb's SampleToInsertRatio: keep ``inserts * samples_per_insert - samples`` inside a window.
-
-    The window is ``samples_per_insert * min_size_to_sample +/- error_buffer``. Until the buffer holds
-    ``min_size_to_sample`` items inserts are free and samples are refused. ``deletes`` counts items that
-    left the buffer (released, evicted), so ``size = inserts - deletes``; a buffer emptied by stale
-    evictions therefore accepts inserts again instead of deadlocking. A batch of ``n`` inserts (``k``
-    samples) can always eventually pass only if ``n * samples_per_insert`` (``k``) fits in the window
-    width ``2 * error_buffer``: size batches accordingly.
-    """
-
-    def __init__(self, min_size_to_sample: int = 1, samples_per_insert: float = 1.0, error_buffer: float = 1.0):
-        if min_size_to_sample < 1:
-            raise ValueError(f"min_size_to_sample must be >= 1, got {min_size_to_sample}")
-        if samples_per_insert <= 0:
-            raise ValueError(f"samples_per_insert must be > 0, got {samples_per_insert}")
-        # Smaller windows deadlock even single inserts or samples (Reverb applies the same bound).
-        if error_buffer < max(1.0, samples_per_insert) / 2:
-            raise ValueError(
-                f"error_buffer must be >= max(1, samples_per_insert) / 2 = {max(1.0, samples_per_insert) / 2}, "
-                f"got {error_buffer}"
-            )
-        self.min_size_to_sample = min_size_to_sample
-        self.samples_per_insert = float(samples_per_insert)
-        self.error_buffer = float(error_buffer)
-        offset = self.samples_per_insert * min_size_to_sample
-        self.min_diff = offset - self.error_buffer
-        self.max_diff = offset + self.error_buffer
-        self.inserts = 0
-        self.samples = 0
-        self.deletes = 0
-
-    @property
-    def size(self) -> int:
-        return self.inserts - self.deletes
-
-    def can_insert(self, n: int = 1) -> bool:
-        """Whether ``n`` inserts may proceed now (no state change)."""
-        if self.size + n <= self.min_size_to_sample:
-            return True
-        return (self.inserts + n) * self.samples_per_insert - self.samples <= self.max_diff
-
-    def can_sample(self, n: int = 1) -> bool:
-        """Whether ``n`` samples may proceed now (no state change)."""
-        if self.size < self.min_size_to_sample:
-            return False
-        return self.inserts * self.samples_per_insert - self.samples - n >= self.min_diff
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "min_size_to_sample": self.min_size_to_sample,
-            "samples_per_insert": self.samples_per_insert,
-            "error_buffer": self.error_buffer,
-            "inserts": self.inserts,
-            "samples": self.samples,
-            "deletes": self.deletes,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RateLimiter:
-        limiter = cls(data["min_size_to_sample"], data["samples_per_insert"], data["error_buffer"])
-        limiter.inserts, limiter.samples, limiter.deletes = data["inserts"], data["samples"], data["deletes"]
-        return limiter
 
 
 @dataclass
@@ -164,22 +101,45 @@ class ReplayBuffer:
         )
         self._last_lags: dict[int, int] = {}
         self._cursors: dict[str, int] = {}  # actor -> next problem index, recorded with its accepted inserts
+        self.ledger = TreeLedger()  # every tree's fate: begun, inserted once, or discarded in flight
+        self.max_size = 0  # the most items held at once (never above capacity)
 
     def __len__(self) -> int:
         return len(self._items)
 
     # ---- insert -------------------------------------------------------------------------------
 
-    def try_insert(self, samples: list[StepSample], cursor: tuple[str, int] | None = None) -> bool:
+    def check_trees(self, samples: list[StepSample]) -> None:
+        """:func:`check_whole_trees`, counting a refused partial tree in the ledger."""
+        try:
+            check_whole_trees(samples)
+        except ValueError:
+            self.ledger.counts["partial_trees"] += 1
+            raise
+
+    def begin_trees(self, trees: list[str]) -> None:
+        """An actor is about to search these trees (ids ``ACTOR/CURSOR``): see :class:`TreeLedger`."""
+        self.ledger.begin(trees)
+
+    def try_insert(
+        self, samples: list[StepSample], cursor: tuple[str, int] | None = None, tree: str | None = None
+    ) -> bool:
         """Insert all of ``samples`` or none; ``False`` means "would block, retry later", nothing changed.
 
-        ``cursor`` = (actor, next problem index) is recorded when the insert is taken. A partial tree raises
-        ``ValueError`` (see :func:`check_whole_trees`).
+        ``cursor`` = (actor, next problem index) is recorded when the insert is taken. ``tree`` names the
+        search tree the samples are (all of them, maybe none): a tree already inserted is refused, counted as
+        a duplicate, and reported as taken. A partial tree raises ``ValueError`` (see :func:`check_whole_trees`).
         """
-        check_whole_trees(samples)
+        self.check_trees(samples)
         if len(samples) > self.capacity:
             raise ValueError(f"cannot insert {len(samples)} samples into a buffer of capacity {self.capacity}")
+        if tree is not None and self.ledger.seen(tree):
+            self.ledger.counts["duplicate_trees"] += 1
+            self._take_cursor(cursor)
+            return True
         if not samples:
+            if tree is not None:
+                self.ledger.record(tree, 0)
             self._take_cursor(cursor)
             return True
         n = len(samples)
@@ -198,6 +158,9 @@ class ReplayBuffer:
         self._versions.update(s.policy_version for s in samples if not s.meta.get(DEMO_FLAG, False))
         self.rate_limiter.inserts += n
         self._counters["inserted"] += n
+        self.max_size = max(self.max_size, len(self._items))
+        if tree is not None:
+            self.ledger.record(tree, n)
         self._take_cursor(cursor)
         return True
 
@@ -302,7 +265,14 @@ class ReplayBuffer:
 
     def stats(self) -> dict[str, Any]:
         """Counters for dashboards; ``lag_histogram`` maps lag -> count over the last sample (no demos)."""
-        return {"size": len(self._items), **self._counters, "lag_histogram": dict(self._last_lags)}
+        return {
+            "size": len(self._items),
+            "max_size": self.max_size,
+            "capacity": self.capacity,
+            **self._counters,
+            **self.ledger.stats(),
+            "lag_histogram": dict(self._last_lags),
+        }
 
     # ---- snapshot -----------------------------------------------------------------------------
 
@@ -322,7 +292,7 @@ class ReplayBuffer:
             "counters": self._counters,
             "last_lags": [[lag, c] for lag, c in self._last_lags.items()],
             "next_key": self._next_key,
-            "extra": {"cursors": self._cursors},
+            "extra": {"cursors": self._cursors, "trees": self.ledger.to_json(), "max_size": self.max_size},
             "rng_state": random_state_to_json(self._rng.getstate()),
             "items": [
                 {
@@ -375,7 +345,10 @@ class ReplayBuffer:
             field = "next_key"
             buf._next_key = int(state["next_key"])
             field = "extra"
-            buf._cursors = {str(k): int(v) for k, v in dict(state.get("extra", {})).get("cursors", {}).items()}
+            extra = dict(state.get("extra", {}))
+            buf._cursors = {str(k): int(v) for k, v in extra.get("cursors", {}).items()}
+            buf.ledger = TreeLedger.from_json(extra.get("trees", {}))
+            buf.max_size = int(extra.get("max_size", 0))
             field = "rng_state"
             buf._rng.setstate(random_state_from_json(state["rng_state"]))
             for i, raw in enumerate(state["items"]):

@@ -7,7 +7,9 @@ samples and insert them at once (blocking while the buffer applies backpressure)
 (the backend drops its KV cache), so a long search picks up updates and a busy actor never misses one.
 
 Only finished trees are inserted, as one all-or-nothing insert; a tree cut short by a crash or a stop
-request never reaches the buffer. A restarted actor pulls the current weights in ``__init__``, before
+request never reaches the buffer. Each tree is named ``ACTOR/CURSOR`` and announced to the buffer before
+its round is searched, so the buffer's ledger accounts for every tree: inserted once (possibly empty), or
+discarded in flight. A restarted actor pulls the current weights in ``__init__``, before
 it searches anything, and resumes its shard at the cursor the buffer kept.
 
 The worker imports no Ray and no learner code: its weight channel, buffer client, reporter and the
@@ -38,6 +40,7 @@ from arbor.core.samples import StepSample
 from arbor.core.tasks import Problem, build_task, step_separator
 from arbor.core.tasks.split import problems_to_skip, rollout_index
 from arbor.core.tree import SearchTree, search_stats
+from arbor.reward import verifier_counts
 
 
 def round_seed(train_seed: int, actor_index: int, cursor: int, restarted: bool) -> int:
@@ -105,6 +108,8 @@ class RolloutWorker:
         self.stop = False
         self.totals: dict[str, float] = {
             "trees": 0,
+            "empty_trees": 0,
+            "verifier_crashed": 0,
             "samples": 0,
             "tokens_generated": 0,
             "tokens_forwarded": 0,
@@ -144,7 +149,12 @@ class RolloutWorker:
     def problem_at(self, cursor: int) -> Problem | None:
         """The cursor-th problem of this actor's shard (None where it is held out or an SFT demonstration)."""
         problem = self.task.train_problem(rollout_index(self.cfg.train.seed, cursor, self.num_actors, self.index))
-        return None if problem.key in self.skip_keys else problem
+        if problem.key in self.skip_keys:
+            return None
+        every = self.cfg.debug.poison_problem_every
+        if every and cursor % every == every - 1:  # fault injection (bench/faults.py): a malformed data row
+            problem = dataclasses.replace(problem, reference={})
+        return problem
 
     def _next_problems(self, n: int) -> list[tuple[int, Problem]]:
         out = []
@@ -166,11 +176,12 @@ class RolloutWorker:
             n = search_cfg.trees_in_flight if max_trees <= 0 else min(search_cfg.trees_in_flight, max_trees - done)
             batch = self._next_problems(n)
             cursors = [c for c, _ in batch]
+            self.buffer.begin([self.tree_id(c) for c in cursors])
             self.backend.reseed(round_seed(self.cfg.train.seed, self.index, cursors[0], self.restarted))
             t0 = time.perf_counter()
 
             def on_finished(i: int, tree: SearchTree, cursors=cursors) -> None:
-                self._emit(tree, next_cursor=cursors[i] + 1)
+                self._emit(tree, cursors[i])
 
             try:
                 run_searches(
@@ -189,18 +200,25 @@ class RolloutWorker:
                 self.pull()
         return self.report()
 
-    def _emit(self, tree: SearchTree, next_cursor: int) -> None:
-        """Stream one finished tree's samples into the buffer (blocking under backpressure), then report."""
+    def tree_id(self, cursor: int) -> str:
+        """The id of the tree searched for the cursor-th problem of this actor's shard: unique in the run."""
+        return f"{self.name}/{cursor}"
+
+    def _emit(self, tree: SearchTree, cursor: int) -> None:
+        """Stream one finished tree's samples into the buffer (blocking under backpressure), then report. A
+        tree with no samples (no response got a verdict) is inserted too, so the ledger closes its entry."""
         samples = self.to_samples(tree, self.process.step_rewards(tree))
-        tree_id = f"{self.name}/{tree.problem_uid}"
+        tree_id = self.tree_id(cursor)
         samples = [dataclasses.replace(s, meta={**s.meta, "tree": tree_id, "tree_size": len(samples)}) for s in samples]
         t0 = time.perf_counter()
-        if samples and not self.buffer.insert(samples, cursor=(self.name, next_cursor)):
+        if not self.buffer.insert(samples, cursor=(self.name, cursor + 1), tree=tree_id):
             raise StopSearch  # the buffer closed (shutdown): the tree is not taken, the cursor stays
         self.totals["insert_seconds"] += time.perf_counter() - t0
         leaves = [n for n in tree.terminals() if n.outcome is not None]
         t = self.totals
         t["trees"] += 1
+        t["empty_trees"] += not samples
+        t["verifier_crashed"] = verifier_counts()["crashed"]  # this process's, like every total here
         t["samples"] += len(samples)
         t["tokens_generated"] += tree.tokens_generated
         t["tokens_forwarded"] += tree.tokens_forwarded

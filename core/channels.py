@@ -107,10 +107,16 @@ class InProcessWeights(WeightChannel):
 class BufferClient(Protocol):
     """An actor's handle on the replay buffer."""
 
-    def insert(self, samples: Sequence[StepSample], cursor: tuple[str, int] | None = None) -> bool:
+    def begin(self, trees: Sequence[str]) -> None:
+        """Announce the trees (ids ``ACTOR/CURSOR``) about to be searched, for the buffer's tree ledger."""
+        ...
+
+    def insert(
+        self, samples: Sequence[StepSample], cursor: tuple[str, int] | None = None, tree: str | None = None
+    ) -> bool:
         """Returns once the buffer took every sample (waiting while it applies backpressure); False when the
         buffer has closed (shutdown) and took nothing. ``cursor`` = (actor, next problem index) is recorded
-        with the insert."""
+        with the insert; ``tree`` is the id of the search tree the samples are (all of it)."""
         ...
 
     def cursors(self) -> dict[str, int]:

@@ -35,8 +35,13 @@ class InProcessBuffer(BufferClient):
     def __init__(self, buffer: ReplayBuffer, cfg: ArborConfig):
         self.buffer, self.cfg = buffer, cfg
 
-    def insert(self, samples: Sequence[StepSample], cursor: tuple[str, int] | None = None) -> bool:
-        if not self.buffer.try_insert(list(samples), cursor):
+    def begin(self, trees: Sequence[str]) -> None:
+        self.buffer.begin_trees(list(trees))
+
+    def insert(
+        self, samples: Sequence[StepSample], cursor: tuple[str, int] | None = None, tree: str | None = None
+    ) -> bool:
+        if not self.buffer.try_insert(list(samples), cursor, tree):
             raise ConfigError(
                 f"train.mode=local: a round's trees do not fit the replay buffer ({len(self.buffer)} of "
                 f"buffer.capacity={self.buffer.capacity} items held, {len(samples)} more offered); raise "

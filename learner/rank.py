@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,7 @@ class LearnerRank:
         self.channel = channel
         self.version = 0
         self.steps_since_publish = 0
+        self.updates = 0  # update calls in this process (debug.nan_loss_every counts them)
 
     def setup(
         self,
@@ -118,7 +121,14 @@ class LearnerRank:
             return None
         n = len(samples) // self.world
         mine = samples[self.rank * n : (self.rank + 1) * n]
+        debug = self.cfg.debug
+        self.updates += 1
+        if debug.nan_loss_every and self.updates % debug.nan_loss_every == 0:  # fault injection (bench/faults.py)
+            mine = [dataclasses.replace(s, behaviour_logprobs=[math.nan] * len(s.action_tokens)) for s in mine]
+        t0 = time.perf_counter()
         metrics = self.learner.update(mine, self.version)
+        if debug.learner_slowdown > 1:  # fault injection: a learner this many times slower (backpressure)
+            time.sleep((debug.learner_slowdown - 1) * (time.perf_counter() - t0))
         # rank 0: lag against the version that trained on them (before this step's publication)
         lags = (
             [self.version - s.policy_version for s in samples if not s.meta.get("demonstration")]

@@ -349,6 +349,15 @@ class ResourcesConfig:
 
 
 @dataclass
+class DebugConfig:
+    """Fault injection for bench/faults.py; off by default and never needed to train."""
+
+    learner_slowdown: float = _bounded(1.0, ge=1)  # each learner step takes this many times as long (backpressure)
+    poison_problem_every: int = nonneg(0)  # every Nth problem of an actor's shard has a malformed reference
+    nan_loss_every: int = nonneg(0)  # every Nth learner update computes a NaN loss
+
+
+@dataclass
 class ArborConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -362,5 +371,6 @@ class ArborConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
     resume: str | None = None  # arbor train: a run directory to continue (its latest), or RUN/checkpoints/step-N
     threads: int = nonneg(0)  # torch intra-op threads; 0 keeps torch's default

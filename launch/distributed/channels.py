@@ -61,8 +61,13 @@ class RayBufferClient(BufferClient):
     def __init__(self, service: Any):
         self.service = service
 
-    def insert(self, samples: Sequence[StepSample], cursor: tuple[str, int] | None = None) -> bool:
-        return bool(ray.get(self.service.insert.remote(list(samples), False, cursor)))
+    def begin(self, trees: Sequence[str]) -> None:
+        ray.get(self.service.begin.remote(list(trees)))
+
+    def insert(
+        self, samples: Sequence[StepSample], cursor: tuple[str, int] | None = None, tree: str | None = None
+    ) -> bool:
+        return bool(ray.get(self.service.insert.remote(list(samples), False, cursor, tree)))
 
     def cursors(self) -> dict[str, int]:
         return ray.get(self.service.cursors.remote())

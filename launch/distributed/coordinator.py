@@ -60,6 +60,11 @@ class Coordinator(ActorBoard):
             raise ValueError(f"published version {version} is not newer than {self.version}")
         self.version, self.weights = version, list(weights)
 
+    def event(self, kind: str, **fields: Any) -> None:
+        """An actor's event, stamped with the newest version published when it arrived (a restarted actor's
+        ``actor_restarted`` carries the version it pulled: the two show it searches on current weights)."""
+        super().event(kind, published_version=self.version, **fields)
+
     def serve_weights(self, address: ServerAddress) -> None:
         self.weight_server = address
 

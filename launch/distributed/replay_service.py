@@ -11,7 +11,7 @@ import asyncio
 import time
 from typing import Any
 
-from arbor.actors.replay import ReplayBuffer, check_whole_trees
+from arbor.actors.replay import ReplayBuffer
 from arbor.core.samples import StepSample
 
 
@@ -52,23 +52,32 @@ class ReplayService:
         self.waits[f"{kind}_seconds"] += time.perf_counter() - t0
         return result
 
+    def begin(self, trees: list[str]) -> None:
+        """An actor is about to search these trees (the ledger: ``arbor.actors.replay.TreeLedger``)."""
+        self.buffer.begin_trees(trees)
+
     async def insert(
-        self, samples: list[StepSample], demonstration: bool = False, cursor: tuple[str, int] | None = None
+        self,
+        samples: list[StepSample],
+        demonstration: bool = False,
+        cursor: tuple[str, int] | None = None,
+        tree: str | None = None,
     ) -> bool:
         """Insert all of ``samples``, waiting while the rate limiter (or capacity) blocks; never drops.
 
         ``cursor`` = (actor, next problem index) is recorded with the insert, so a snapshot's items and the
         actors' cursors agree exactly. After ``close`` an insert returns False and takes nothing: the actor
-        keeps its cursor and searches that problem again on resume.
+        keeps its cursor and searches that problem again on resume. ``tree`` names the search tree the
+        samples are (its ledger entry).
         """
-        check_whole_trees(samples)  # a partial tree fails the caller at once, not after a wait
+        self.buffer.check_trees(samples)  # a partial tree fails the caller at once, not after a wait
 
         def attempt():
             if self.closed:
                 return "closed"
             if demonstration:
                 return self.buffer.insert_demonstrations(samples)
-            return self.buffer.try_insert(samples, cursor)
+            return self.buffer.try_insert(samples, cursor, tree)
 
         result = await self._wait(attempt, None, "insert")
         if result == "closed":

@@ -138,7 +138,7 @@ class RayRuntime(Runtime):
             try:
                 ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - an actor's death arrives as any Ray error
-                failed.append(str(exc).splitlines()[0])
+                failed.append(failure_line(exc))
         if failed and len(done) == len(self.run_refs):
             raise RunFailed(f"every rollout actor has stopped; the first failure: {failed[0]}")
 
@@ -198,3 +198,12 @@ def _died(ref: ray.ObjectRef) -> bool:
     except Exception:  # noqa: BLE001 - finished some other way, or still running
         return False
     return False
+
+
+def failure_line(exc: BaseException) -> str:
+    """An actor's failure in one line: what died, and the exception it died of (a Ray task error's last line
+    is the error itself; its first names the actor)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"

@@ -81,3 +81,22 @@ def test_failures_files_every_wrong_answer(policy_checkpoints):
     wrong = round((1.0 - result["greedy_accuracy"]) * 6)
     assert sum(result["faults"].values()) == wrong  # each wrong greedy answer under exactly one fault
     assert 0.0 <= result["forced_arithmetic_accuracy"] <= 1.0
+
+
+def test_faults_campaign_loses_nothing_at_quick_size():
+    """bench/faults.py --quick: every phase with a few real kills; the same floors as the full campaign."""
+    r = bench("faults.py", "--quick", *TINY, timeout=1200)
+    assert r["actor_kills"] >= 2 and r["actors_exit"] == 0
+    assert r["actor_restarts"] >= 1 and r["restarts_on_current_weights"] == r["actor_restarts"]
+    assert r["trees_generated"] == r["trees_inserted"] + r["trees_discarded"] and r["trees_inserted"] > 0
+    assert r["duplicate_trees"] == r["partial_trees"] == r["unannounced_trees"] == 0
+    assert r["resumes_ok"] == r["driver_kills"] >= 2 and r["driver_kills_during_checkpoint"] >= 1
+    assert r["latest_complete_after_kill"] == r["driver_kills"] and r["driver_exit"] == 0
+    assert r["steps_repeated"] == r["steps_skipped"] == r["steps_state_mismatch"] == 0
+    assert r["steps_trained"] == r["steps_target"]
+    assert r["sigint_ok"] and r["learner_kill_ok"]
+    assert r["backpressure_exit"] == 0 and r["blocked_inserts"] > 0
+    assert 0 < r["max_buffer_items"] <= r["buffer_capacity"] and r["dropped"] == 0
+    assert r["max_trained_lag"] <= r["max_policy_lag"]
+    assert r["poison_exit"] == 0 and r["poison_steps_trained"] > 0
+    assert r["verifier_crashes_skipped"] > 0 and r["empty_trees_skipped"] > 0 and r["nan_steps_skipped"] > 0

@@ -229,3 +229,34 @@ def test_corrupt_snapshot_names_the_file_and_the_problem(tmp_path: Path) -> None
 
     with pytest.raises(DataError, match="missing.json"):
         ReplayBuffer.restore(tmp_path / "missing.json")
+
+
+def tree_of(tree: str, n: int) -> list[StepSample]:
+    from dataclasses import replace
+
+    return [replace(step(i), meta={"tree": tree, "tree_size": n}) for i in range(n)]
+
+
+def test_the_tree_ledger_accounts_for_every_tree_once_and_survives_a_snapshot(tmp_path: Path) -> None:
+    """begun == inserted + discarded; a second insert of a tree is refused (a duplicate), part of a tree is
+    refused (partial), a tree without samples closes its entry (empty); all of it comes back from a snapshot."""
+    buf = ReplayBuffer(capacity=32, rate_limiter=RateLimiter(min_size_to_sample=8, error_buffer=8))
+    buf.begin_trees(["rollout-0/0", "rollout-0/1", "rollout-0/2", "rollout-1/0"])
+    assert buf.try_insert(tree_of("rollout-0/0", 3), ("rollout-0", 1), tree="rollout-0/0")
+    assert buf.try_insert([], ("rollout-0", 2), tree="rollout-0/1")  # no response got a verdict
+    assert buf.try_insert(tree_of("rollout-0/0", 3), ("rollout-0", 1), tree="rollout-0/0")  # again: not taken
+    with pytest.raises(ValueError, match="only whole trees"):
+        buf.try_insert(tree_of("rollout-1/0", 3)[:2], ("rollout-1", 1), tree="rollout-1/0")
+    s = buf.stats()
+    assert len(buf) == 3 and s["inserted"] == 3 and s["max_size"] == 3
+    assert (s["trees_begun"], s["trees_inserted"], s["trees_discarded"]) == (4, 2, 2)  # 0/2 and 1/0 in flight
+    assert (s["duplicate_trees"], s["partial_trees"], s["empty_trees"]) == (1, 1, 1)
+    buf.snapshot(tmp_path / "replay.json")
+    again = ReplayBuffer.restore(tmp_path / "replay.json")
+    assert {k: v for k, v in again.stats().items() if k != "lag_histogram"} == {
+        k: v for k, v in s.items() if k != "lag_histogram"
+    }
+    assert again.try_insert(tree_of("rollout-0/2", 2), ("rollout-0", 3), tree="rollout-0/2")  # it finishes later
+    assert again.stats()["trees_discarded"] == 1
+    with pytest.raises(ValueError, match="ACTOR/CURSOR"):
+        again.begin_trees(["no-cursor"])
