@@ -13,7 +13,10 @@ class RateLimiter:
     left the buffer (released, evicted), so ``size = inserts - deletes``; a buffer emptied by stale
     evictions therefore accepts inserts again instead of deadlocking. A batch of ``n`` inserts (``k``
     samples) can always eventually pass only if ``n * samples_per_insert`` (``k``) fits in the window
-    width ``2 * error_buffer``: size batches accordingly.
+    width ``2 * error_buffer``: size batches accordingly. A search tree is inserted whole and its size is the
+    search's, not the config's: an insert wider than the window is let in once the learner waits for data
+    (``starving``, the size of the last sample refused), so one large tree cannot stall the run; the ratio
+    then recovers as the learner samples it down.
     """
 
     def __init__(self, min_size_to_sample: int = 1, samples_per_insert: float = 1.0, error_buffer: float = 1.0):
@@ -36,6 +39,7 @@ class RateLimiter:
         self.inserts = 0
         self.samples = 0
         self.deletes = 0
+        self.starving = 0  # size of the last sample refused (0 after one succeeds): the learner waits for data
 
     @property
     def size(self) -> int:
@@ -45,7 +49,10 @@ class RateLimiter:
         """Whether ``n`` inserts may proceed now (no state change)."""
         if self.size + n <= self.min_size_to_sample:
             return True
-        return (self.inserts + n) * self.samples_per_insert - self.samples <= self.max_diff
+        if (self.inserts + n) * self.samples_per_insert - self.samples <= self.max_diff:
+            return True
+        wider = n * self.samples_per_insert > self.max_diff - self.min_diff  # could never fit the window
+        return wider and self.starving > 0 and not self.can_sample(self.starving)
 
     def can_sample(self, n: int = 1) -> bool:
         """Whether ``n`` samples may proceed now (no state change)."""

@@ -228,7 +228,9 @@ class ReplayBuffer:
         enough = len(self._items) >= (n if self.sampler == "fifo" else 1)
         if not enough or not self.rate_limiter.can_sample(n):
             self._counters["blocked_samples"] += 1
+            self.rate_limiter.starving = n
             return None
+        self.rate_limiter.starving = 0
         if self.sampler == "fifo":
             chosen = [self._remove(k) for k in list(islice(self._items, n))]  # the n oldest, not a full copy
             self.rate_limiter.deletes += n

@@ -260,3 +260,20 @@ def test_the_tree_ledger_accounts_for_every_tree_once_and_survives_a_snapshot(tm
     assert again.stats()["trees_discarded"] == 1
     with pytest.raises(ValueError, match="ACTOR/CURSOR"):
         again.begin_trees(["no-cursor"])
+
+
+def test_a_tree_wider_than_the_rate_limiter_window_goes_in_once_the_learner_waits() -> None:
+    """A search tree's size is the search's: one wider than the window (here 12 samples against a window of 8)
+    could never pass the ratio check. It is let in when the learner is starving, and only then; inserts of
+    ordinary size stay rate-limited; the run goes on instead of waiting forever (the SmolLM2 recipe did)."""
+    buf = ReplayBuffer(100, "fifo", max_policy_lag=10, rate_limiter=RateLimiter(4, 1.0, 4.0))  # window [0, 8]
+    assert buf.try_insert(tree_of("rollout-0/0", 6))
+    assert buf.try_sample(4, 0) is not None  # diff 6 - 4 = 2
+    wide = tree_of("rollout-0/1", 12)
+    assert not buf.try_insert(wide)  # 18 - 4 = 14 > 8 and the learner is not waiting: blocked
+    assert buf.try_sample(4, 0) is None  # size 2 < min size 4: the learner waits for data
+    assert buf.try_insert(wide)  # ... and the wide tree goes in
+    assert not buf.try_insert(tree_of("rollout-0/2", 2))  # 20 - 4 = 16 > 8: ordinary inserts still wait
+    assert buf.try_sample(8, 0) is not None and buf.try_sample(4, 0) is not None  # the learner catches up
+    assert buf.try_insert(tree_of("rollout-0/2", 2))
+    assert_nothing_dropped(buf)
