@@ -5,9 +5,11 @@
 RL raises greedy accuracy by making the policy's own successes more likely, so the problems its search
 solves at least once (scored with the verifier, as in training) bound what sharpening can add. For each
 search setting below this prints that any-correct rate on the held-out set next to greedy accuracy, with
-the scored answers per tree, their accuracy and the search's seconds (on the same 2 cores, one after the
-other). A setting that finds more solved problems per second gives the learner more signal for the same
-rollout time. The last line printed is JSON.
+the scored answers per tree, their accuracy, the generated tokens per problem and the search's seconds (on
+the same 2 cores, one after the other), and plain best-of-N's any-correct rate at the same generated
+tokens (interpolated between N = 8, 16, 32). ``search.step_checks`` rows let the task reject an illegal
+step as it is written (``reward.step_fault``). A setting that finds more solved problems per second gives
+the learner more signal for the same rollout time. The last line printed is JSON.
 """
 
 from __future__ import annotations
@@ -30,12 +32,28 @@ from arbor.core.tasks import build_task
 
 REPO = Path(__file__).resolve().parents[1]
 
+CHECKS = "search.step_checks=true"
 SETTINGS = {  # name -> search overrides on top of the config's search section
     "mcts (config)": [],
+    "mcts, step checks": [CHECKS],
     "mcts, 48 simulations": ["search.mcts.simulations=48"],
+    "mcts, 48, step checks": ["search.mcts.simulations=48", CHECKS],
     "best_of_n, 8": ["search.kind=best_of_n", "search.best_of_n.num_samples=8"],
+    "best_of_n, 8, step checks": ["search.kind=best_of_n", "search.best_of_n.num_samples=8", CHECKS],
     "best_of_n, 16": ["search.kind=best_of_n", "search.best_of_n.num_samples=16"],
+    "best_of_n, 32": ["search.kind=best_of_n", "search.best_of_n.num_samples=32"],
 }
+PLAIN = ("best_of_n, 8", "best_of_n, 16", "best_of_n, 32")  # the sampling baseline, by its token cost
+
+
+def at_tokens(rows: dict[str, dict], tokens: float) -> float | None:
+    """Plain best-of-N's any-correct rate at ``tokens`` generated tokens per problem, interpolated linearly
+    between the two N that bracket it (None outside the measured range)."""
+    points = sorted((rows[n]["tokens_per_problem"], rows[n]["any_correct"]) for n in PLAIN if n in rows)
+    for (t0, c0), (t1, c1) in zip(points, points[1:]):
+        if t0 <= tokens <= t1:
+            return c0 + (c1 - c0) * (tokens - t0) / max(t1 - t0, 1e-9)
+    return None
 
 
 def main(argv: list[str]) -> dict:
@@ -56,12 +74,22 @@ def main(argv: list[str]) -> dict:
         t0 = time.perf_counter()
         trees = run_searches(backend, held_out, search, training_scorers)
         seconds = time.perf_counter() - t0
-        rows[name] = coverage(trees) | {"seconds": round(seconds, 1)}
+        tokens = sum(t.tokens_generated for t in trees) / max(len(trees), 1)
+        pruned = sum(t.pruned_steps for t in trees) / max(len(trees), 1)
+        rows[name] = coverage(trees) | {
+            "seconds": round(seconds, 1),
+            "tokens_per_problem": round(tokens, 1),
+            "pruned_steps_per_problem": round(pruned, 2),
+        }
         r = rows[name]
         print(
-            f"{name:22s} any-correct {r['any_correct']:.3f}  answers/tree {r['answers_per_tree']:5.2f}  "
-            f"answer accuracy {r['answer_accuracy']:.3f}  {r['seconds']:6.1f} s"
+            f"{name:26s} any-correct {r['any_correct']:.3f}  answers/tree {r['answers_per_tree']:5.2f}  "
+            f"answer accuracy {r['answer_accuracy']:.3f}  {r['tokens_per_problem']:7.1f} tok/problem  "
+            f"{r['seconds']:6.1f} s"
         )
+    for r in rows.values():  # coverage against sampling's at the same generated tokens
+        plain = at_tokens(rows, r["tokens_per_problem"])
+        r["best_of_n_at_equal_tokens"] = None if plain is None else round(plain, 4)
     result = {"problems": len(held_out), "greedy_accuracy": greedy, "searches": rows, "overrides": overrides}
     print(json.dumps(result))
     return result

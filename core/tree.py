@@ -62,6 +62,7 @@ class SearchTree:
     tokens_generated: int = 0  # tokens sampled by the policy for this tree
     tokens_forwarded: int = 0  # tokens run through the model for this tree (prompt and steps)
     model_calls: int = 0  # batched model calls this tree took part in
+    pruned_steps: int = 0  # steps the task's step check ended at once (search.step_checks)
     answer_node: int | None = None  # the terminal node the search chose as its answer
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -162,6 +163,7 @@ def search_stats(trees: list[SearchTree]) -> dict[str, float]:
         "search/terminals_per_tree": sum(len(t.terminals()) for t in trees) / n,
         "search/tokens_generated_per_tree": generated / n,
         "search/model_calls_per_tree": sum(t.model_calls for t in trees) / n,
+        "search/pruned_steps_per_tree": sum(t.pruned_steps for t in trees) / n,
         "search/forward_tokens_per_generated_token": sum(t.tokens_forwarded for t in trees) / max(generated, 1),
     }
 

@@ -63,26 +63,33 @@ def _int_answer(answer: str | None) -> int | Verdict:
         return Verdict(False, f"answer: {exc}", answer)
 
 
-def _check_countdown(response: str, reference: dict[str, Any]) -> Verdict:
-    steps, answer = _split_response(response)
-    pool = Counter(int(n) for n in reference["numbers"])
+def _countdown_steps(steps: list[str], numbers: list[int]) -> tuple[Verdict | None, Counter[int]]:
+    """The first illegal step's Verdict (None when every step is legal) and the numbers left after them."""
+    pool = Counter(int(n) for n in numbers)
     for i, line in enumerate(steps, 1):
         try:
             value, literals, claimed = _parse_step(line)
         except ParseError as exc:
-            return Verdict(False, f"step {i} '{line}': {exc}", None)
+            return Verdict(False, f"step {i} '{line}': {exc}", None), pool
         used = Counter(literals)
         missing = used - pool
         if missing:
-            return Verdict(
-                False, f"step {i} '{line}': {sorted(missing)} not available in {sorted(pool.elements())}", None
-            )
+            reason = f"step {i} '{line}': {sorted(missing)} not available in {sorted(pool.elements())}"
+            return Verdict(False, reason, None), pool
         if claimed < 0:
-            return Verdict(False, f"step {i} '{line}': value must be non-negative", None)
+            return Verdict(False, f"step {i} '{line}': value must be non-negative", None), pool
         if value != claimed:
-            return Verdict(False, f"step {i} '{line}': left side equals {value}", None)
+            return Verdict(False, f"step {i} '{line}': left side equals {value}", None), pool
         pool = pool - used
         pool[claimed] += 1
+    return None, pool
+
+
+def _check_countdown(response: str, reference: dict[str, Any]) -> Verdict:
+    steps, answer = _split_response(response)
+    illegal, pool = _countdown_steps(steps, reference["numbers"])
+    if illegal is not None:
+        return illegal
     final = _int_answer(answer)
     if isinstance(final, Verdict):
         return final
@@ -94,8 +101,8 @@ def _check_countdown(response: str, reference: dict[str, Any]) -> Verdict:
     return Verdict(True, "ok", str(final))
 
 
-def _check_arith(response: str, reference: dict[str, Any]) -> Verdict:
-    steps, answer = _split_response(response)
+def _arith_steps(steps: list[str]) -> Verdict | None:
+    """The first step whose arithmetic is wrong or unparseable (None when every step is right)."""
     for i, line in enumerate(steps, 1):
         try:
             value, _, claimed = _parse_step(line)
@@ -103,6 +110,14 @@ def _check_arith(response: str, reference: dict[str, Any]) -> Verdict:
             return Verdict(False, f"step {i} '{line}': {exc}", None)
         if value != claimed:
             return Verdict(False, f"step {i} '{line}': left side equals {value}", None)
+    return None
+
+
+def _check_arith(response: str, reference: dict[str, Any]) -> Verdict:
+    steps, answer = _split_response(response)
+    illegal = _arith_steps(steps)
+    if illegal is not None:
+        return illegal
     final = _int_answer(answer)
     if isinstance(final, Verdict):
         return final
@@ -160,6 +175,40 @@ def check(kind: str, response: str, reference: dict[str, Any]) -> Verdict:
         reason = f"verifier crashed: {type(exc).__name__}: {exc}"
         log.warning("%s verifier: %s", kind, reason)
         return Verdict(False, reason, None, crashed=True)
+
+
+# Step checks: tasks whose steps can be judged as they are written, from the problem statement alone (the
+# numbers given, never the target or the answer), so a search may use them at evaluation too. Data tasks lack
+# them: their steps are prose, judged by a learned PRM or the value head instead.
+_STEP_CHECKERS: dict[str, Callable[[list[str], dict[str, Any]], Verdict | None]] = {
+    "countdown": lambda steps, reference: _countdown_steps(steps, reference["numbers"])[0],
+    "arith": lambda steps, reference: _arith_steps(steps),
+}
+
+
+def has_step_check(kind: str) -> bool:
+    """Whether task ``kind`` can judge a step as it is written (see :func:`step_fault`)."""
+    return kind in _STEP_CHECKERS
+
+
+def step_fault(kind: str, response: str, reference: dict[str, Any]) -> str | None:
+    """Why the steps of a partial ``response`` can no longer lead to a right answer (its first illegal step:
+    wrong arithmetic, a number not available, a line that is not a step), or None while every step is legal.
+
+    Every completion of such a response fails the verifier, which checks each step, so a search may score the
+    step 0 at once instead of finishing it. Lines from the answer line on are not steps. A checker that fails
+    gives no judgement (None): the verifier still judges the finished response.
+    """
+    checker = _STEP_CHECKERS.get(kind)
+    if checker is None:
+        return None
+    steps, _ = _split_response(response)
+    try:
+        illegal = checker(steps, reference)
+    except Exception as exc:  # noqa: BLE001 - a malformed reference: no step judgement, the verifier decides
+        log.debug("%s step check failed: %s", kind, exc)
+        return None
+    return None if illegal is None else illegal.reason
 
 
 def verify(kind: str, response: str, reference: dict[str, Any]) -> bool:

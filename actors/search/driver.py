@@ -25,7 +25,7 @@ from arbor.actors.search.mcts import mcts
 from arbor.core.config import SearchConfig
 from arbor.core.tasks.base import Problem
 from arbor.core.tree import SearchTree, compute_mc_values
-from arbor.reward import check, extract_answer
+from arbor.reward import check, extract_answer, has_step_check, step_fault
 
 log = logging.getLogger("arbor.search")
 
@@ -121,7 +121,10 @@ def run_searches(
     def launch(index: int, problem: Problem) -> None:
         tree = SearchTree(problem.uid, problem.prompt, backend.encode(problem.prompt))
         rng = random.Random(f"{cfg.seed}/{problem.uid}")
-        proc = make_search(tree, cfg, scorers_by_config(cfg, scorers_for(problem)), rng)
+        scorers = scorers_by_config(cfg, scorers_for(problem))
+        if cfg.step_checks and has_step_check(problem.task):  # the problem's statement only, never its answer
+            scorers = dataclasses.replace(scorers, step=lambda r, p=problem: step_fault(p.task, r, p.reference))
+        proc = make_search(tree, cfg, scorers, rng)
         f = _Flight(index, tree, proc, [], lambda response, kind=problem.task: extract_answer(kind, response))
         try:
             f.requests = next(proc)

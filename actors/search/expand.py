@@ -19,6 +19,7 @@ from arbor.core.tree import Node, SearchTree
 SearchProc = Generator[list[StepRequest], list[StepResult], None]
 TerminalScorer = Callable[[str], float | None]  # response -> outcome in [0, 1] (the verifier); None: no verdict
 StepScorer = Callable[[str, str], float]  # (prompt, response so far) -> value in [0, 1] (a PRM)
+StepCheck = Callable[[str], str | None]  # response so far -> why its steps can no longer succeed, or None
 _ANSWER_TAG = ANSWER_PREFIX.strip()
 
 
@@ -28,6 +29,7 @@ class Scorers:
 
     terminal: TerminalScorer | None = None
     prm: StepScorer | None = None
+    step: StepCheck | None = None  # the task's step check (search.step_checks): an illegal step scores 0 at once
 
 
 def is_terminal_step(text: str, finish: str) -> bool:
@@ -107,6 +109,12 @@ def add_steps(
         )
         if scorers.prm is not None:
             child.value_estimate = float(scorers.prm(tree.prompt, tree.response(child)))
+        if scorers.step is not None and not child.terminal and scorers.step(tree.response(child)) is not None:
+            # every completion fails the verifier (it checks each step): a dead end, known without finishing it
+            child.terminal, child.outcome = True, 0.0
+            tree.pruned_steps += 1
+            children.append(child)
+            continue
         if child.terminal:
             child.outcome = _terminal_outcome(tree, child, scorers)
         children.append(child)

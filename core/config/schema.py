@@ -217,6 +217,7 @@ class SearchConfig:
     leaf_value: LeafValue = LeafValue.value_head  # what values a non-terminal leaf
     terminal_value: TerminalValue = TerminalValue.verifier  # verifier (training) | value_head (never sees answers)
     answer_by: AnswerRule = AnswerRule.visits  # how a tree picks its final answer
+    step_checks: bool = False  # tasks that can judge a step as written (countdown, arith) score an illegal one 0
     trees_in_flight: int = positive(16)  # trees the driver advances together, one batched model call per round
     max_batch_rows: int = positive(256)  # sequences per model call; larger rounds are split
     budgets: list[int] = each_positive([])  # test-time scaling budgets for `arbor eval`; [] skips it

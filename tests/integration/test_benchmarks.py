@@ -64,7 +64,16 @@ def test_headroom_counts_every_chain_and_bounds_solved_by_correct_answers(policy
     result = bench("headroom.py", str(policy_checkpoints["sft"]), *TINY, *SMALL_SEARCH, "task.eval_size=4", "threads=1")
     assert result["problems"] == 4 and 0.0 <= result["greedy_accuracy"] <= 1.0
     rows = result["searches"]
-    assert list(rows) == ["mcts (config)", "mcts, 48 simulations", "best_of_n, 8", "best_of_n, 16"]
+    assert list(rows) == [
+        "mcts (config)",
+        "mcts, step checks",
+        "mcts, 48 simulations",
+        "mcts, 48, step checks",
+        "best_of_n, 8",
+        "best_of_n, 8, step checks",
+        "best_of_n, 16",
+        "best_of_n, 32",
+    ]
     # every best-of-N chain ends in a scored answer (the countdown verifier always gives a verdict)
     assert rows["best_of_n, 8"]["answers_per_tree"] == 8.0
     assert rows["best_of_n, 16"]["answers_per_tree"] == 16.0
@@ -73,6 +82,13 @@ def test_headroom_counts_every_chain_and_bounds_solved_by_correct_answers(policy
         assert row["answers_per_tree"] >= 1.0, name  # every tree answers at least once
         # a tree solved at least once holds at least one correct answer: solved <= correct answers per tree
         assert row["any_correct"] <= row["answers_per_tree"] * row["answer_accuracy"] + 1e-9, name
+        assert row["tokens_per_problem"] > 0, name
+        assert (row["pruned_steps_per_problem"] > 0) == ("step checks" in name), name  # a random-ish init errs
+    plain = [rows[n]["tokens_per_problem"] for n in ("best_of_n, 8", "best_of_n, 16", "best_of_n, 32")]
+    assert plain == sorted(plain)  # more chains, more tokens: the interpolation's axis
+    assert rows["best_of_n, 16"]["best_of_n_at_equal_tokens"] == pytest.approx(
+        rows["best_of_n, 16"]["any_correct"], abs=1e-4
+    )
 
 
 def test_failures_files_every_wrong_answer(policy_checkpoints):

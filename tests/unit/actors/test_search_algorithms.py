@@ -189,3 +189,20 @@ def test_scaling_curve_compares_kinds_at_equal_token_budgets():
     assert got["mcts", 6].accuracy > got["greedy", 1].accuracy
     assert got["best_of_n", 6].accuracy > got["best_of_n", 1].accuracy  # more chains, more chances
     assert len(scaling_table(points).splitlines()) == 1 + len(points)
+
+
+@pytest.mark.parametrize("kind", ["mcts", "best_of_n"])
+def test_a_step_the_task_rejects_ends_its_branch_at_once_with_outcome_zero(kind):
+    """Scorers.step (search.step_checks): an illegal step is a terminal of outcome 0, never expanded, and
+    the search spends its calls elsewhere; without the check the same steps are continued."""
+    checked = Scorers(terminal=outcome, step=lambda response: "bad step" if "bad" in response else None)
+    cfg = _cfg(kind=kind, simulations=24, num_samples=8, children=3, max_depth=3)
+    for scorers in (checked, VERIFIER):
+        (tree,) = run_searches(FixedLogitPolicy(seed=1), _problems(1), cfg, lambda p, s=scorers: s)
+        bad = [n for n in tree.nodes[1:] if n.depth == 1 and _first_step(tree, n.id) == BAD]
+        assert bad, "the policy's favourite first step was never sampled"
+        if scorers is checked:
+            assert all(n.terminal and n.outcome == 0.0 and not n.children for n in bad)
+            assert tree.pruned_steps == len(bad)
+        else:
+            assert any(n.children for n in bad) and tree.pruned_steps == 0

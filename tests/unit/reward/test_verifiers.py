@@ -223,3 +223,34 @@ def test_majority_vote_by_hand() -> None:
     assert majority_vote(["3", "4", "4"]) == 1  # the first response carrying the winner
     assert majority_vote(["3", "4", "4"], weights=[0.9, 0.3, 0.4]) == 0  # 0.9 against 0.7
     assert majority_vote([None, None]) is None
+
+
+@pytest.mark.parametrize(
+    ("response", "fault"),
+    [
+        ("5*3=16\n", "left side equals 15"),  # wrong arithmetic
+        ("5*3=15\n15+9=24\n", "[9] not available"),  # a number never given
+        ("5*3=15\n5+7=12\n", "[5] not available"),  # a number already used
+        ("3-5=-2\n", "non-negative"),
+        ("7/3=2\n", "not an exact"),
+        ("then add 7\n", "EXPR=VALUE"),  # not a step
+    ],
+)
+def test_step_checks_reject_each_illegal_step_kind(response: str, fault: str) -> None:
+    from arbor.reward import step_fault
+
+    assert fault in (step_fault("countdown", response, CD) or "")
+    # whatever follows an illegal step, the verifier agrees that no completion can be right
+    assert not check("countdown", response + "15+7=22\nAnswer: 22", CD).correct
+
+
+def test_step_checks_pass_legal_steps_and_only_judge_tasks_that_have_them() -> None:
+    from arbor.reward import has_step_check, step_fault
+
+    assert step_fault("countdown", "5*3=15\n", CD) is None
+    assert step_fault("countdown", "5*3=15\n15+7=22\nAnswer: 23", CD) is None  # the answer is not a step
+    assert step_fault("countdown", "5*3=15\n15+7=22\n", {"target": 22}) is None  # no numbers: no judgement
+    assert step_fault("arith", "2+3=6\n", {"answer": 5}) == "step 1 '2+3=6': left side equals 5"
+    assert step_fault("arith", "2+3=5\n", {"answer": 5}) is None
+    assert has_step_check("countdown") and has_step_check("arith")
+    assert not has_step_check("gsm8k") and step_fault("gsm8k", "It is 5=6.\n", {"answer": "5"}) is None
