@@ -33,11 +33,14 @@ from arbor.core.tasks import build_task
 REPO = Path(__file__).resolve().parents[1]
 
 CHECKS = "search.step_checks=true"
+CLOSE = "search.mcts.close_ended=true"  # ended steps and subtrees take no more simulations
 SETTINGS = {  # name -> search overrides on top of the config's search section
     "mcts (config)": [],
     "mcts, step checks": [CHECKS],
     "mcts, 48 simulations": ["search.mcts.simulations=48"],
     "mcts, 48, step checks": ["search.mcts.simulations=48", CHECKS],
+    "mcts, step checks, closed": [CHECKS, CLOSE],
+    "mcts, 48, step checks, closed": ["search.mcts.simulations=48", CHECKS, CLOSE],
     "best_of_n, 8": ["search.kind=best_of_n", "search.best_of_n.num_samples=8"],
     "best_of_n, 8, step checks": ["search.kind=best_of_n", "search.best_of_n.num_samples=8", CHECKS],
     "best_of_n, 16": ["search.kind=best_of_n", "search.best_of_n.num_samples=16"],

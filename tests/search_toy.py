@@ -111,6 +111,7 @@ _VARIANT = {  # a search setting's section in the schema, for tests that name se
             "virtual_loss",
             "leaves_per_round",
             "token_budget",
+            "close_ended",
         ),
         "mcts",
     ),

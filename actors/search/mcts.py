@@ -23,11 +23,16 @@ from arbor.core.config import SearchConfig
 from arbor.core.tree import Node, SearchTree
 
 
-def select_path(tree: SearchTree, c_puct: float, pending: dict[int, float]) -> list[Node]:
-    """Descend from the root by PUCT until an unexpanded or terminal node; ``pending`` holds virtual visits."""
+def select_path(
+    tree: SearchTree, c_puct: float, pending: dict[int, float], closed: set[int] | None = None
+) -> list[Node]:
+    """Descend from the root by PUCT until an unexpanded or terminal node; ``pending`` holds virtual visits.
+    Children in ``closed`` (``search.mcts.close_ended``) are passed over while any other remains."""
     node, path = tree.root, [tree.root]
     while node.expanded and not node.terminal:
         kids = [tree.nodes[c] for c in node.children]
+        if closed:
+            kids = [k for k in kids if k.id not in closed] or kids
         parent_q = node.q if node.q is not None else (node.value_estimate or 0.0)
         scores = puct_scores(
             priors=[k.prior for k in kids],
@@ -40,6 +45,16 @@ def select_path(tree: SearchTree, c_puct: float, pending: dict[int, float]) -> l
         node = kids[argmax(scores)]
         path.append(node)
     return path
+
+
+def close_ended(tree: SearchTree, leaf: Node, children: list[Node], closed: set[int]) -> None:
+    """Mark ``leaf``'s new terminal children closed, then every ancestor whose children are all closed: a
+    subtree with nothing left to grow takes no more simulations (the root closed: the search is done)."""
+    closed.update(c.id for c in children if c.terminal)
+    node: Node | None = leaf
+    while node is not None and node.children and all(c in closed for c in node.children):
+        closed.add(node.id)
+        node = tree.nodes[node.parent] if node.parent is not None else None
 
 
 def _add_virtual(pending: dict[int, float], path: list[Node], amount: float) -> None:
@@ -106,15 +121,18 @@ def mcts(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, rng: random.Rand
     """
     tree.kind = "mcts"
     pending: dict[int, float] = {}
+    closed: set[int] | None = set() if cfg.mcts.close_ended else None
     done = 0
     steps_sampled = 0  # steps requested so far: the running tokens-per-step estimate divides by it
-    while done < cfg.mcts.simulations and not over_budget(tree, cfg):
+    while done < cfg.mcts.simulations and not over_budget(tree, cfg) and not (closed and tree.root.id in closed):
         batch: list[list[Node]] = []
         sizes: list[int] = []  # children to sample for each leaf of the batch
         steps_left = affordable_steps(tree, cfg, steps_sampled) if cfg.mcts.token_budget else -1  # -1: uncapped
         while done + len(batch) < cfg.mcts.simulations and len(batch) < cfg.mcts.leaves_per_round and steps_left != 0:
-            path = select_path(tree, cfg.mcts.c_puct, pending)
+            path = select_path(tree, cfg.mcts.c_puct, pending, closed)
             leaf = path[-1]
+            if closed is not None and leaf.id in closed:
+                break  # everything under the root has ended
             if leaf.terminal:
                 backup(path, leaf_value(leaf))
                 done += 1
@@ -141,6 +159,11 @@ def mcts(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, rng: random.Rand
                 ):
                     child.prior = p
             backup(path, leaf_value(leaf))
+            if closed is not None:  # each ended child backs up its outcome once, as it will not be visited again
+                for child in children:
+                    if child.terminal:
+                        backup([*path, child], leaf_value(child))
+                close_ended(tree, leaf, children, closed)
             done += 1
     if cfg.mcts.token_budget and not any(n.terminal for n in tree.nodes):
         yield from complete_one_answer(tree, cfg, scorers)

@@ -69,6 +69,8 @@ def test_headroom_counts_every_chain_and_bounds_solved_by_correct_answers(policy
         "mcts, step checks",
         "mcts, 48 simulations",
         "mcts, 48, step checks",
+        "mcts, step checks, closed",
+        "mcts, 48, step checks, closed",
         "best_of_n, 8",
         "best_of_n, 8, step checks",
         "best_of_n, 16",

@@ -206,3 +206,20 @@ def test_a_step_the_task_rejects_ends_its_branch_at_once_with_outcome_zero(kind)
             assert tree.pruned_steps == len(bad)
         else:
             assert any(n.children for n in bad) and tree.pruned_steps == 0
+
+
+def test_close_ended_mcts_never_revisits_an_ended_step_and_stops_when_nothing_is_left():
+    """search.mcts.close_ended: each terminal backs up its outcome once, a subtree whose steps all ended takes
+    no more simulations, and a tree with nothing left to grow stops before its simulation budget."""
+    cfg = _cfg(kind="mcts", simulations=40, children=3, max_depth=3)
+    (plain,) = run_searches(FixedLogitPolicy(seed=2), _problems(1), cfg, lambda p: VERIFIER)
+    closed_cfg = search_cfg(cfg, close_ended=True)
+    (tree,) = run_searches(FixedLogitPolicy(seed=2), _problems(1), closed_cfg, lambda p: VERIFIER)
+    terminals = [n for n in tree.nodes if n.terminal]
+    assert terminals and all(n.visits == 1 for n in terminals)
+    assert max(n.visits for n in plain.nodes if n.terminal) > 1  # without it, ended steps are selected again
+    assert any(n.outcome == 1.0 for n in terminals)  # the right answer is still found
+    assert plain.root.visits >= 40 > tree.root.visits  # it stopped once every branch had ended
+    for node in tree.nodes:  # visits and values stay consistent: each node's visits cover its subtree's backups
+        if node.children:
+            assert node.visits >= sum(tree.nodes[c].visits for c in node.children)
