@@ -290,7 +290,7 @@ class Trainer:
 
     def snapshot(self, t_rl: float) -> Path:
         """The current policy in HF format at ``snapshots/t-SECONDS`` (wall-time curves: bench/vs_trl.py)."""
-        path = self.run_dir / "snapshots" / f"t-{t_rl:08.1f}"
+        path = self.run_dir / "snapshots" / f"t-{t_rl:010.3f}"  # ms: two fast steps never share a name
         self.runtime.with_policy(save_snapshot, str(path), {"step": self.step, "rl_seconds": t_rl})
         every = self.cfg.train.snapshot_every_s
         self.next_snapshot_s = (math.floor(t_rl / every) + 1) * every

@@ -27,12 +27,15 @@ def select_path(
     tree: SearchTree, c_puct: float, pending: dict[int, float], closed: set[int] | None = None
 ) -> list[Node]:
     """Descend from the root by PUCT until an unexpanded or terminal node; ``pending`` holds virtual visits.
-    Children in ``closed`` (``search.mcts.close_ended``) are passed over while any other remains."""
+    With ``closed`` (``search.mcts.close_ended``) closed children are passed over, and a node whose children
+    are all closed is where the path ends: it is expanded again, for steps it has not sampled yet."""
     node, path = tree.root, [tree.root]
     while node.expanded and not node.terminal:
         kids = [tree.nodes[c] for c in node.children]
-        if closed:
-            kids = [k for k in kids if k.id not in closed] or kids
+        if closed is not None:
+            kids = [k for k in kids if k.id not in closed]
+            if not kids:
+                break
         parent_q = node.q if node.q is not None else (node.value_estimate or 0.0)
         scores = puct_scores(
             priors=[k.prior for k in kids],
@@ -47,14 +50,13 @@ def select_path(
     return path
 
 
-def close_ended(tree: SearchTree, leaf: Node, children: list[Node], closed: set[int]) -> None:
-    """Mark ``leaf``'s new terminal children closed, then every ancestor whose children are all closed: a
-    subtree with nothing left to grow takes no more simulations (the root closed: the search is done)."""
+def close_ended(leaf: Node, children: list[Node], closed: set[int]) -> None:
+    """Close ``leaf``'s new terminal children (an ended step takes no more simulations), and ``leaf`` itself
+    when its expansion found no step it did not have (every sample a duplicate): it is exhausted. A node
+    whose children all ended is not closed: it is expanded again (:func:`select_path`)."""
     closed.update(c.id for c in children if c.terminal)
-    node: Node | None = leaf
-    while node is not None and node.children and all(c in closed for c in node.children):
-        closed.add(node.id)
-        node = tree.nodes[node.parent] if node.parent is not None else None
+    if not children:
+        closed.add(leaf.id)
 
 
 def _add_virtual(pending: dict[int, float], path: list[Node], amount: float) -> None:
@@ -132,7 +134,7 @@ def mcts(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, rng: random.Rand
             path = select_path(tree, cfg.mcts.c_puct, pending, closed)
             leaf = path[-1]
             if closed is not None and leaf.id in closed:
-                break  # everything under the root has ended
+                break  # the root is exhausted
             if leaf.terminal:
                 backup(path, leaf_value(leaf))
                 done += 1
@@ -163,7 +165,7 @@ def mcts(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, rng: random.Rand
                 for child in children:
                     if child.terminal:
                         backup([*path, child], leaf_value(child))
-                close_ended(tree, leaf, children, closed)
+                close_ended(leaf, children, closed)
             done += 1
     if cfg.mcts.token_budget and not any(n.terminal for n in tree.nodes):
         yield from complete_one_answer(tree, cfg, scorers)

@@ -194,7 +194,7 @@ class MCTSConfig:
     virtual_loss: float = nonneg(1.0)  # visits of value 0 added along a selected path while its leaf is pending
     leaves_per_round: int = positive(4)  # leaves one tree may add to one batched model call
     token_budget: int = nonneg(0)  # stop once the tree has generated this many tokens; 0: simulations decide
-    close_ended: bool = False  # an ended step (or a subtree whose every step ended) takes no more simulations
+    close_ended: bool = False  # an ended step takes no more simulations; a node whose steps all ended samples new ones
 
 
 @dataclass

@@ -24,7 +24,7 @@ from arbor.core.model import load_pretrained, load_value_head, save_checkpoint, 
 from arbor.core.pretrained import SMOLLM2, resolve_model_path
 from arbor.core.tasks import build_task
 from arbor.launch.train import run_train
-from arbor.learner.actor_critic import collate_steps, token_logprobs
+from arbor.learner.actor_critic import collate_steps
 from arbor.learner.advantages import tree_to_samples
 from arbor.learner.rank import build_learner
 from tests.conftest import DEFAULT_CONFIG
@@ -151,8 +151,12 @@ def test_behaviour_logprobs_equal_the_learners_recomputation(policy, smollm2):
     learner = build_learner(cfg, model, head, tokenizer.pad_token_id)
     batch = collate_steps(samples, tokenizer.pad_token_id, learner.max_len, 0)
     with torch.no_grad():
-        logits, _ = learner.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    logp = token_logprobs(logits, batch.input_ids, cfg.search.temperature)
+        logp, _, _ = learner.engine(  # the learner's own forward: the output head on the action tokens
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            targets=batch.action_mask,
+            temperature=cfg.search.temperature,
+        )
     gap = (logp - batch.behav_logp)[batch.action_mask].abs().max()
     assert batch.action_mask.sum() > 10 and float(gap) < 1e-4
 

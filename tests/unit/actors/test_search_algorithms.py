@@ -209,8 +209,9 @@ def test_a_step_the_task_rejects_ends_its_branch_at_once_with_outcome_zero(kind)
 
 
 def test_close_ended_mcts_never_revisits_an_ended_step_and_stops_when_nothing_is_left():
-    """search.mcts.close_ended: each terminal backs up its outcome once, a subtree whose steps all ended takes
-    no more simulations, and a tree with nothing left to grow stops before its simulation budget."""
+    """search.mcts.close_ended: each terminal backs up its outcome once and is never selected again, a node
+    whose steps all ended is expanded again for new ones, and a tree with nothing new left to sample stops
+    before its simulation budget."""
     cfg = _cfg(kind="mcts", simulations=40, children=3, max_depth=3)
     (plain,) = run_searches(FixedLogitPolicy(seed=2), _problems(1), cfg, lambda p: VERIFIER)
     closed_cfg = search_cfg(cfg, close_ended=True)
