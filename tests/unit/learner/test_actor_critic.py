@@ -55,7 +55,7 @@ def test_collate_cuts_long_states_from_the_left_and_rejects_oversized_actions():
         collate_steps([s], 0, 3, 0)
 
 
-def _learner(model, tok, **kw):
+def _learner(model, tok, reference=None, **kw):
     cfg = TrainConfig(engine="torch", lr=1e-2, warmup_steps=0, steps=10, **kw)
     return ActorCriticLearner(
         model,
@@ -65,6 +65,7 @@ def _learner(model, tok, **kw):
         max_len=64,
         temperature=1.0,
         rank_batch_size=6,
+        reference=reference,
     )
 
 
@@ -259,17 +260,7 @@ def test_update_with_entropy_and_kl_reports_the_action_tokens_entropy():
     expected = float(entropy_from_logits(logits[:, :-1], batch.action_mask))
     reference, _ = build_policy(TINY)
     reference.load_state_dict(model.state_dict())
-    cfg = TrainConfig(engine="torch", lr=1e-2, warmup_steps=0, steps=10, entropy_coef=0.01, kl_coef=0.1)
-    learner = ActorCriticLearner(
-        model,
-        ValueHead(hidden_size_of(model)),
-        cfg,
-        pad_id=tok.pad_token_id,
-        max_len=64,
-        temperature=1.0,
-        rank_batch_size=6,
-        reference=reference,
-    )
+    learner = _learner(model, tok, reference=reference, entropy_coef=0.01, kl_coef=0.1)
     m = learner.update(samples, 0)
     assert m["learner/entropy"] == pytest.approx(expected, rel=1e-5)
     assert m["learner/kl"] == pytest.approx(0.0, abs=1e-6)  # reference == policy before the step
