@@ -306,8 +306,9 @@ def poison_phase(root: Path, seconds: float, extra: dict[str, Any]) -> dict[str,
     stats = list(result.get("actors", {}).values())
     crashed = sum(s.get("verifier_crashed", 0) for s in stats)
     empty = result.get("buffer", {}).get("empty_trees", 0)
-    nan = max((r.get("learner/skipped_nonfinite", 0) for r in rows(run.dir)), default=0)
-    trained = sum(1 for r in rows(run.dir) if r.get("learner/step_skipped") == 0.0)
+    steps = rows(run.dir)
+    nan = max((r.get("learner/skipped_nonfinite", 0) for r in steps), default=0)
+    trained = sum(1 for r in steps if r.get("learner/step_skipped") == 0.0)
     return {
         "poison_exit": code,
         "verifier_crashes_skipped": int(crashed),
