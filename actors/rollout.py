@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from arbor.actors.journey import trace_samples
 from arbor.actors.search import (
     HFStepBackend,
     ProcessRewards,
@@ -99,6 +100,8 @@ class RolloutWorker:
             max_batch_rows=cfg.search.max_batch_rows,
             step_sep=step_separator(cfg.task),
         )
+        # the learner's position limit (learner.rank), which a journey trace must fit after its prompt
+        self.max_len = int(getattr(model.config, "max_position_embeddings", None) or cfg.model.max_seq_len)
         self.task = build_task(cfg.task, tokenizer)  # the tokenizer: task.data.template=chat
         self.process = ProcessRewards(cfg)  # the PRM as leaf evaluator and dense step reward, when configured
         self.skip_keys = problems_to_skip(cfg, self.task)
@@ -114,6 +117,8 @@ class RolloutWorker:
             "tokens_generated": 0,
             "tokens_forwarded": 0,
             "correct_leaves": 0,
+            "traces": 0,
+            "trace_samples": 0,
             "leaves": 0,
             "weight_pulls": 0,
             "pull_seconds": 0.0,
@@ -180,8 +185,8 @@ class RolloutWorker:
             self.backend.reseed(round_seed(self.cfg.train.seed, self.index, cursors[0], self.restarted))
             t0 = time.perf_counter()
 
-            def on_finished(i: int, tree: SearchTree, cursors=cursors) -> None:
-                self._emit(tree, cursors[i])
+            def on_finished(i: int, tree: SearchTree, batch=batch) -> None:
+                self._emit(tree, *batch[i])
 
             try:
                 run_searches(
@@ -204,10 +209,15 @@ class RolloutWorker:
         """The id of the tree searched for the cursor-th problem of this actor's shard: unique in the run."""
         return f"{self.name}/{cursor}"
 
-    def _emit(self, tree: SearchTree, cursor: int) -> None:
+    def _emit(self, tree: SearchTree, cursor: int, problem: Problem) -> None:
         """Stream one finished tree's samples into the buffer (blocking under backpressure), then report. A
-        tree with no samples (no response got a verdict) is inserted too, so the ledger closes its entry."""
+        tree with no samples (no response got a verdict) is inserted too, so the ledger closes its entry.
+        With ``train.journey`` its trace's samples go in with it, as part of the same tree."""
         samples = self.to_samples(tree, self.process.step_rewards(tree))
+        traces = trace_samples(tree, problem, self.cfg, self.backend.tokenizer, self.max_len)
+        self.totals["trace_samples"] += len(traces)
+        self.totals["traces"] += bool(traces)
+        samples += traces
         tree_id = self.tree_id(cursor)
         samples = [dataclasses.replace(s, meta={**s.meta, "tree": tree_id, "tree_size": len(samples)}) for s in samples]
         t0 = time.perf_counter()

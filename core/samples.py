@@ -16,6 +16,11 @@ from typing import Any
 from arbor.core.errors import ConfigError, DataError
 from arbor.core.tasks.base import STEP_SEP
 
+# Sources the learner imitates (maximum likelihood, ``learner.losses.imitation_loss``) instead of weighting by
+# an advantage: responses the search assembled from a finished tree (``actors.journey``), which no policy
+# sampled as written, so there is no behaviour probability to correct with.
+IMITATION_SOURCES = ("journey", "shortcut")
+
 
 @dataclass(frozen=True)
 class StepSample:
@@ -30,6 +35,8 @@ class StepSample:
     terminal: bool = False  # the action ends the response
     problem_uid: str = ""  # which problem the tree searched
     meta: dict[str, Any] = field(default_factory=dict)  # tree kind, node ids and the like, for inspection
+    source: str = "search"  # search (a tree edge) | demonstration | journey | shortcut (see IMITATION_SOURCES)
+    visit_share: float | None = None  # the search's visits to this step over its siblings' (MCTS), if branched
 
     def __post_init__(self) -> None:
         if len(self.action_tokens) != len(self.behaviour_logprobs):
@@ -71,26 +78,54 @@ def demonstration_samples(path: str, tokenizer: Any, version: int) -> list[StepS
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise DataError(f"{file}:{lineno}: demonstration needs JSON with 'prompt' and 'response' ({exc})") from None
         state = list(tokenizer.encode(prompt, add_special_tokens=False))
-        steps = [s + STEP_SEP for s in response.rstrip(STEP_SEP).split(STEP_SEP)]
-        for i, step in enumerate(steps):
-            ids = list(tokenizer.encode(step, add_special_tokens=False))
-            last = i == len(steps) - 1
-            if last:
-                ids = ids[:-1] + [tokenizer.eos_token_id]  # a response ends at eos, as the policy's do
-            out.append(
-                StepSample(
-                    state_tokens=list(state),
-                    action_tokens=ids,
-                    behaviour_logprobs=[0.0] * len(ids),
-                    policy_version=version,
-                    advantage=1.0,
-                    value_target=1.0,
-                    state_value=1.0,
-                    reward=1.0 if last else 0.0,
-                    terminal=last,
-                    problem_uid=f"{file.name}:{lineno}",
-                    meta={"source": str(file)},
-                )
+        out += response_samples(
+            state,
+            response,
+            tokenizer,
+            version,
+            problem_uid=f"{file.name}:{lineno}",
+            source="demonstration",
+            meta={"source": str(file)},
+        )
+    return out
+
+
+def response_samples(
+    state: list[int],
+    response: str,
+    tokenizer: Any,
+    version: int,
+    *,
+    problem_uid: str,
+    source: str,
+    meta: dict[str, Any] | None = None,
+    step_sep: str = STEP_SEP,
+) -> list[StepSample]:
+    """A correct response after the state ``state`` (token ids) as step samples, one per step: value target 1,
+    advantage +1, behaviour log-probs 0 (unknown), the last step ending at eos as the policy's do."""
+    out = []
+    state = list(state)
+    steps = [s + step_sep for s in response.rstrip(step_sep).split(step_sep)]
+    for i, step in enumerate(steps):
+        ids = list(tokenizer.encode(step, add_special_tokens=False))
+        last = i == len(steps) - 1
+        if last:
+            ids = ids[:-1] + [tokenizer.eos_token_id]  # a response ends at eos, as the policy's do
+        out.append(
+            StepSample(
+                state_tokens=list(state),
+                action_tokens=ids,
+                behaviour_logprobs=[0.0] * len(ids),
+                policy_version=version,
+                advantage=1.0,
+                value_target=1.0,
+                state_value=1.0,
+                reward=1.0 if last else 0.0,
+                terminal=last,
+                problem_uid=problem_uid,
+                meta=dict(meta or {}),
+                source=source,
             )
-            state += ids
+        )
+        state += ids
     return out

@@ -29,16 +29,18 @@ from transformers import PreTrainedModel
 from arbor.core.channels import published_state
 from arbor.core.config import TrainConfig
 from arbor.core.model import ValueHead
-from arbor.core.samples import StepSample
+from arbor.core.samples import IMITATION_SOURCES, StepSample
 from arbor.learner.engine import OptimConfig, build_engine
 from arbor.learner.losses import (
     LossCoefficients,
     LossInputs,
     combine,
     entropy_of_logits,
+    imitation_loss,
     masked_mean,
     regularisers,
     total_loss,
+    visit_distillation_loss,
     vtrace_step_loss,
 )
 
@@ -78,6 +80,9 @@ class StepBatch:
     action_end: torch.Tensor  # [S] input index of the action's last token
     lags: list[int]  # learner version minus sample version, per sample
     num_tokens: int  # real tokens in the batch
+    imitate_mask: torch.Tensor | None = None  # [R, L-1] action targets of imitated samples (IMITATION_SOURCES)
+    visit_group: torch.Tensor | None = None  # [S] sibling group of each step with a visit share, else -1
+    visit_share: torch.Tensor | None = None  # [S] its visit share (0 where none)
 
     def to(self, device: torch.device) -> StepBatch:
         """The batch with every tensor on ``device`` (collation builds them on the CPU)."""
@@ -144,6 +149,7 @@ def collate_steps(samples: list[StepSample], pad_id: int, max_len: int, current_
     adv = torch.zeros((b, width - 1))
     vt = torch.zeros((b, width))
     vm = torch.zeros((b, width), dtype=torch.bool)
+    imitate = torch.zeros((b, width - 1), dtype=torch.bool)
     for r, (row, cut) in enumerate(zip(rows, cuts)):
         ids[r, : len(row) - cut] = torch.tensor(row[cut:])
         attn[r, : len(row) - cut] = 1
@@ -158,6 +164,9 @@ def collate_steps(samples: list[StepSample], pad_id: int, max_len: int, current_
         behav[r, n_state - 1 : n_state - 1 + n_act] = torch.tensor(s.behaviour_logprobs)
         adv[r, n_state - 1 : n_state - 1 + n_act] = s.advantage
         state_end[i], action_end[i] = n_state - 1, n_state + n_act - 1
+        if s.source in IMITATION_SOURCES:  # imitated, not weighted by an advantage; no value target off-policy
+            imitate[r, n_state - 1 : n_state - 1 + n_act] = True
+            continue
         vt[r, n_state - 1], vm[r, n_state - 1] = s.state_value, True
         vt[r, n_state + n_act - 1], vm[r, n_state + n_act - 1] = s.value_target, True
     return StepBatch(
@@ -175,7 +184,23 @@ def collate_steps(samples: list[StepSample], pad_id: int, max_len: int, current_
         action_end=action_end,
         lags=[current_version - s.policy_version for s in samples],
         num_tokens=int(attn.sum()),
+        imitate_mask=imitate,
+        **visit_groups(samples),
     )
+
+
+def visit_groups(samples: list[StepSample]) -> dict[str, torch.Tensor]:
+    """``visit_group`` and ``visit_share`` of a batch: steps with a visit share grouped by (tree, parent node)."""
+    ids: dict[tuple, int] = {}
+    group, share = [], []
+    for s in samples:
+        if s.visit_share is None or "parent" not in s.meta:
+            group.append(-1)
+            share.append(0.0)
+            continue
+        group.append(ids.setdefault((s.meta.get("tree", s.problem_uid), s.meta["parent"]), len(ids)))
+        share.append(s.visit_share)
+    return {"visit_group": torch.tensor(group, dtype=torch.long), "visit_share": torch.tensor(share)}
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -312,7 +337,8 @@ class ActorCriticLearner:
         values: torch.Tensor,
         ref_logp: torch.Tensor | None,
     ) -> dict:
-        mask = batch.action_mask
+        imitated = batch.imitate_mask if batch.imitate_mask is not None else torch.zeros_like(batch.action_mask)
+        mask = batch.action_mask & ~imitated  # the policy gradient's tokens: sampled steps, not imitated traces
         if self.cfg.negative_advantage_scale != 1.0:
             adv = batch.advantages
             batch.advantages = torch.where(adv < 0, adv * self.cfg.negative_advantage_scale, adv)
@@ -346,16 +372,27 @@ class ActorCriticLearner:
         else:
             ppo = self.cfg.policy_loss == "ppo"
             out = total_loss(inputs, dataclasses.replace(self.coefs, is_cap=math.inf) if ppo else self.coefs)
+        loss, extra = out.loss, {}
+        if bool(imitated.any()):
+            imitation = imitation_loss(logp, imitated)
+            loss = loss + self.cfg.journey.coef * imitation
+            extra["learner/imitation_loss"] = float(imitation.detach())
+        extra["learner/imitated_token_fraction"] = float(imitated.sum()) / max(int(batch.action_mask.sum()), 1)
+        if self.cfg.visit_coef and batch.visit_group is not None:
+            step_logp, _ = _per_sample_sums(batch, torch.where(mask, logp, torch.zeros_like(logp)))
+            visits = visit_distillation_loss(step_logp, batch.visit_group, batch.visit_share)
+            loss = loss + self.cfg.visit_coef * visits
+            extra["learner/visit_loss"] = float(visits.detach())
         entropy = out.entropy
         if not self.coefs.entropy_coef:  # still report it, without building the graph
             with torch.no_grad():
                 entropy = entropy_of_logits(logits).mean() if len(logits) else logits.new_tensor(0.0)
-        return {
-            "loss_tensor": out.loss,
+        return extra | {
+            "loss_tensor": loss,
             "learner/advantage_mean": float(batch.advantages[mask].mean()) if mask.any() else 0.0,
             "learner/reward_mean": float(batch.rewards[batch.terminal].mean()) if batch.terminal.any() else 0.0,
             "learner/value_mean": float(values[batch.value_mask].mean().detach()),
-            "learner/loss": float(out.loss.detach()),
+            "learner/loss": float(loss.detach()),
             "learner/policy_loss": float(out.policy.loss.detach()),
             "learner/value_loss": float(out.value.loss.detach()),
             "learner/entropy": float(entropy.detach()),

@@ -42,6 +42,15 @@ def node_value(node: Node, value_head_weight: float = 0.0) -> float | None:
     return _mix(node.mc_value, node.value_estimate, value_head_weight)
 
 
+def visit_share(tree: SearchTree, parent: Node, child: Node) -> float | None:
+    """The search's visits to ``child`` over all of ``parent``'s children's (MCTS's policy target), or None
+    where the parent did not branch or nothing was visited (best-of-N, beam)."""
+    if len(parent.children) < 2:
+        return None
+    total = sum(tree.nodes[c].visits for c in parent.children)
+    return child.visits / total if total > 0 else None
+
+
 def tree_to_samples(
     tree: SearchTree,
     value_head_weight: float = 0.0,
@@ -99,6 +108,7 @@ def tree_to_samples(
                 terminal=child.terminal,
                 problem_uid=tree.problem_uid,
                 meta={"kind": tree.kind, "node": child.id, "parent": parent.id, "depth": child.depth},
+                visit_share=visit_share(tree, parent, child),
             )
         )
     return samples

@@ -249,6 +249,48 @@ def kl_to_reference(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
     return masked_mean(torch.exp(log_ratio) - 1.0 - log_ratio, mask)
 
 
+def imitation_loss(logp: Tensor, mask: Tensor) -> Tensor:
+    """Negative log-likelihood of imitated tokens: -mean_valid log pi_theta (the off-policy term for traces the
+    search assembled, ``train.journey``).
+
+    Why not the importance-weighted surrogate: a trace written from a tree was never sampled as written (its
+    back lines and summary were not sampled at all), so pi_behav has no value to weight by, and decoupled PPO
+    with pi_behav := 1 would scale each token by pi_prox, vanishing exactly on the unlikely tokens the trace
+    should teach. A verified trace is a sample of the reward-filtered search distribution; maximising its
+    likelihood is the M-step of expert iteration / reward-weighted regression (Anthony et al. 2017; Peters &
+    Schaal 2007), the loss Stream of Search trains with.
+
+    logp: [B, T] (with gradient); mask: [B, T] the imitated tokens. Returns [] (0 when none is valid).
+    """
+    return -masked_mean(logp, mask)
+
+
+def visit_distillation_loss(step_logp: Tensor, group: Tensor, share: Tensor) -> Tensor:
+    """Cross-entropy from the search's visit distribution over sibling steps to the policy's (AlphaZero's
+    policy target, Silver et al. 2017): with q_i = exp(l_i) / sum_{j ~ i} exp(l_j) over the siblings j of step
+    i present in the batch and p_i = share_i / sum_{j ~ i} share_j,
+
+        loss = mean over sibling groups of  -sum_i p_i log q_i.
+
+    step_logp: [S] log pi_theta of each whole step (with gradient); group: [S] long, the sibling group of each
+    step (-1: not part of one); share: [S] visits of the step over its siblings'. Groups with a single member
+    are left out (q = 1, nothing to learn). Returns [] (0 when no group has two members).
+    """
+    valid = group >= 0
+    if not bool(valid.any()):
+        return step_logp.new_tensor(0.0)
+    x, g, p = step_logp[valid], group[valid], share[valid].to(step_logp.dtype).detach()
+    _, g = torch.unique(g, return_inverse=True)  # dense group ids 0..G-1
+    n = int(g.max()) + 1
+    size = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, g, torch.ones_like(x))
+    top = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device).scatter_reduce(0, g, x.detach(), "amax")
+    lse = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, g, torch.exp(x - top[g])).log() + top
+    p = p / torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, g, p).clamp(min=1e-12)[g]
+    per_group = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, g, -p * (x - lse[g]))
+    keep = size >= 2
+    return per_group[keep].mean() if bool(keep.any()) else step_logp.new_tensor(0.0)
+
+
 @dataclass(frozen=True)
 class LossCoefficients:
     clip_eps: float = 0.2  # PPO clip range around the proximal policy

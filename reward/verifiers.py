@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from arbor.core.tasks import countdown
 from arbor.core.tasks.base import ANSWER_PREFIX, STEP_SEP
 from arbor.reward.answers import gsm8k_answer, math_canonical, math_compare, number, show_number
 from arbor.reward.arithmetic import ParseError, evaluate, parse_int
@@ -64,9 +65,27 @@ def _int_answer(answer: str | None) -> int | Verdict:
 
 
 def _countdown_steps(steps: list[str], numbers: list[int]) -> tuple[Verdict | None, Counter[int]]:
-    """The first illegal step's Verdict (None when every step is legal) and the numbers left after them."""
-    pool = Counter(int(n) for n in numbers)
+    """The first illegal line's Verdict (None when every line is legal) and the numbers left after them.
+
+    Lines of the journey format (``core.tasks.countdown``) are steps too: a back line must name a state of
+    the current branch before its last step, and returns there; the summary line returns to the start.
+    """
+    start = Counter(int(n) for n in numbers)
+    branch = [start]  # the numbers left after each step of the current branch, the start first
     for i, line in enumerate(steps, 1):
+        if line == countdown.SUMMARY_LINE:
+            branch = [start]
+            continue
+        back = countdown.parse_back(line)
+        if back is not None:
+            depth = next((d for d in range(len(branch) - 2, -1, -1) if branch[d] == Counter(back)), None)
+            if depth is None:
+                states = ", ".join(" ".join(map(str, sorted(p.elements()))) for p in branch[:-1]) or "none"
+                reason = f"step {i} '{line}': not an earlier state of this branch ({states})"
+                return Verdict(False, reason, None), branch[-1]
+            del branch[depth + 1 :]
+            continue
+        pool = branch[-1]
         try:
             value, literals, claimed = _parse_step(line)
         except ParseError as exc:
@@ -82,7 +101,8 @@ def _countdown_steps(steps: list[str], numbers: list[int]) -> tuple[Verdict | No
             return Verdict(False, f"step {i} '{line}': left side equals {value}", None), pool
         pool = pool - used
         pool[claimed] += 1
-    return None, pool
+        branch.append(pool)
+    return None, branch[-1]
 
 
 def _check_countdown(response: str, reference: dict[str, Any]) -> Verdict:

@@ -88,6 +88,11 @@ def check_search(s: SearchConfig) -> None:
 
 def check_train(cfg: ArborConfig) -> None:
     t, b = cfg.train, cfg.buffer
+    if t.journey.mode == "journey" and cfg.task.name != "countdown":
+        raise ConfigError(
+            f"config key 'train.journey.mode': task {cfg.task.name} has no journey format (countdown has); "
+            "use train.journey.mode=shortcut or off"
+        )
     if b.min_size_to_sample > b.capacity:
         raise ConfigError(
             f"config key 'buffer.min_size_to_sample' ({b.min_size_to_sample}) exceeds 'buffer.capacity' "

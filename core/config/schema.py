@@ -83,6 +83,7 @@ AdvantageScale = choices("AdvantageScale", "none", "tree_std")
 ISMode = choices("ISMode", "cap", "mask")
 Sampler = choices("Sampler", "fifo", "prioritized")
 WeightSync = choices("WeightSync", "object_store", "collective")
+JourneyMode = choices("JourneyMode", "off", "journey", "shortcut")
 Strategy = choices("Strategy", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
@@ -291,6 +292,14 @@ class BufferConfig:
 
 
 @dataclass
+class JourneyConfig:
+    mode: JourneyMode = JourneyMode.off  # journey: each solved tree as a trace with its dead ends | shortcut: its best
+    # path | off. The trace is imitated beside the tree's own samples (actors/journey.py, docs/training-notes.md)
+    coef: float = nonneg(1.0)  # weight of the imitation loss on the traces' tokens
+    max_dead_ends: int = nonneg(2)  # failed branches a journey trace walks before the successful one
+
+
+@dataclass
 class TrainConfig:
     mode: TrainMode = TrainMode("async")  # async: concurrent | sync: search a round, train on it | local: no Ray
     init: TrainInit = TrainInit.sft  # sft: the sft section first (on model.path or from scratch) | model: as is
@@ -318,6 +327,8 @@ class TrainConfig:
     sync_every: int = positive(1)  # learner steps between weight publications (each is a new policy version)
     weight_sync: WeightSync = WeightSync.object_store  # object_store: one ray.put | collective: torch.distributed
     sync_trees_per_round: int = positive(32)  # sync, local: trees searched (over all actors) per round
+    visit_coef: float = nonneg(0.0)  # weight of the cross-entropy to the search's visit shares over sibling steps
+    journey: JourneyConfig = field(default_factory=JourneyConfig)  # imitation of what each solved tree found
     demonstrations: str | None = None  # JSONL of {prompt, response} traces inserted as off-policy demonstrations
     eval_every: int = nonneg(20)  # held-out greedy evaluation every this many learner steps (0: before/after)
     eval_search_simulations: int = nonneg(8)  # MCTS simulations of the final "with search" evaluation (0 skips)

@@ -6,12 +6,20 @@ from collections.abc import Callable
 from typing import Any
 
 from arbor.core.config import TaskConfig
+from arbor.core.tasks import countdown
 from arbor.core.tasks.arith import Arith
 from arbor.core.tasks.base import STEP_SEP, Problem, Task
 from arbor.core.tasks.chat import ChatPrompts
 from arbor.core.tasks.countdown import Countdown
 
-__all__ = ["TASKS", "Problem", "Task", "build_task", "step_separator"]
+__all__ = ["TASKS", "Problem", "Task", "build_task", "journey_format", "step_separator"]
+
+# (reference, branches, answer line) -> one response in the task's journey format: each branch a list of step
+# lines from the start, dead ends first and the successful branch last (see core.tasks.countdown)
+JourneyWriter = Callable[[dict[str, Any], list[list[str]], str], str]
+JOURNEYS: dict[str, JourneyWriter] = {
+    "countdown": lambda reference, branches, answer: countdown.journey_response(reference["numbers"], branches, answer),
+}
 
 DATA_TASKS = ("gsm8k", "math")
 
@@ -60,3 +68,9 @@ def step_separator(cfg: TaskConfig) -> str:
     if cfg.name in DATA_TASKS and cfg.data.steps == "paragraph":
         return "\n\n"
     return STEP_SEP
+
+
+def journey_format(name: str) -> JourneyWriter | None:
+    """How task ``name`` writes a search tree as one response (``train.journey``), or None where it has no
+    journey format (it can still train with ``train.journey.mode=shortcut``)."""
+    return JOURNEYS.get(name)

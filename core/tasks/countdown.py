@@ -8,6 +8,28 @@ Prompt and gold trace (one binary step per line, larger operand first, then the 
     25+2=27
     Answer: 27
 
+Journey format (``train.journey``: a search tree linearised as one response, Stream of Search style). The
+explored dead ends come first, each followed by a line that says the branch fails and names the state it
+returns to (the numbers left there); then the branch that reaches the target; then the summary line and the
+successful path once more, cleanly, and the answer::
+
+    Use 13 7 25 3 to make 27.
+    13+7=20
+    25-20=5
+    fail, back to 3 7 13 25
+    13-7=6
+    6/3=2
+    25+2=27
+    Solution:
+    13-7=6
+    6/3=2
+    25+2=27
+    Answer: 27
+
+The verifier (``reward.verifiers``) walks these lines as the step-level MDP does: every step legal from the
+state it is written in, a back line only to a state of the current branch, the summary line back to the
+start; the path written after the last summary line must then reach the target, as in a plain response.
+
 The exact solver works on multisets: ``_values(S)`` is every value an expression tree over *all* of S
 can take (memoised across problems), so the shortest solution for a target uses the smallest
 sub-multiset whose values contain it. Zero results and ``x*1``, ``x/1`` are pruned: any tree using
@@ -22,6 +44,7 @@ from itertools import combinations
 
 from arbor.core.config import CountdownConfig
 from arbor.core.tasks.base import (
+    _BINARY_STEP,
     ANSWER_PREFIX,
     STEP_SEP,
     GeneratedTask,
@@ -29,6 +52,8 @@ from arbor.core.tasks.base import (
 )
 
 NAME = "countdown"
+BACK_PREFIX = "fail, back to "  # a dead end: the branch fails, back to the state with these numbers left
+SUMMARY_LINE = "Solution:"  # the successful path follows, written out once more from the start
 
 
 @lru_cache(maxsize=1 << 16)
@@ -197,3 +222,64 @@ class Countdown(GeneratedTask):
             level=level,
             meta={"min_steps": len(steps)},
         )
+
+
+# ---- journey format --------------------------------------------------------------------------------
+
+
+def numbers_left(numbers: list[int], steps: list[str]) -> list[int]:
+    """The numbers left (sorted) after legal ``a op b=c`` steps: each uses up its operands, adds its result."""
+    pool = sorted(numbers)
+    for line in steps:
+        match = _BINARY_STEP.match(line.strip())
+        if match is None:
+            raise ValueError(f"not a countdown step: {line!r}")
+        a, _, b, c = match.groups()
+        for used in (int(a), int(b)):
+            pool.remove(used)  # ValueError when the step uses a number that is not there
+        pool.append(int(c))
+        pool.sort()
+    return pool
+
+
+def back_line(numbers: list[int]) -> str:
+    """The line that abandons a branch and returns to the state with ``numbers`` left."""
+    return BACK_PREFIX + " ".join(map(str, sorted(numbers)))
+
+
+def parse_back(line: str) -> list[int] | None:
+    """The numbers a back line returns to (sorted), or None when ``line`` is not a back line."""
+    line = line.strip()
+    if not line.startswith(BACK_PREFIX.strip()):
+        return None
+    try:
+        return sorted(int(t) for t in line[len(BACK_PREFIX.strip()) :].split())
+    except ValueError:
+        return None
+
+
+def journey_response(numbers: list[int], branches: list[list[str]], answer: str) -> str:
+    """One response that walks ``branches`` (each a list of step lines from the start) in order, then writes
+    the last branch, the successful one, once more after the summary line, and the ``answer`` line (a
+    single branch is written plainly: its steps and the answer).
+
+    Between two branches it writes a back line to the deepest state they share. A branch that adds nothing
+    after that state is an error: the walk would not leave it.
+    """
+    if not branches:
+        raise ValueError("a journey needs at least the successful branch")
+    if len(branches) == 1:  # nothing explored besides it: the plain path
+        return STEP_SEP.join([*branches[0], answer])
+    lines = list(branches[0])
+    current = branches[0]
+    for branch in branches[1:]:
+        shared = 0
+        while shared < min(len(current), len(branch)) and current[shared] == branch[shared]:
+            shared += 1
+        if shared == len(branch) or shared == len(current):
+            raise ValueError(f"branch {branch} does not leave the branch before it ({current})")
+        lines.append(back_line(numbers_left(numbers, current[:shared])))
+        lines += branch[shared:]
+        current = branch
+    lines += [SUMMARY_LINE, *current, answer]
+    return STEP_SEP.join(lines)

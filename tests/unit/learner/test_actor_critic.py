@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -293,3 +294,45 @@ def test_gradient_checkpointing_takes_the_same_step(tmp_path):
     assert not again.is_activation_checkpointing
     ids = torch.tensor([samples[0].state_tokens])
     assert again.generate(ids, max_new_tokens=4, do_sample=False).shape == (1, ids.shape[1] + 4)
+
+
+def test_imitated_samples_train_by_likelihood_not_by_advantage_and_not_the_value_head():
+    torch.manual_seed(0)
+    model, tok = build_policy(TINY)
+    plain = _samples(tok, model, 2)
+    traces = _samples(tok, model, 2)
+    traces = [dataclasses.replace(s, source="journey", advantage=-5.0, value_target=0.0) for s in traces]
+    traces = [dataclasses.replace(s, state_tokens=s.state_tokens + [5]) for s in traces]  # rows of their own
+    batch = collate_steps(plain + traces, tok.pad_token_id, 64, 0)
+    rows = batch.sample_row.tolist()
+    assert not batch.imitate_mask[rows[0]].any() and not batch.imitate_mask[rows[1]].any()
+    for i in (2, 3):
+        assert int(batch.imitate_mask[rows[i]].sum()) == len(traces[i - 2].action_tokens)
+        assert not batch.value_mask[rows[i]].any()  # no value target for a state the policy did not reach
+    ids = [s.action_tokens for s in traces]
+
+    def trace_logp() -> float:
+        with torch.no_grad():
+            total = 0.0
+            for s in traces:
+                x = torch.tensor([s.state_tokens + s.action_tokens])
+                total += token_logprobs(model(input_ids=x).logits, x, 1.0)[0, len(s.state_tokens) - 1 :].sum()
+            return float(total)
+
+    before = trace_logp()
+    learner = _learner(model, tok)
+    m = learner.update(traces, 0)
+    assert m["learner/imitated_token_fraction"] == 1.0 and m["learner/policy_loss"] == 0.0
+    assert m["learner/imitation_loss"] == pytest.approx(-before / sum(map(len, ids)), rel=1e-4)
+    assert trace_logp() > before  # their negative advantage was ignored: likelihood went up
+
+
+def test_visit_shares_group_sibling_steps_of_one_tree():
+    from arbor.learner.actor_critic import visit_groups
+
+    def s(tree: str, parent: int, share: float | None) -> StepSample:
+        return StepSample([1], [2], [0.0], 0, 0.0, 0.0, 0.0, meta={"tree": tree, "parent": parent}, visit_share=share)
+
+    out = visit_groups([s("a/0", 0, 0.5), s("a/0", 0, 0.5), s("a/0", 3, 1.0), s("b/0", 0, 0.2), s("b/0", 0, None)])
+    assert out["visit_group"].tolist() == [0, 0, 1, 2, -1]
+    assert out["visit_share"].tolist() == pytest.approx([0.5, 0.5, 1.0, 0.2, 0.0])

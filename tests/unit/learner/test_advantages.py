@@ -65,3 +65,15 @@ def test_tree_std_scaling_divides_advantages_by_the_spread_of_leaf_outcomes():
     assert scale_advantages(tree, plain, "none") == plain
     with pytest.raises(ConfigError, match="train.advantage_scale"):
         load_config(DEFAULT_CONFIG, ["train.advantage_scale=group"])
+
+
+def test_visit_shares_are_visits_over_the_siblings_where_a_node_branched():
+    tree = hand_tree()  # root -> a -> {a1, a2, a3}; root -> b; root -> c
+    visits = {1: 6, 2: 3, 3: 1, 4: 0, 5: 3, 6: 1}
+    for node_id, v in visits.items():
+        tree.nodes[node_id].visits = v
+    shares = {s.meta["node"]: s.visit_share for s in tree_to_samples(tree)}
+    assert shares[1] == pytest.approx(6 / 10) and shares[5] == pytest.approx(3 / 10)  # a and b of root's 10
+    assert shares[2] == pytest.approx(3 / 4) and shares[3] == pytest.approx(1 / 4)  # a1, a2 of a's 4
+    unvisited = hand_tree()
+    assert all(s.visit_share is None for s in tree_to_samples(unvisited))  # best-of-N, beam: nothing visited

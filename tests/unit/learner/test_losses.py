@@ -13,11 +13,13 @@ from arbor.learner.losses import (
     decoupled_ppo_loss,
     effective_sample_size,
     entropy_from_logits,
+    imitation_loss,
     kl_to_reference,
     masked_mean,
     ppo_loss,
     total_loss,
     value_loss,
+    visit_distillation_loss,
     vtrace,
 )
 
@@ -320,3 +322,31 @@ def test_vtrace_step_loss_by_hand() -> None:
     # off-policy: a step the behaviour policy found twice as likely gets rho = 1/2
     policy, _ = vtrace_step_loss(_t([-1.0]), _t([-1.0 + math.log(2.0)]), _t([1.0]), _t([0.0]), _t([0.0]))
     assert float(policy.is_weight_mean) == pytest.approx(0.5) and float(policy.loss) == pytest.approx(0.5 * 1.0)
+
+
+def test_imitation_loss_is_the_mean_negative_log_likelihood_of_the_masked_tokens():
+    logp = torch.tensor([[-1.0, -2.0, -9.0], [-0.5, -7.0, -7.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    loss = imitation_loss(logp, mask)
+    assert loss.item() == pytest.approx((1.0 + 2.0 + 0.5) / 3)
+    loss.backward()
+    assert torch.allclose(logp.grad, -mask.float() / 3)  # pushes each imitated token's log-prob up, equally
+    assert imitation_loss(logp, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_visit_distillation_is_the_cross_entropy_to_visit_shares_over_siblings():
+    # group 0: pi over two siblings 0.5 and 0.25 -> q = (2/3, 1/3); visits 1 and 3 -> p = (1/4, 3/4)
+    # group 1: a single step (left out); -1: a step without a visit share (left out)
+    logp = torch.tensor([math.log(0.5), math.log(0.25), -3.0, -1.0], requires_grad=True)
+    group = torch.tensor([0, 0, 1, -1])
+    share = torch.tensor([0.25, 0.75, 1.0, 0.0])
+    loss = visit_distillation_loss(logp, group, share)
+    expected = -(0.25 * math.log(2 / 3) + 0.75 * math.log(1 / 3))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    # d/dl_i of -sum p log softmax(l) = q_i - p_i: the less-visited sibling goes down, the more-visited up
+    assert logp.grad.tolist() == pytest.approx([2 / 3 - 0.25, 1 / 3 - 0.75, 0.0, 0.0], abs=1e-6)
+    # shares need not sum to 1 over the siblings present: they are renormalised (here 2:6 = 1:3 again)
+    again = visit_distillation_loss(logp.detach(), group, torch.tensor([2.0, 6.0, 5.0, 0.0]))
+    assert again.item() == pytest.approx(expected, rel=1e-6)
+    assert visit_distillation_loss(logp.detach(), torch.tensor([-1, -1, 1, 2]), share).item() == 0.0
