@@ -59,6 +59,21 @@ def at_tokens(rows: dict[str, dict], tokens: float) -> float | None:
     return None
 
 
+def search_row(model, tokenizer, head, problems, search) -> dict:
+    """One search setting on ``problems`` (verifier-scored, as in training): :func:`coverage` with its
+    seconds, generated tokens and pruned steps per problem. The model is copied, so rows do not share caches."""
+    backend = HFStepBackend(copy.deepcopy(model), tokenizer, copy.deepcopy(head), seed=search.seed)
+    t0 = time.perf_counter()
+    trees = run_searches(backend, problems, search, training_scorers)
+    seconds = time.perf_counter() - t0
+    n = max(len(trees), 1)
+    return coverage(trees) | {
+        "seconds": round(seconds, 1),
+        "tokens_per_problem": round(sum(t.tokens_generated for t in trees) / n, 1),
+        "pruned_steps_per_problem": round(sum(t.pruned_steps for t in trees) / n, 2),
+    }
+
+
 def main(argv: list[str]) -> dict:
     model_dir, overrides = argv[0], argv[1:]
     config, common = REPO / "configs" / "countdown_tiny.yaml", [f"model.path={model_dir}", *overrides]
@@ -73,18 +88,7 @@ def main(argv: list[str]) -> dict:
     rows = {}
     for name, extra in SETTINGS.items():
         search = load_config(config, [*common, *extra]).search
-        backend = HFStepBackend(copy.deepcopy(model), tokenizer, copy.deepcopy(head), seed=search.seed)
-        t0 = time.perf_counter()
-        trees = run_searches(backend, held_out, search, training_scorers)
-        seconds = time.perf_counter() - t0
-        tokens = sum(t.tokens_generated for t in trees) / max(len(trees), 1)
-        pruned = sum(t.pruned_steps for t in trees) / max(len(trees), 1)
-        rows[name] = coverage(trees) | {
-            "seconds": round(seconds, 1),
-            "tokens_per_problem": round(tokens, 1),
-            "pruned_steps_per_problem": round(pruned, 2),
-        }
-        r = rows[name]
+        rows[name] = r = search_row(model, tokenizer, head, held_out, search)
         print(
             f"{name:26s} any-correct {r['any_correct']:.3f}  answers/tree {r['answers_per_tree']:5.2f}  "
             f"answer accuracy {r['answer_accuracy']:.3f}  {r['tokens_per_problem']:7.1f} tok/problem  "

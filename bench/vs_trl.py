@@ -42,13 +42,18 @@ CONFIG = "configs/countdown_tiny.yaml"
 TRL_CONFIG = str(Path(__file__).with_name("trl_grpo.yaml"))
 
 
-def trl_run(init: str, cfg, budget_s: float, every_s: float, out: Path) -> list[tuple[float, Path]]:
-    """GRPO with TRL for ``budget_s`` seconds of training; returns (seconds, snapshot dir) points."""
+def trl_run(
+    init: str, cfg, budget_s: float, every_s: float, out: Path, max_completion_length: int | None = None
+) -> list[tuple[float, Path]]:
+    """GRPO with TRL for ``budget_s`` seconds of training; returns (seconds, snapshot dir) points.
+    ``max_completion_length`` replaces ``bench/trl_grpo.yaml``'s response cap (to match Arbor's)."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     settings = OmegaConf.to_container(OmegaConf.load(TRL_CONFIG), resolve=True)
+    if max_completion_length is not None:
+        settings["max_completion_length"] = max_completion_length
     task = build_task(cfg.task)
     skip = problems_to_skip(cfg, task)  # as Arbor's rollouts: held out, and the SFT demonstrations
     rows, i, wanted = [], TRL_SEEDS, int(settings.pop("problems"))
@@ -112,7 +117,11 @@ def trl_run(init: str, cfg, budget_s: float, every_s: float, out: Path) -> list[
     return points
 
 
-def arbor_run(init: str, config: str, overrides: list[str], budget_s: float, every_s: float, stamp: str):
+def arbor_run(
+    init: str, config: str, overrides: list[str], budget_s: float, every_s: float, stamp: str, name: str = ""
+):
+    """``arbor train`` from ``init`` for ``budget_s`` seconds of RL, snapshots every ``every_s``; returns
+    (seconds, snapshot dir) points and the run's result."""
     cfg = load_config(
         config,
         [
@@ -125,7 +134,7 @@ def arbor_run(init: str, config: str, overrides: list[str], budget_s: float, eve
             "train.eval_every=0",
             "train.checkpoint_every=0",
             "train.eval_search_simulations=0",
-            f"run.name=bench-vs-trl-{stamp}-arbor",
+            f"run.name={name or f'bench-vs-trl-{stamp}-arbor'}",
         ],
     )
     result = run_train(cfg)

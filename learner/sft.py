@@ -69,11 +69,17 @@ def _pool_stream(task: Task, cfg: ArborConfig, rng: random.Random) -> Iterator[P
 
 
 def sft_batches(
-    task: Task, tokenizer: PreTrainedTokenizerBase, cfg: ArborConfig, exclude_keys: set[str]
+    task: Task,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: ArborConfig,
+    exclude_keys: set[str],
+    stream: Iterator[Problem] | None = None,
 ) -> Iterator[SFTBatch]:
-    """An endless stream of training batches; problems whose content is held out are skipped."""
+    """An endless stream of training batches; problems whose content is held out are skipped. ``stream``
+    replaces the config's problems (the pool, or the SFT stretch)."""
     rng = random.Random(cfg.sft.seed)
-    stream = _pool_stream(task, cfg, rng) if cfg.sft.num_problems else _problem_stream(task, cfg)
+    if stream is None:
+        stream = _pool_stream(task, cfg, rng) if cfg.sft.num_problems else _problem_stream(task, cfg)
     skipped = 0
     while True:
         examples, corrupt = [], 0
@@ -103,16 +109,18 @@ def train_sft(
     task: Task,
     cfg: ArborConfig,
     exclude_keys: set[str],
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_step: Callable[[int, dict[str, float]], bool | None] | None = None,
+    stream: Iterator[Problem] | None = None,
 ) -> PreTrainedModel:
-    """Run ``cfg.sft.steps`` updates on solver traces; returns the trained model (same object)."""
+    """Run ``cfg.sft.steps`` updates on solver traces (of ``stream``'s problems, if given); returns the trained
+    model (same object). ``on_step`` returning True stops early."""
     s = cfg.sft
     optim = OptimConfig(s.lr, s.weight_decay, s.grad_clip, s.warmup_steps, s.steps, s.min_lr_ratio)
     engine = build_engine(
         model, s.engine, optim, s.batch_size, zero_stage=s.zero_stage, compute_dtype=str(cfg.model.dtype)
     )
     engine.module.train()
-    batches = sft_batches(task, tokenizer, cfg, exclude_keys)
+    batches = sft_batches(task, tokenizer, cfg, exclude_keys, stream)
     skipped = consecutive = 0
     for step in range(1, s.steps + 1):
         t0 = time.perf_counter()
@@ -128,17 +136,15 @@ def train_sft(
         consecutive = 0
         grad_norm = engine.step(loss)
         dt = time.perf_counter() - t0
-        if on_step is not None:
-            on_step(
-                step,
-                {
-                    "sft/loss": float(loss.detach()),
-                    "sft/lr": engine.lr,
-                    "sft/grad_norm": grad_norm,
-                    "sft/tokens_per_s": batch.num_tokens / dt,
-                    "sft/corrupt_share": batch.num_corrupt / s.batch_size,
-                    "sft/skipped_nonfinite": skipped,
-                },
-            )
+        metrics = {
+            "sft/loss": float(loss.detach()),
+            "sft/lr": engine.lr,
+            "sft/grad_norm": grad_norm,
+            "sft/tokens_per_s": batch.num_tokens / dt,
+            "sft/corrupt_share": batch.num_corrupt / s.batch_size,
+            "sft/skipped_nonfinite": skipped,
+        }
+        if on_step is not None and on_step(step, metrics):
+            break
     engine.module.eval()
     return engine.module
