@@ -328,7 +328,7 @@ def test_imitated_samples_train_by_likelihood_not_by_advantage_and_not_the_value
 
 
 def test_visit_shares_group_sibling_steps_of_one_tree():
-    from arbor.learner.actor_critic import visit_groups
+    from arbor.learner.batch import visit_groups
 
     def s(tree: str, parent: int, share: float | None) -> StepSample:
         return StepSample([1], [2], [0.0], 0, 0.0, 0.0, 0.0, meta={"tree": tree, "parent": parent}, visit_share=share)
@@ -336,3 +336,27 @@ def test_visit_shares_group_sibling_steps_of_one_tree():
     out = visit_groups([s("a/0", 0, 0.5), s("a/0", 0, 0.5), s("a/0", 3, 1.0), s("b/0", 0, 0.2), s("b/0", 0, None)])
     assert out["visit_group"].tolist() == [0, 0, 1, 2, -1]
     assert out["visit_share"].tolist() == pytest.approx([0.5, 0.5, 1.0, 0.2, 0.0])
+
+
+def test_length_buckets_give_the_one_call_forward_and_gradients():
+    from arbor.learner.actor_critic import PolicyWithValue, length_buckets
+
+    assert length_buckets([10, 3, 9, 5, 6]) == [([0, 2, 4], 10), ([3, 1], 5)]
+    torch.manual_seed(0)
+    model, tok = build_policy(TINY)
+    samples = _samples(tok, model, 3)
+    long = dataclasses.replace(samples[0], state_tokens=samples[0].state_tokens * 3)  # a row 2-3x the others
+    batch = collate_steps([*samples, long], tok.pad_token_id, 64, 0)
+    net = PolicyWithValue(model, ValueHead(hidden_size_of(model)), value_trunk_grad=True)
+    outs, grads = [], []
+    for ratio in (0.6, 0.0):  # 0.0: every row in one bucket, the plain one-call forward
+        net.bucket_ratio = ratio
+        net.zero_grad()
+        logp, logits, values = net(batch.input_ids, batch.attention_mask, batch.action_mask, 1.0)
+        (logp.sum() + values[batch.value_mask].sum() + logits.square().mean()).backward()
+        outs.append((logp.detach(), logits.detach(), values.detach()[batch.value_mask]))  # values past a row: unused
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
+    assert len(length_buckets(batch.attention_mask.sum(1).tolist())) == 2
+    for a, b in zip(*outs):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
