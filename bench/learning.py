@@ -22,13 +22,13 @@ pass@1 of ``eval.num_samples`` samples (8 by default here). The search row compa
 (from the init, verifier-scored as in training) with plain best-of-N at the same generated tokens per
 problem: best-of-N is run at the two sample counts that bracket the search's tokens and interpolated.
 
-It writes ``table.md``, ``curves.png`` (accuracy against training seconds, every row), ``<row>.jsonl`` (every
-held-out greedy response: uid, prompt, reference, response, correct) and ``result.json`` under
-``RUN_ROOT/bench-learning-*/`` (``run.root``, ``runs`` by default), and prints as its last line JSON with ``init_accuracy``, ``arbor_accuracy``,
-``arbor_shortcut_accuracy``, ``trl_accuracy``, ``sft_oracle_accuracy``, ``standard_error``,
-``search_coverage``, ``best_of_n_coverage``, ``search_tokens_per_problem``, ``best_of_n_tokens_per_problem``,
-``init_checkpoint``, ``arbor_checkpoint``, ``trl_checkpoint`` and ``init_responses``, ``arbor_responses``,
-``trl_responses`` (a row not run is null).
+It writes ``table.md``, ``curves.png`` (accuracy against training seconds, every row), ``<row>.jsonl``
+(every held-out greedy response: uid, prompt, reference, response, correct) and ``result.json`` under
+``RUN_ROOT/bench-learning-*/`` (``run.root``, ``runs`` by default), and prints as its last line JSON with
+``init_accuracy``, ``arbor_accuracy``, ``arbor_shortcut_accuracy``, ``trl_accuracy``,
+``sft_oracle_accuracy``, ``standard_error``, ``search_coverage``, ``best_of_n_coverage``,
+``search_tokens_per_problem``, ``best_of_n_tokens_per_problem``, ``init_checkpoint``, ``arbor_checkpoint``,
+``trl_checkpoint`` and ``init_responses``, ``arbor_responses``, ``trl_responses`` (a row not run is null).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from arbor.learner.sft import train_sft
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from headroom import search_row  # noqa: E402
-from vs_trl import arbor_run, trl_run  # noqa: E402
+from vs_trl import SnapshotClock, arbor_run, trl_run  # noqa: E402
 
 CONFIG = "configs/countdown_tiny.yaml"
 ROWS = ("arbor", "arbor_shortcut", "trl", "sft_oracle")
@@ -102,21 +102,12 @@ def oracle_run(init: str, cfg, budget_s: float, every_s: float, out: Path) -> li
             cursor += 1
 
     points: list[tuple[float, Path]] = []
-    clock = {"t0": time.perf_counter(), "paused": 0.0, "next": every_s}
+    clock = SnapshotClock(budget_s, every_s, out / "sft_oracle")
+    clock.start()
 
-    def on_step(step: int, metrics: dict) -> bool:
-        elapsed = time.perf_counter() - clock["t0"] - clock["paused"]
-        if elapsed >= clock["next"] or elapsed >= budget_s:
-            t = time.perf_counter()
-            path = out / "sft_oracle" / f"t-{elapsed:08.1f}"
-            model.save_pretrained(path)
-            tokenizer.save_pretrained(path)
-            points.append((elapsed, path))
-            clock["next"] = (int(elapsed // every_s) + 1) * every_s
-            clock["paused"] += time.perf_counter() - t
-        return elapsed >= budget_s
-
-    train_sft(model, tokenizer, task, cfg, skip, on_step=on_step, stream=searched())
+    train_sft(
+        model, tokenizer, task, cfg, skip, stream=searched(), on_step=lambda *_: clock.tick(model, tokenizer, points)
+    )
     return points
 
 

@@ -42,6 +42,34 @@ CONFIG = "configs/countdown_tiny.yaml"
 TRL_CONFIG = str(Path(__file__).with_name("trl_grpo.yaml"))
 
 
+class SnapshotClock:
+    """Training seconds from ``start`` (time spent saving excluded); a model + tokenizer snapshot under
+    ``folder/t-SECONDS`` every ``every_s`` and at the budget."""
+
+    def __init__(self, budget_s: float, every_s: float, folder: Path):
+        self.budget_s, self.every_s, self.folder = budget_s, every_s, folder
+        self.t0: float | None = None
+        self.paused = 0.0
+        self.next = every_s
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def tick(self, model, tokenizer, points: list[tuple[float, Path]]) -> bool:
+        """After a training step: snapshot if one is due (appending (seconds, dir) to ``points``); True once
+        the budget is spent."""
+        elapsed = time.perf_counter() - self.t0 - self.paused
+        if elapsed >= self.next or elapsed >= self.budget_s:
+            t = time.perf_counter()
+            path = self.folder / f"t-{elapsed:08.1f}"
+            model.save_pretrained(path)
+            tokenizer.save_pretrained(path)
+            points.append((elapsed, path))
+            self.next = (int(elapsed // self.every_s) + 1) * self.every_s
+            self.paused += time.perf_counter() - t
+        return elapsed >= self.budget_s
+
+
 def trl_run(
     init: str, cfg, budget_s: float, every_s: float, out: Path, max_completion_length: int | None = None
 ) -> list[tuple[float, Path]]:
@@ -70,29 +98,17 @@ def trl_run(
     model, tokenizer = build_policy(ModelConfig(path=init))
     points: list[tuple[float, Path]] = []
 
+    clock = SnapshotClock(budget_s, every_s, out / "trl")
+
     class Clock(TrainerCallback):
         """Training seconds from the first step; snapshots every ``every_s``; stops at the budget."""
 
-        def __init__(self):
-            self.t0 = None
-            self.paused = 0.0
-            self.next = every_s
-
         def on_step_begin(self, args, state, control, **kw):
-            if self.t0 is None:
-                self.t0 = time.perf_counter()
+            if clock.t0 is None:
+                clock.start()
 
         def on_step_end(self, args, state, control, model=None, **kw):
-            elapsed = time.perf_counter() - self.t0 - self.paused
-            if elapsed >= self.next or elapsed >= budget_s:
-                t = time.perf_counter()
-                path = out / "trl" / f"t-{elapsed:08.1f}"
-                model.save_pretrained(path)
-                tokenizer.save_pretrained(path)
-                points.append((elapsed, path))
-                self.next = (int(elapsed // every_s) + 1) * every_s
-                self.paused += time.perf_counter() - t
-            if elapsed >= budget_s:
+            if clock.tick(model, tokenizer, points):
                 control.should_training_stop = True
 
     args = GRPOConfig(
