@@ -21,12 +21,16 @@ class StepRequest:
     num_samples: int  # continuations to sample; 0 only evaluates the prefix (its value)
     max_tokens: int  # longest step to generate, in tokens
     temperature: float = 1.0  # 0 is greedy
+    # distinct: draw the samples without replacement, none equal to a step in ``exclude`` or to each other
+    # (actors.search.distinct); exclude holds the node's known steps as (token ids, per-token log-probs)
+    distinct: bool = False
+    exclude: tuple[tuple[tuple[int, ...], tuple[float, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
 class StepOutput:
     token_ids: list[int]  # the step's tokens, separator (or eos) included
-    logprobs: list[float]  # behaviour log-prob of each token under the distribution sampled from
+    logprobs: list[float]  # log-prob of each token under the tempered policy (not conditioned by ``distinct``)
     text: str  # decoded step
     finish: str  # step (separator seen) | eos | length (max_tokens reached)
     value: float | None  # value estimate of the state after this step (None without a value head)

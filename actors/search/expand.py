@@ -44,14 +44,20 @@ def backup(path: list[Node], value: float) -> None:
         node.value_sum += value
 
 
-def step_request(tree: SearchTree, node: Node, num_samples: int, cfg: SearchConfig, temperature: float) -> StepRequest:
-    """Ask for ``num_samples`` next steps under ``node``, within the step and response token limits."""
+def step_request(
+    tree: SearchTree, node: Node, num_samples: int, cfg: SearchConfig, temperature: float, *, distinct: bool = False
+) -> StepRequest:
+    """Ask for ``num_samples`` next steps under ``node``, within the step and response token limits; with
+    ``distinct``, drawn without replacement and never one of ``node``'s children (actors.search.distinct)."""
     left = cfg.max_response_tokens - tree.response_tokens(node)
+    known = [tree.nodes[c] for c in node.children] if distinct else []
     return StepRequest(
         segments=tree.segments(node),
         num_samples=num_samples,
         max_tokens=max(1, min(cfg.max_step_tokens, left)),
         temperature=temperature,
+        distinct=distinct,
+        exclude=tuple((tuple(k.token_ids), tuple(k.logprobs)) for k in known),
     )
 
 

@@ -17,24 +17,31 @@ share. Finished rows leave the batch (``DynamicCache.batch_select_indices``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from arbor.actors.search.backend import Segments, StepOutput, StepRequest, StepResult
+from arbor.actors.search.distinct import MIN_RESIDUAL, ExclusionTrie, TrieNode
 from arbor.actors.search.kv_cache import CacheEntry, PrefixCache, prefix_kv
 from arbor.core.model import ValueHead, forward_with_hidden
 from arbor.core.tasks.base import STEP_SEP
 
 
 def sample_tokens(
-    logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator | None, vocab_size: int | None = None
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    generator: torch.Generator | None,
+    vocab_size: int | None = None,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row and return (tokens [A], behaviour log-probs [A]).
 
     logits [A, V], temperature [A]: rows with T > 0 sample from softmax(logits / T) and report that
-    distribution's log-prob; rows with T = 0 take the argmax and report log softmax(logits).
+    distribution's log-prob; rows with T = 0 take the argmax and report log softmax(logits). ``bias`` [A, V]
+    (log-weights, -inf allowed; sampling without replacement, :mod:`actors.search.distinct`) reweights what is
+    drawn, not the log-prob reported; a row it would leave with no mass is drawn without it.
     """
     if vocab_size is not None and vocab_size < logits.shape[-1]:
         logits = logits.clone()
@@ -46,10 +53,17 @@ def sample_tokens(
     # a 49k-token vocabulary cost a tenth of a real model's search time on CPU; this is ~10x cheaper. The
     # cumulative sum is float64 so the tail's tokens keep their mass; right=True never lands on a token of
     # probability 0 (its cumulative value equals its predecessor's).
-    cdf = logp.double().exp().cumsum(-1)  # [A, V]
+    weights = logp.double().exp()  # [A, V]
+    chosen = logits
+    if bias is not None:
+        biased = weights * bias.double().exp()
+        keep = biased.sum(-1, keepdim=True) > 1e-12  # [A, 1]
+        weights = torch.where(keep, biased, weights)
+        chosen = torch.where(keep, logits.float() + bias.float().nan_to_num(neginf=-1e30), logits.float())
+    cdf = weights.cumsum(-1)  # [A, V]
     u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
     drawn = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)  # [A]
-    tokens = torch.where(greedy, logits.argmax(-1), drawn)
+    tokens = torch.where(greedy, chosen.argmax(-1), drawn)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
@@ -79,6 +93,7 @@ class _Row:
     logprobs: list[float] = field(default_factory=list)
     finish: str = ""  # set once the last sampled token ends the step
     tail: str = ""  # the step's last characters, for a separator that spans tokens ("\n" then "\n")
+    trie: TrieNode | None = None  # distinct requests: where the step so far sits among the known steps
 
 
 class HFStepBackend:
@@ -167,8 +182,31 @@ class HFStepBackend:
         self._prefill(requests, results)
         for req, res in zip(requests, results):
             res.prefix_value = self.cache.lookup(req.segments)[-1].value
-        if any(r.num_samples for r in requests):
-            self._decode(requests, results)
+        if not any(r.distinct and r.num_samples for r in requests):
+            if any(r.num_samples for r in requests):
+                self._decode(requests, results)
+            return
+        # Distinct requests draw one sample a round, each conditioned on every step known so far; plain
+        # requests of the chunk sample all of theirs in the first round.
+        tries = [ExclusionTrie(r.exclude) if r.distinct else None for r in requests]
+        left = [r.num_samples for r in requests]
+        while True:
+            wave = [
+                i for i, r in enumerate(requests) if left[i] and (not r.distinct or tries[i].residual() > MIN_RESIDUAL)
+            ]
+            if not wave:
+                return
+            self._decode(
+                [requests[i] if not requests[i].distinct else replace(requests[i], num_samples=1) for i in wave],
+                [results[i] for i in wave],
+                [tries[i] for i in wave],
+            )
+            for i in wave:
+                if requests[i].distinct:
+                    left[i] -= 1
+                    tries[i].add(results[i].steps[-1].token_ids, results[i].steps[-1].logprobs)
+                else:
+                    left[i] = 0
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past=None):
         """One model pass: (logits [B,T,V], values [B,T] or None, cache)."""
@@ -211,9 +249,17 @@ class HFStepBackend:
                 )
                 self.cache.insert(segments[: j + 1], entry)
 
-    def _decode(self, requests: list[StepRequest], results: list[StepResult]) -> None:
-        """Sample every request's steps as rows of one batch, forwarding only new tokens."""
-        rows = [_Row(i, r.temperature, r.max_tokens) for i, r in enumerate(requests) for _ in range(r.num_samples)]
+    def _decode(
+        self, requests: list[StepRequest], results: list[StepResult], tries: list[ExclusionTrie | None] | None = None
+    ) -> None:
+        """Sample every request's steps as rows of one batch, forwarding only new tokens; a request with a
+        trie draws from the policy conditioned on not repeating the trie's steps."""
+        tries = tries or [None] * len(requests)
+        rows = [
+            _Row(i, r.temperature, r.max_tokens, trie=tries[i].root if tries[i] and tries[i].root.children else None)
+            for i, r in enumerate(requests)
+            for _ in range(r.num_samples)
+        ]
         if not rows:  # every request only evaluates its prefix
             return
         entries = [self.cache.lookup(r.segments) for r in requests]
@@ -230,7 +276,12 @@ class HFStepBackend:
         mask = (torch.arange(width, device=self.device)[None, :] >= (width - lengths)[:, None]).long()  # [R, W]
         temps = torch.tensor([r.temperature for r in rows], device=self.device)
         first = torch.stack([entries[r.request][-1].next_logits for r in rows])  # [R, V]
-        self._take(rows, list(range(len(rows))), *sample_tokens(first, temps, self.generator, self.vocab_size))
+        everyone = list(range(len(rows)))
+        self._take(
+            rows,
+            everyone,
+            *sample_tokens(first, temps, self.generator, self.vocab_size, self._bias(rows, everyone, first)),
+        )
 
         active = list(range(len(rows)))  # rows still in the batch, in batch order
         positions = lengths.clone()
@@ -249,10 +300,12 @@ class HFStepBackend:
                     outputs[i] = self._finish(requests[rows[i].request], rows[i], cache, b, width, logits[b, -1], value)
             if going:
                 sel = torch.tensor(going, device=self.device)
+                which = [active[b] for b in going]
+                step_logits = logits[sel, -1]
                 tokens, logp = sample_tokens(
-                    logits[sel, -1], temps[[active[b] for b in going]], self.generator, self.vocab_size
+                    step_logits, temps[which], self.generator, self.vocab_size, self._bias(rows, which, step_logits)
                 )
-                self._take(rows, [active[b] for b in going], tokens, logp)
+                self._take(rows, which, tokens, logp)
                 if len(going) < len(active):
                     cache.batch_select_indices(sel)
                     mask = mask[sel]
@@ -270,12 +323,26 @@ class HFStepBackend:
             row = rows[i]
             row.tokens.append(tok)
             row.logprobs.append(lp)
+            if row.trie is not None:  # still on a known step's prefix, or off every one from here on
+                row.trie = row.trie.children.get(tok)
             if tok == self.eos_id:
                 row.finish = "eos"
             elif end or self._separator_spans_tokens(row, tok):
                 row.finish = "step"
             elif len(row.tokens) >= row.max_tokens:
                 row.finish = "length"
+
+    def _bias(self, rows: list[_Row], which: list[int], logits: torch.Tensor) -> torch.Tensor | None:
+        """Log-weights [len(which), V] that keep rows on a known step's prefix from completing a known step;
+        None when no row is on one."""
+        on = [(b, rows[i].trie) for b, i in enumerate(which) if rows[i].trie is not None]
+        if not on:
+            return None
+        bias = torch.zeros(len(which), logits.shape[-1], device=logits.device)
+        for b, node in on:
+            for tok, w in ExclusionTrie.bias(node).items():
+                bias[b, tok] = w
+        return bias
 
     def _separator_spans_tokens(self, row: _Row, token: int) -> bool:
         """Whether a multi-character separator ends with ``token`` across token boundaries (a character

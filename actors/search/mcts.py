@@ -1,7 +1,8 @@
 """MCTS over reasoning steps with PUCT (Silver et al. 2017; AlphaZero, Silver et al. 2018).
 
 One simulation: select a path from the root by PUCT; if its leaf is terminal, back up its outcome;
-otherwise expand the leaf into up to ``children`` sampled steps (duplicates merge) and back up the
+otherwise expand the leaf into up to ``children`` sampled steps (duplicates merge; with
+``search.distinct_children`` they are drawn without replacement instead) and back up the
 leaf's value (value head or PRM), as AlphaZero backs up the network's v(s). Unvisited children start
 from their own value estimate (first-play value), else from the parent's Q. Dirichlet noise is mixed
 into the root priors. Virtual loss lets one tree put ``search.mcts.leaves_per_round`` distinct leaves into one
@@ -148,7 +149,10 @@ def mcts(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, rng: random.Rand
                 steps_left -= sizes[-1]
         if not batch:
             continue
-        results = yield [step_request(tree, p[-1], k, cfg, cfg.temperature) for p, k in zip(batch, sizes)]
+        results = yield [
+            step_request(tree, p[-1], k, cfg, cfg.temperature, distinct=cfg.distinct_children)
+            for p, k in zip(batch, sizes)
+        ]
         steps_sampled += sum(sizes)
         for path, result in zip(batch, results):
             _add_virtual(pending, path, -cfg.mcts.virtual_loss)

@@ -220,6 +220,7 @@ class SearchConfig:
     terminal_value: TerminalValue = TerminalValue.verifier  # verifier (training) | value_head (never sees answers)
     answer_by: AnswerRule = AnswerRule.visits  # how a tree picks its final answer
     step_checks: bool = False  # tasks that can judge a step as written (countdown, arith) score an illegal one 0
+    distinct_children: bool = False  # MCTS: a node's samples are drawn without replacement, never a step it has
     trees_in_flight: int = positive(16)  # trees the driver advances together, one batched model call per round
     max_batch_rows: int = positive(256)  # sequences per model call; larger rounds are split
     budgets: list[int] = each_positive([])  # test-time scaling budgets for `arbor eval`; [] skips it
@@ -289,6 +290,10 @@ class BufferConfig:
     samples_per_insert: float = positive(1.0)  # Reverb SampleToInsertRatio: learner samples per inserted item
     min_size_to_sample: int = positive(512)  # the learner waits until the buffer holds this many items
     error_buffer: float = positive(1024.0)  # slack of the rate limiter around the ratio, in samples
+    # self-imitation: this share of every learner batch is drawn from an archive of each problem's newest
+    # imitated response (train.journey.mode shortcut or journey makes them); 0 is off (actors/replay.py)
+    solution_replay: float = _bounded(0.0, ge=0, lt=1)
+    solution_capacity: int = positive(4096)  # problems the archive keeps, the longest-archived dropped first
 
 
 @dataclass

@@ -229,3 +229,34 @@ def test_rollout_rounds_draw_from_a_stream_their_cursor_names(policy):
     assert draws(2) == same
     for key in ({"cursor": 41}, {"actor_index": 1}, {"train_seed": 1}, {"restarted": True}):
         assert draws(1, **key) != same, key
+
+
+def test_distinct_requests_never_repeat_a_step_and_report_the_policys_logprobs(policy):
+    """A distinct request's samples differ from each other and from the steps it excludes; their log-probs
+    are the model's own, not the conditioned distribution's. A plain request at the same prefix repeats."""
+    model, tokenizer, head, problems = policy
+    backend = HFStepBackend(model, tokenizer, head, seed=3)
+    prefix = (tuple(backend.encode(problems[0].prompt)),)
+    plain = backend.continue_steps([StepRequest(prefix, 12, 12)])[0].steps
+    assert len({tuple(s.token_ids) for s in plain}) < 12  # the fitted policy is peaked: duplicates
+    known = plain[0]
+    exclude = ((tuple(known.token_ids), tuple(known.logprobs)),)
+    steps = backend.continue_steps([StepRequest(prefix, 6, 12, distinct=True, exclude=exclude)])[0].steps
+    drawn = [tuple(s.token_ids) for s in steps]
+    assert len(steps) == 6 and len(set(drawn)) == 6 and tuple(known.token_ids) not in drawn
+    for s in steps:
+        logps, _ = recompute(model, head, (*prefix, tuple(s.token_ids)))
+        assert max(abs(a - b) for a, b in zip(logps[-1], s.logprobs)) < 1e-4
+
+
+def test_mcts_with_distinct_children_has_no_twin_siblings(policy):
+    model, tokenizer, head, problems = policy
+    cfg = dataclasses.replace(SEARCH, distinct_children=True)
+    backend = HFStepBackend(model, tokenizer, head, seed=4)
+    trees = run_searches(backend, problems[:3], cfg, training_scorers)
+    for tree in trees:
+        for node in tree.nodes:
+            kids = [tuple(tree.nodes[c].token_ids) for c in node.children]
+            assert len(kids) == len(set(kids))
+        assert worst_gap_to_recomputation(tree, model, head) < 1e-4
+        assert tree.tokens_generated == sum(len(n.token_ids) for n in tree.nodes[1:])  # no token is wasted
