@@ -14,6 +14,12 @@ it directly. Semantics:
 - Each accepted insert may carry its actor's cursor (the next problem of its shard), so the items a
   snapshot holds and the cursors it records always agree, and a resumed actor continues right after the
   last tree the buffer took.
+- Self-imitation (``buffer.solution_replay``; Oh et al. 2018, "Self-Imitation Learning"): the newest
+  imitated response (``IMITATION_SOURCES``, e.g. a solved tree's best path: its step samples) of each
+  problem also enters an archive of ``solution_capacity`` problems, and that share of every sample is drawn
+  from it, whole responses of problems picked uniformly with replacement. A problem the search solved once
+  keeps teaching after its tree left the buffer, the way an SFT pool is revisited every epoch; archive
+  draws are outside the rate limiter and the lag rule.
 - ``snapshot`` / ``restore`` write JSON (no pickle) including the RNG state and the cursors, so a restored
   buffer returns the same items for the same calls.
 
@@ -37,7 +43,7 @@ from arbor.actors.ledger import TreeLedger
 from arbor.actors.rate_limiter import RateLimiter
 from arbor.core.errors import DataError
 from arbor.core.runs import random_state_from_json, random_state_to_json
-from arbor.core.samples import StepSample
+from arbor.core.samples import IMITATION_SOURCES, REPLAYED_FLAG, StepSample
 
 SNAPSHOT_FORMAT = "arbor.replay/1"
 DEMO_FLAG = "demonstration"  # meta key set on off-policy traces inserted with insert_demonstrations
@@ -66,6 +72,8 @@ class ReplayBuffer:
         rate_limiter: RateLimiter | None = None,
         seed: int = 0,
         priority_eps: float = 1e-3,
+        solution_replay: float = 0.0,
+        solution_capacity: int = 4096,
     ):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
@@ -73,12 +81,20 @@ class ReplayBuffer:
             raise ValueError(f"sampler must be 'fifo' or 'prioritized', got {sampler!r}")
         if max_policy_lag < 0:
             raise ValueError(f"max_policy_lag must be >= 0, got {max_policy_lag}")
+        if not 0.0 <= solution_replay < 1.0:
+            raise ValueError(f"solution_replay must be in [0, 1), got {solution_replay}")
+        if solution_capacity < 1:
+            raise ValueError(f"solution_capacity must be >= 1, got {solution_capacity}")
         self.capacity = capacity
         self.sampler = sampler
         self.max_policy_lag = max_policy_lag
         self.rate_limiter = rate_limiter or RateLimiter()
         self.seed = seed
         self.priority_eps = priority_eps
+        self.solution_replay = solution_replay
+        self.solution_capacity = solution_capacity
+        # problem uid -> the step samples of its newest imitated response, the longest-archived first
+        self._solutions: dict[str, list[StepSample]] = {}
         self._rng = random.Random(seed)
         self._items: dict[int, _Item] = {}  # insertion order == age, oldest first
         # policy version -> non-demonstration items of it: a sample checks staleness against the oldest
@@ -96,6 +112,8 @@ class ReplayBuffer:
                 "blocked_inserts",
                 "blocked_samples",
                 "demonstrations",
+                "solutions_archived",
+                "solutions_replayed",
             ),
             0,
         )
@@ -162,7 +180,23 @@ class ReplayBuffer:
         if tree is not None:
             self.ledger.record(tree, n)
         self._take_cursor(cursor)
+        if self.solution_replay:
+            self._archive(samples)
         return True
+
+    def _archive(self, samples: list[StepSample]) -> None:
+        """Keep each problem's newest imitated response; past ``solution_capacity`` problems the one archived
+        longest ago goes."""
+        fresh: dict[str, list[StepSample]] = {}
+        for sample in samples:
+            if sample.source in IMITATION_SOURCES and sample.problem_uid:
+                fresh.setdefault(sample.problem_uid, []).append(sample)
+        for uid, steps in fresh.items():
+            self._solutions.pop(uid, None)
+            self._solutions[uid] = steps
+            self._counters["solutions_archived"] += 1
+        while len(self._solutions) > self.solution_capacity:
+            del self._solutions[next(iter(self._solutions))]
 
     def _take_cursor(self, cursor: tuple[str, int] | None) -> None:
         if cursor is not None:
@@ -223,6 +257,8 @@ class ReplayBuffer:
         """Like ``try_sample`` but returns ``(key, sample)`` pairs, the keys for ``update_priorities``."""
         if n < 1 or (self.sampler == "fifo" and n > self.capacity):
             raise ValueError(f"cannot sample {n} items from a {self.sampler} buffer of capacity {self.capacity}")
+        replayed = min(n - 1, round(n * self.solution_replay)) if self._solutions else 0
+        n -= replayed
         self.evict_stale(current_version)
         # FIFO needs n distinct items; prioritized samples with replacement and needs only one.
         enough = len(self._items) >= (n if self.sampler == "fifo" else 1)
@@ -244,7 +280,15 @@ class ReplayBuffer:
         self.rate_limiter.samples += n
         self._counters["sampled"] += n
         self._last_lags = dict(Counter(current_version - it.sample.policy_version for it in chosen if not it.is_demo))
-        return [(it.key, it.sample) for it in chosen]
+        out = [(it.key, it.sample) for it in chosen]
+        if replayed:  # key -1: archive draws have no priority to update
+            archive = list(self._solutions.values())
+            drawn: list[StepSample] = []
+            while len(drawn) < replayed:  # whole responses, the last one cut to the batch
+                drawn += self._rng.choice(archive)
+            out += [(-1, replace(s, meta={**s.meta, REPLAYED_FLAG: True})) for s in drawn[:replayed]]
+            self._counters["solutions_replayed"] += replayed
+        return out
 
     def try_sample(self, n: int, current_version: int) -> list[StepSample] | None:
         """Sample ``n`` items trained on by policy ``current_version``; ``None`` means "would block".
@@ -270,6 +314,7 @@ class ReplayBuffer:
         return {
             "size": len(self._items),
             "max_size": self.max_size,
+            "solutions": len(self._solutions),
             "capacity": self.capacity,
             **self._counters,
             **self.ledger.stats(),
@@ -289,12 +334,19 @@ class ReplayBuffer:
                 "max_policy_lag": self.max_policy_lag,
                 "seed": self.seed,
                 "priority_eps": self.priority_eps,
+                "solution_replay": self.solution_replay,
+                "solution_capacity": self.solution_capacity,
             },
             "rate_limiter": self.rate_limiter.to_json(),
             "counters": self._counters,
             "last_lags": [[lag, c] for lag, c in self._last_lags.items()],
             "next_key": self._next_key,
-            "extra": {"cursors": self._cursors, "trees": self.ledger.to_json(), "max_size": self.max_size},
+            "extra": {
+                "cursors": self._cursors,
+                "trees": self.ledger.to_json(),
+                "max_size": self.max_size,
+                "solutions": [[s.to_json() for s in steps] for steps in self._solutions.values()],
+            },
             "rng_state": random_state_to_json(self._rng.getstate()),
             "items": [
                 {
@@ -338,10 +390,10 @@ class ReplayBuffer:
             field = "rate_limiter"
             buf.rate_limiter = RateLimiter.from_json(state["rate_limiter"])
             field = "counters"
-            missing = set(buf._counters) - set(state["counters"])
+            missing = set(buf._counters) - set(state["counters"]) - {"solutions_archived", "solutions_replayed"}
             if missing:
                 raise KeyError(sorted(missing)[0])
-            buf._counters = {k: int(state["counters"][k]) for k in buf._counters}
+            buf._counters = {k: int(state["counters"].get(k, 0)) for k in buf._counters}
             field = "last_lags"
             buf._last_lags = {int(lag): int(c) for lag, c in state["last_lags"]}
             field = "next_key"
@@ -351,6 +403,10 @@ class ReplayBuffer:
             buf._cursors = {str(k): int(v) for k, v in extra.get("cursors", {}).items()}
             buf.ledger = TreeLedger.from_json(extra.get("trees", {}))
             buf.max_size = int(extra.get("max_size", 0))
+            field = "extra.solutions"
+            for raw in extra.get("solutions", []):
+                steps = [StepSample.from_json(r) for r in raw]
+                buf._solutions[steps[0].problem_uid] = steps
             field = "rng_state"
             buf._rng.setstate(random_state_from_json(state["rng_state"]))
             for i, raw in enumerate(state["items"]):

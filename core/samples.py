@@ -20,6 +20,15 @@ from arbor.core.tasks.base import STEP_SEP
 # an advantage: responses the search assembled from a finished tree (``actors.journey``), which no policy
 # sampled as written, so there is no behaviour probability to correct with.
 IMITATION_SOURCES = ("journey", "shortcut")
+# Meta flag of an imitated response the replay buffer draws again from its archive of solved problems
+# (``buffer.solution_replay``): it was made by an older policy on purpose, so it is no measure of policy lag.
+REPLAYED_FLAG = "replayed_solution"
+
+
+def in_policy_lineage(sample: StepSample) -> bool:
+    """Whether ``sample``'s policy version says how stale the learner's data is: not a demonstration from
+    outside the run, not a solution replayed from the archive."""
+    return not (sample.meta.get("demonstration") or sample.meta.get(REPLAYED_FLAG))
 
 
 @dataclass(frozen=True)

@@ -110,4 +110,6 @@ def replay_buffer_kwargs(cfg: ArborConfig) -> dict[str, Any]:
         max_policy_lag=b.max_policy_lag,
         rate_limiter=RateLimiter(b.min_size_to_sample, b.samples_per_insert, error_buffer),
         seed=cfg.train.seed,
+        solution_replay=b.solution_replay,
+        solution_capacity=b.solution_capacity,
     )

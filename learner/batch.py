@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from arbor.core.samples import IMITATION_SOURCES, StepSample
+from arbor.core.samples import IMITATION_SOURCES, StepSample, in_policy_lineage
 
 
 @dataclass
@@ -25,7 +25,7 @@ class StepBatch:
     sample_row: torch.Tensor  # [S] the row that holds each sample
     state_end: torch.Tensor  # [S] input index (in its row) of the state's last token
     action_end: torch.Tensor  # [S] input index of the action's last token
-    lags: list[int]  # learner version minus sample version, per sample
+    lags: list[int]  # learner version minus sample version, per sample of the policy lineage (in_policy_lineage)
     num_tokens: int  # real tokens in the batch
     imitate_mask: torch.Tensor | None = None  # [R, L-1] action targets of imitated samples (IMITATION_SOURCES)
     visit_group: torch.Tensor | None = None  # [S] sibling group of each step with a visit share, else -1
@@ -129,7 +129,7 @@ def collate_steps(samples: list[StepSample], pad_id: int, max_len: int, current_
         sample_row=torch.tensor(where, dtype=torch.long),
         state_end=state_end,
         action_end=action_end,
-        lags=[current_version - s.policy_version for s in samples],
+        lags=[current_version - s.policy_version for s in samples if in_policy_lineage(s)] or [0],
         num_tokens=int(attn.sum()),
         imitate_mask=imitate,
         **visit_groups(samples),

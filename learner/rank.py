@@ -26,7 +26,7 @@ from arbor.core.channels import WeightChannel
 from arbor.core.config import ArborConfig
 from arbor.core.model import build_policy, save_checkpoint, value_head_for
 from arbor.core.runs import random_state_from_json, random_state_to_json
-from arbor.core.samples import StepSample
+from arbor.core.samples import StepSample, in_policy_lineage
 from arbor.learner.actor_critic import ActorCriticLearner
 from arbor.learner.engine import deepspeed_checkpoint_globals, init_process_group_if_needed
 
@@ -130,11 +130,7 @@ class LearnerRank:
         if debug.learner_slowdown > 1:  # fault injection: a learner this many times slower (backpressure)
             time.sleep((debug.learner_slowdown - 1) * (time.perf_counter() - t0))
         # rank 0: lag against the version that trained on them (before this step's publication)
-        lags = (
-            [self.version - s.policy_version for s in samples if not s.meta.get("demonstration")]
-            if not self.rank
-            else []
-        )
+        lags = [self.version - s.policy_version for s in samples if in_policy_lineage(s)] if not self.rank else []
         self.steps_since_publish += 1
         due = self.steps_since_publish >= self.cfg.train.sync_every if publish is None else publish
         if due:

@@ -93,6 +93,11 @@ def check_train(cfg: ArborConfig) -> None:
             f"config key 'train.journey.mode': task {cfg.task.name} has no journey format (countdown has); "
             "use train.journey.mode=shortcut or off"
         )
+    if b.solution_replay and t.journey.mode == "off":
+        raise ConfigError(
+            "config key 'buffer.solution_replay': the archive holds imitated responses, and "
+            "train.journey.mode=off makes none; set train.journey.mode=shortcut (or journey)"
+        )
     if b.min_size_to_sample > b.capacity:
         raise ConfigError(
             f"config key 'buffer.min_size_to_sample' ({b.min_size_to_sample}) exceeds 'buffer.capacity' "

@@ -125,3 +125,9 @@ def test_a_task_without_a_journey_format_is_refused_by_name():
     with pytest.raises(ConfigError, match="train.journey.mode"):
         _cfg("task.name=arith", "train.journey.mode=journey")
     assert str(_cfg("task.name=arith", "train.journey.mode=shortcut").train.journey.mode) == "shortcut"
+
+
+def test_solution_replay_without_imitated_responses_is_refused_by_name():
+    with pytest.raises(ConfigError, match="buffer.solution_replay"):
+        _cfg("buffer.solution_replay=0.25")
+    assert _cfg("buffer.solution_replay=0.25", "train.journey.mode=shortcut").buffer.solution_replay == 0.25

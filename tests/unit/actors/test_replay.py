@@ -277,3 +277,57 @@ def test_a_tree_wider_than_the_rate_limiter_window_goes_in_once_the_learner_wait
     assert buf.try_sample(8, 0) is not None and buf.try_sample(4, 0) is not None  # the learner catches up
     assert buf.try_insert(tree_of("rollout-0/2", 2))
     assert_nothing_dropped(buf)
+
+
+def solution(uid: str, version: int, steps: int = 2) -> list[StepSample]:
+    """An imitated response of ``steps`` step samples (as actors.journey makes them) for problem ``uid``."""
+    return [
+        StepSample(
+            state_tokens=[1, 2, *range(10, 10 + k)],
+            action_tokens=[20 + k],
+            behaviour_logprobs=[0.0],
+            policy_version=version,
+            advantage=1.0,
+            value_target=1.0,
+            state_value=1.0,
+            problem_uid=uid,
+            source="shortcut",
+        )
+        for k in range(steps)
+    ]
+
+
+def test_solution_replay_keeps_each_problems_newest_response_and_draws_its_share(tmp_path: Path) -> None:
+    buf = ReplayBuffer(
+        capacity=64,
+        max_policy_lag=1,
+        rate_limiter=RateLimiter(1, 1.0, 1000.0),
+        solution_replay=0.5,
+        solution_capacity=2,
+    )
+    assert buf.try_insert([step(0), *solution("a", 0)])
+    assert buf.try_insert([step(1), *solution("a", 1)])  # a newer response of the same problem replaces it
+    assert buf.try_insert([step(2), *solution("b", 1)])
+    assert buf.stats()["solutions"] == 2
+    assert buf.try_insert([step(3), *solution("c", 1, steps=3)])  # the archive's cap drops "a", archived first
+    assert set(buf._solutions) == {"b", "c"}
+    out = buf.try_sample(4, current_version=9)  # far past the lag: every FIFO item is stale
+    assert out is None  # the archive never stands in for fresh data
+    for i in range(4, 8):
+        assert buf.try_insert([step(i, version=9)])
+    out = buf.try_sample(4, current_version=9)
+    fresh, replayed = out[:2], out[2:]
+    assert [s.action_tokens for s in fresh] == [[4], [5]]  # half the batch is FIFO, oldest first
+    assert all(s.meta["replayed_solution"] and s.problem_uid in {"b", "c"} for s in replayed)
+    assert buf.stats()["solutions_replayed"] == 2
+    buf.snapshot(tmp_path / "replay.json")
+    again = ReplayBuffer.restore(tmp_path / "replay.json")
+    assert {u: [s.action_tokens for s in v] for u, v in again._solutions.items()} == {
+        u: [s.action_tokens for s in v] for u, v in buf._solutions.items()
+    }
+    assert [s.action_tokens for s in again.try_sample(4, 9)] == [s.action_tokens for s in buf.try_sample(4, 9)]
+
+
+def test_solution_replay_share_is_refused_outside_zero_to_one() -> None:
+    with pytest.raises(ValueError, match="solution_replay must be in"):
+        ReplayBuffer(capacity=8, solution_replay=1.0)
