@@ -124,25 +124,39 @@ def final_scores(path: Path, held, eval_cfg, out: Path, name: str) -> dict:
 
 
 def search_against_sampling(init: str, config: str, overrides: list[str], held) -> dict:
-    """The config's search and best-of-N at the same generated tokens per problem, on the held-out set."""
+    """The config's search and best-of-N at the same generated tokens per problem, on the held-out set.
+
+    Best-of-N samples at the policy's own temperature (1) and, when the search samples at another, at that
+    one too; the better of the two is the baseline, so a search temperature never weakens sampling's side."""
     common = [*overrides, f"model.path={init}"]
     cfg = load_config(config, common)
     model, tok = build_policy(cfg.model)
     head = value_head_for(model, init)
     search = search_row(model, tok, head, held, cfg.search)
+    baselines = {
+        t: best_of_n_at(search["tokens_per_problem"], model, tok, head, held, config, common, t)
+        for t in sorted({1.0, cfg.search.temperature})
+    }
+    best = max(baselines.values(), key=lambda b: b["best_of_n_coverage"])
+    return {"search": search, **best, "best_of_n_by_temperature": baselines}
+
+
+def best_of_n_at(tokens: float, model, tok, head, held, config: str, common: list[str], temperature: float) -> dict:
+    """Best-of-N's coverage at ``tokens`` generated tokens per problem, sampled at ``temperature``:
+    interpolated between the two sample counts that bracket those tokens."""
 
     def best_of(n: int) -> dict:
-        s = load_config(config, [*common, "search.kind=best_of_n", f"search.best_of_n.num_samples={n}"]).search
-        return search_row(model, tok, head, held, s)
+        extra = ["search.kind=best_of_n", f"search.best_of_n.num_samples={n}", f"search.temperature={temperature}"]
+        return search_row(model, tok, head, held, load_config(config, [*common, *extra]).search)
 
     eight = best_of(8)
     per_sample = eight["tokens_per_problem"] / 8
-    n_low = max(1, math.floor(search["tokens_per_problem"] / max(per_sample, 1e-9)))
+    n_low = max(1, math.floor(tokens / max(per_sample, 1e-9)))
     low, high = (eight if n_low == 8 else best_of(n_low)), best_of(n_low + 1)
     t0, t1 = low["tokens_per_problem"], high["tokens_per_problem"]
-    share = min(max((search["tokens_per_problem"] - t0) / max(t1 - t0, 1e-9), 0.0), 1.0)
+    share = min(max((tokens - t0) / max(t1 - t0, 1e-9), 0.0), 1.0)
     return {
-        "search": search,
+        "temperature": temperature,
         "best_of_n": {n_low: low, n_low + 1: high},
         "best_of_n_coverage": low["any_correct"] + share * (high["any_correct"] - low["any_correct"]),
         "best_of_n_tokens_per_problem": t0 + share * (t1 - t0),
@@ -232,7 +246,10 @@ def main(argv: list[str]) -> dict:
     s, b = compare["search"], compare["best_of_n_coverage"]
     lines.append(
         f"\nsearch ({cfg.search.kind}) coverage {s['any_correct']:.3f} at {s['tokens_per_problem']:.0f} tokens per "
-        f"problem; best-of-N {b:.3f} at {compare['best_of_n_tokens_per_problem']:.0f}"
+        f"problem; best-of-N {b:.3f} at {compare['best_of_n_tokens_per_problem']:.0f} "
+        f"(temperature {compare['temperature']:g}, the better of "
+        + ", ".join(f"{t:g}: {v['best_of_n_coverage']:.3f}" for t, v in compare["best_of_n_by_temperature"].items())
+        + ")"
     )
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
