@@ -14,12 +14,8 @@ it directly. Semantics:
 - Each accepted insert may carry its actor's cursor (the next problem of its shard), so the items a
   snapshot holds and the cursors it records always agree, and a resumed actor continues right after the
   last tree the buffer took.
-- Self-imitation (``buffer.solution_replay``; Oh et al. 2018, "Self-Imitation Learning"): the newest
-  imitated response (``IMITATION_SOURCES``, e.g. a solved tree's best path: its step samples) of each
-  problem also enters an archive of ``solution_capacity`` problems, and that share of every sample is drawn
-  from it, whole responses of problems picked uniformly with replacement. A problem the search solved once
-  keeps teaching after its tree left the buffer, the way an SFT pool is revisited every epoch; archive
-  draws are outside the rate limiter and the lag rule.
+- Self-imitation (``buffer.solution_replay``, :mod:`actors.solutions`): that share of every sample is drawn
+  from an archive of each problem's newest imitated response, outside the rate limiter and the lag rule.
 - ``snapshot`` / ``restore`` write JSON (no pickle) including the RNG state and the cursors, so a restored
   buffer returns the same items for the same calls.
 
@@ -41,9 +37,10 @@ from typing import Any, Literal
 
 from arbor.actors.ledger import TreeLedger
 from arbor.actors.rate_limiter import RateLimiter
+from arbor.actors.solutions import SolutionArchive
 from arbor.core.errors import DataError
 from arbor.core.runs import random_state_from_json, random_state_to_json
-from arbor.core.samples import IMITATION_SOURCES, REPLAYED_FLAG, StepSample
+from arbor.core.samples import StepSample
 
 SNAPSHOT_FORMAT = "arbor.replay/1"
 DEMO_FLAG = "demonstration"  # meta key set on off-policy traces inserted with insert_demonstrations
@@ -83,8 +80,6 @@ class ReplayBuffer:
             raise ValueError(f"max_policy_lag must be >= 0, got {max_policy_lag}")
         if not 0.0 <= solution_replay < 1.0:
             raise ValueError(f"solution_replay must be in [0, 1), got {solution_replay}")
-        if solution_capacity < 1:
-            raise ValueError(f"solution_capacity must be >= 1, got {solution_capacity}")
         self.capacity = capacity
         self.sampler = sampler
         self.max_policy_lag = max_policy_lag
@@ -92,9 +87,7 @@ class ReplayBuffer:
         self.seed = seed
         self.priority_eps = priority_eps
         self.solution_replay = solution_replay
-        self.solution_capacity = solution_capacity
-        # problem uid -> the step samples of its newest imitated response, the longest-archived first
-        self._solutions: dict[str, list[StepSample]] = {}
+        self._solutions = SolutionArchive(solution_capacity)
         self._rng = random.Random(seed)
         self._items: dict[int, _Item] = {}  # insertion order == age, oldest first
         # policy version -> non-demonstration items of it: a sample checks staleness against the oldest
@@ -181,22 +174,8 @@ class ReplayBuffer:
             self.ledger.record(tree, n)
         self._take_cursor(cursor)
         if self.solution_replay:
-            self._archive(samples)
+            self._counters["solutions_archived"] += self._solutions.add(samples)
         return True
-
-    def _archive(self, samples: list[StepSample]) -> None:
-        """Keep each problem's newest imitated response; past ``solution_capacity`` problems the one archived
-        longest ago goes."""
-        fresh: dict[str, list[StepSample]] = {}
-        for sample in samples:
-            if sample.source in IMITATION_SOURCES and sample.problem_uid:
-                fresh.setdefault(sample.problem_uid, []).append(sample)
-        for uid, steps in fresh.items():
-            self._solutions.pop(uid, None)
-            self._solutions[uid] = steps
-            self._counters["solutions_archived"] += 1
-        while len(self._solutions) > self.solution_capacity:
-            del self._solutions[next(iter(self._solutions))]
 
     def _take_cursor(self, cursor: tuple[str, int] | None) -> None:
         if cursor is not None:
@@ -282,11 +261,7 @@ class ReplayBuffer:
         self._last_lags = dict(Counter(current_version - it.sample.policy_version for it in chosen if not it.is_demo))
         out = [(it.key, it.sample) for it in chosen]
         if replayed:  # key -1: archive draws have no priority to update
-            archive = list(self._solutions.values())
-            drawn: list[StepSample] = []
-            while len(drawn) < replayed:  # whole responses, the last one cut to the batch
-                drawn += self._rng.choice(archive)
-            out += [(-1, replace(s, meta={**s.meta, REPLAYED_FLAG: True})) for s in drawn[:replayed]]
+            out += [(-1, s) for s in self._solutions.draw(self._rng, replayed)]
             self._counters["solutions_replayed"] += replayed
         return out
 
@@ -335,7 +310,7 @@ class ReplayBuffer:
                 "seed": self.seed,
                 "priority_eps": self.priority_eps,
                 "solution_replay": self.solution_replay,
-                "solution_capacity": self.solution_capacity,
+                "solution_capacity": self._solutions.capacity,
             },
             "rate_limiter": self.rate_limiter.to_json(),
             "counters": self._counters,
@@ -345,7 +320,7 @@ class ReplayBuffer:
                 "cursors": self._cursors,
                 "trees": self.ledger.to_json(),
                 "max_size": self.max_size,
-                "solutions": [[s.to_json() for s in steps] for steps in self._solutions.values()],
+                "solutions": self._solutions.to_json(),
             },
             "rng_state": random_state_to_json(self._rng.getstate()),
             "items": [
@@ -404,9 +379,7 @@ class ReplayBuffer:
             buf.ledger = TreeLedger.from_json(extra.get("trees", {}))
             buf.max_size = int(extra.get("max_size", 0))
             field = "extra.solutions"
-            for raw in extra.get("solutions", []):
-                steps = [StepSample.from_json(r) for r in raw]
-                buf._solutions[steps[0].problem_uid] = steps
+            buf._solutions.load_json(extra.get("solutions", []))
             field = "rng_state"
             buf._rng.setstate(random_state_from_json(state["rng_state"]))
             for i, raw in enumerate(state["items"]):

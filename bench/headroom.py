@@ -34,17 +34,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHECKS = "search.step_checks=true"
 CLOSE = "search.mcts.close_ended=true"  # ended steps and subtrees take no more simulations
+# Every lever off, sampling at temperature 1: the rows below add one lever at a time to this
+LEVERS_OFF = [
+    "search.step_checks=false",
+    "search.mcts.close_ended=false",
+    "search.distinct_children=false",
+    "search.mcts.temperature=1.0",
+]
 SETTINGS = {  # name -> search overrides on top of the config's search section
-    "mcts (config)": [],
-    "mcts, step checks": [CHECKS],
-    "mcts, 48 simulations": ["search.mcts.simulations=48"],
-    "mcts, 48, step checks": ["search.mcts.simulations=48", CHECKS],
-    "mcts, step checks, closed": [CHECKS, CLOSE],
-    "mcts, 48, step checks, closed": ["search.mcts.simulations=48", CHECKS, CLOSE],
-    "best_of_n, 8": ["search.kind=best_of_n", "search.best_of_n.num_samples=8"],
-    "best_of_n, 8, step checks": ["search.kind=best_of_n", "search.best_of_n.num_samples=8", CHECKS],
-    "best_of_n, 16": ["search.kind=best_of_n", "search.best_of_n.num_samples=16"],
-    "best_of_n, 32": ["search.kind=best_of_n", "search.best_of_n.num_samples=32"],
+    "mcts (config: step checks, distinct, closed)": [],
+    "mcts, plain": LEVERS_OFF,
+    "mcts, step checks": [*LEVERS_OFF, CHECKS],
+    "mcts, 48 simulations": [*LEVERS_OFF, "search.mcts.simulations=48"],
+    "mcts, 48, step checks": [*LEVERS_OFF, "search.mcts.simulations=48", CHECKS],
+    "mcts, step checks, closed": [*LEVERS_OFF, CHECKS, CLOSE],
+    "mcts, 48, step checks, closed": [*LEVERS_OFF, "search.mcts.simulations=48", CHECKS, CLOSE],
+    "best_of_n, 8": [*LEVERS_OFF, "search.kind=best_of_n", "search.best_of_n.num_samples=8"],
+    "best_of_n, 8, step checks": [*LEVERS_OFF, "search.kind=best_of_n", "search.best_of_n.num_samples=8", CHECKS],
+    "best_of_n, 16": [*LEVERS_OFF, "search.kind=best_of_n", "search.best_of_n.num_samples=16"],
+    "best_of_n, 32": [*LEVERS_OFF, "search.kind=best_of_n", "search.best_of_n.num_samples=32"],
 }
 PLAIN = ("best_of_n, 8", "best_of_n, 16", "best_of_n, 32")  # the sampling baseline, by its token cost
 

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from arbor.actors.evaluate import evaluate
-from arbor.core.config import ModelConfig, load_config
+from arbor.core.config import ModelConfig, behaviour_temperature, load_config
 from arbor.core.errors import ConfigError
 from arbor.core.model import build_policy, value_head_for
 from arbor.core.tasks import build_task
@@ -135,7 +135,7 @@ def search_against_sampling(init: str, config: str, overrides: list[str], held) 
     search = search_row(model, tok, head, held, cfg.search)
     baselines = {
         t: best_of_n_at(search["tokens_per_problem"], model, tok, head, held, config, common, t)
-        for t in sorted({1.0, cfg.search.temperature})
+        for t in sorted({1.0, behaviour_temperature(cfg.search)})
     }
     best = max(baselines.values(), key=lambda b: b["best_of_n_coverage"])
     return {"search": search, **best, "best_of_n_by_temperature": baselines}

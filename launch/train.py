@@ -25,7 +25,7 @@ import torch
 from arbor.actors.evaluate import evaluate
 from arbor.actors.search import HFStepBackend, evaluation_scorers, run_searches
 from arbor.actors.search.scaling import accuracy
-from arbor.core.config import ArborConfig, to_yaml
+from arbor.core.config import ArborConfig, behaviour_temperature, to_yaml
 from arbor.core.errors import ConfigError, Interrupted, RunFailed
 from arbor.core.integrity import check_weights
 from arbor.core.model import build_policy, build_tokenizer, model_dir, save_checkpoint, value_head_for
@@ -97,8 +97,9 @@ def check_train_inputs(cfg: ArborConfig) -> None:
     """What only ``arbor train`` needs of the config (the schema checks the rest)."""
     if cfg.train.init == "model" and not cfg.model.path and not cfg.resume:
         raise ConfigError("train.init=model needs config key 'model.path' (e.g. an SFT checkpoint directory)")
-    if cfg.search.temperature <= 0:
-        raise ConfigError("arbor train samples its behaviour policy: config key 'search.temperature' must be > 0")
+    key = "search.mcts.temperature" if cfg.search.kind == "mcts" else "search.temperature"
+    if behaviour_temperature(cfg.search) <= 0:
+        raise ConfigError(f"arbor train samples its behaviour policy: config key '{key}' must be > 0")
 
 
 def resume_hint(run_dir: Path) -> str:

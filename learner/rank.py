@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from arbor.core.channels import WeightChannel
-from arbor.core.config import ArborConfig
+from arbor.core.config import ArborConfig, behaviour_temperature
 from arbor.core.model import build_policy, save_checkpoint, value_head_for
 from arbor.core.runs import random_state_from_json, random_state_to_json
 from arbor.core.samples import StepSample, in_policy_lineage
@@ -200,14 +200,14 @@ def build_learner(
 ) -> ActorCriticLearner:
     """The actor-critic learner of one rank of ``world`` under ``cfg``, the one way every caller builds it:
     rows packed up to the model's position limit (``model.max_seq_len`` for a model that does not say),
-    log-probs at the behaviour temperature ``search.temperature``, this rank's share of the batch."""
+    log-probs at the behaviour temperature (``behaviour_temperature``), this rank's share of the batch."""
     return ActorCriticLearner(
         model,
         head,
         cfg.train,
         pad_id=pad_id,
         max_len=int(getattr(model.config, "max_position_embeddings", None) or cfg.model.max_seq_len),
-        temperature=cfg.search.temperature,
+        temperature=behaviour_temperature(cfg.search),
         rank_batch_size=cfg.train.batch_size // world,
         reference=reference,
         compute_dtype=cfg.model.dtype,

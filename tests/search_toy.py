@@ -120,10 +120,18 @@ _VARIANT = {  # a search setting's section in the schema, for tests that name se
 }
 
 
+def plain_search() -> SearchConfig:
+    """The schema's search with every lever off (no step checks, duplicates merged, ended steps not closed,
+    MCTS at temperature 1): the algorithms' own mechanics, which the tests of each lever build on."""
+    cfg = SearchConfig()
+    mcts = dataclasses.replace(cfg.mcts, close_ended=False, temperature=1.0)
+    return dataclasses.replace(cfg, step_checks=False, distinct_children=False, mcts=mcts)
+
+
 def search_cfg(base: SearchConfig | None = None, **settings) -> SearchConfig:
-    """``base`` (the schema's defaults) with ``settings`` applied, variant settings (``simulations``,
+    """``base`` (:func:`plain_search` if none) with ``settings`` applied, variant settings (``simulations``,
     ``beam_width``, ``num_samples``, ...) into their sections (``mcts``, ``beam``, ``best_of_n``)."""
-    cfg = base or SearchConfig()
+    cfg = base or plain_search()
     flat = {k: v for k, v in settings.items() if k not in _VARIANT}
     for section in ("mcts", "beam", "best_of_n"):
         mine = {("width" if k == "beam_width" else k): v for k, v in settings.items() if _VARIANT.get(k) == section}

@@ -107,7 +107,7 @@ def complete_one_answer(tree: SearchTree, cfg: SearchConfig, scorers: Scorers) -
     path = select_path(tree, 0.0, {})
     while not path[-1].terminal:
         leaf = path[-1]
-        results = yield [step_request(tree, leaf, 1, cfg, cfg.temperature)]
+        results = yield [step_request(tree, leaf, 1, cfg, cfg.mcts.temperature)]
         children = add_steps(tree, leaf, results[0], cfg, scorers, merge_duplicates=True)
         backup(path, leaf_value(leaf))
         if not children:  # the backend returned no step: nothing more to grow
@@ -150,7 +150,7 @@ def mcts(tree: SearchTree, cfg: SearchConfig, scorers: Scorers, rng: random.Rand
         if not batch:
             continue
         results = yield [
-            step_request(tree, p[-1], k, cfg, cfg.temperature, distinct=cfg.distinct_children)
+            step_request(tree, p[-1], k, cfg, cfg.mcts.temperature, distinct=cfg.distinct_children)
             for p, k in zip(batch, sizes)
         ]
         steps_sampled += sum(sizes)

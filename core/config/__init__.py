@@ -30,9 +30,11 @@ from arbor.core.config.schema import (
     TrainConfig,
     ValueConfig,
     WandbConfig,
+    behaviour_temperature,
 )
 
 __all__ = [
+    "behaviour_temperature",
     "ArborConfig",
     "ArithConfig",
     "BeamConfig",

@@ -195,7 +195,10 @@ class MCTSConfig:
     virtual_loss: float = nonneg(1.0)  # visits of value 0 added along a selected path while its leaf is pending
     leaves_per_round: int = positive(4)  # leaves one tree may add to one batched model call
     token_budget: int = nonneg(0)  # stop once the tree has generated this many tokens; 0: simulations decide
-    close_ended: bool = False  # an ended step takes no more simulations; a node whose steps all ended samples new ones
+    # MCTS's sampling temperature. 0.5 with distinct_children: steps drawn without replacement at 0.5 find more
+    # than best-of-N at temperature 1 for the same tokens (BENCHMARKS.md); at 1 they reach into illegal steps
+    temperature: float = nonneg(0.5)
+    close_ended: bool = True  # an ended step takes no more simulations; a node whose steps all ended samples new ones
 
 
 @dataclass
@@ -212,15 +215,15 @@ class BestOfNConfig:
 class SearchConfig:
     kind: SearchKind = SearchKind.mcts  # mcts | beam | best_of_n | greedy | shepherd (best-of-N + completions)
     children: int = positive(4)  # steps per expansion (MCTS, merging duplicates; beam's M; shepherd's completions)
-    temperature: float = nonneg(1.0)  # sampling temperature of the behaviour policy; 0 is greedy
+    temperature: float = nonneg(1.0)  # sampling temperature of the behaviour policy (MCTS: mcts.temperature); 0 greedy
     max_depth: int = positive(8)  # steps per response before a node counts as terminal
     max_step_tokens: int = positive(48)  # tokens per step before it is cut (and counted terminal)
     max_response_tokens: int = positive(96)  # tokens per response (all steps); must allow one full step
     leaf_value: LeafValue = LeafValue.value_head  # what values a non-terminal leaf
     terminal_value: TerminalValue = TerminalValue.verifier  # verifier (training) | value_head (never sees answers)
     answer_by: AnswerRule = AnswerRule.visits  # how a tree picks its final answer
-    step_checks: bool = False  # tasks that can judge a step as written (countdown, arith) score an illegal one 0
-    distinct_children: bool = False  # MCTS: a node's samples are drawn without replacement, never a step it has
+    step_checks: bool = True  # tasks that can judge a step as written (countdown, arith) score an illegal one 0
+    distinct_children: bool = True  # MCTS: a node's samples are drawn without replacement, never a step it has
     trees_in_flight: int = positive(16)  # trees the driver advances together, one batched model call per round
     max_batch_rows: int = positive(256)  # sequences per model call; larger rounds are split
     budgets: list[int] = each_positive([])  # test-time scaling budgets for `arbor eval`; [] skips it
@@ -229,6 +232,12 @@ class SearchConfig:
     mcts: MCTSConfig = field(default_factory=MCTSConfig)  # search.kind=mcts
     beam: BeamConfig = field(default_factory=BeamConfig)  # search.kind=beam
     best_of_n: BestOfNConfig = field(default_factory=BestOfNConfig)  # search.kind=best_of_n | shepherd
+
+
+def behaviour_temperature(search: SearchConfig) -> float:
+    """The temperature ``search`` samples its steps at (MCTS has its own, ``search.mcts.temperature``): the
+    behaviour policy the learner's log-probs must be taken at."""
+    return search.mcts.temperature if search.kind == SearchKind.mcts else search.temperature
 
 
 @dataclass

@@ -66,7 +66,8 @@ def test_headroom_counts_every_chain_and_bounds_solved_by_correct_answers(policy
     assert result["problems"] == 4 and 0.0 <= result["greedy_accuracy"] <= 1.0
     rows = result["searches"]
     assert list(rows) == [
-        "mcts (config)",
+        "mcts (config: step checks, distinct, closed)",
+        "mcts, plain",
         "mcts, step checks",
         "mcts, 48 simulations",
         "mcts, 48, step checks",

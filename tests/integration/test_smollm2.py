@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from arbor.actors.search import HFStepBackend, run_searches, training_scorers
-from arbor.core.config import DataConfig, TaskConfig, load_config
+from arbor.core.config import DataConfig, TaskConfig, behaviour_temperature, load_config
 from arbor.core.errors import ModelLoadError
 from arbor.core.gguf import convert, converted_dir
 from arbor.core.model import load_pretrained, load_value_head, save_checkpoint, value_head_for
@@ -145,9 +145,14 @@ def test_behaviour_logprobs_equal_the_learners_recomputation(policy, smollm2):
     model, tokenizer, head = policy
     backend = HFStepBackend(model, tokenizer, head, seed=3)
     problem = build_task(TaskConfig()).train_problem(5)
-    (tree,) = run_searches(backend, [problem], search_cfg(STEPS, simulations=4, children=2), training_scorers)
+    search = search_cfg(STEPS, simulations=4, children=2)
+    (tree,) = run_searches(backend, [problem], search, training_scorers)
     samples = [s for s in tree_to_samples(tree, value_head_weight=1.0) if s.action_tokens]
-    cfg = load_config(DEFAULT_CONFIG, ["train.engine=torch", "train.batch_size=4", "buffer.min_size_to_sample=4"])
+    cfg = load_config(
+        DEFAULT_CONFIG,
+        ["train.engine=torch", "train.batch_size=4", "buffer.min_size_to_sample=4"]
+        + [f"search.mcts.temperature={search.mcts.temperature}"],  # the learner reads it off the config
+    )
     learner = build_learner(cfg, model, head, tokenizer.pad_token_id)
     batch = collate_steps(samples, tokenizer.pad_token_id, learner.max_len, 0)
     with torch.no_grad():
@@ -155,7 +160,7 @@ def test_behaviour_logprobs_equal_the_learners_recomputation(policy, smollm2):
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             targets=batch.action_mask,
-            temperature=cfg.search.temperature,
+            temperature=behaviour_temperature(cfg.search),
         )
     gap = (logp - batch.behav_logp)[batch.action_mask].abs().max()
     assert batch.action_mask.sum() > 10 and float(gap) < 1e-4

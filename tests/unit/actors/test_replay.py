@@ -310,7 +310,7 @@ def test_solution_replay_keeps_each_problems_newest_response_and_draws_its_share
     assert buf.try_insert([step(2), *solution("b", 1)])
     assert buf.stats()["solutions"] == 2
     assert buf.try_insert([step(3), *solution("c", 1, steps=3)])  # the archive's cap drops "a", archived first
-    assert set(buf._solutions) == {"b", "c"}
+    assert buf._solutions.problems() == ["b", "c"]
     out = buf.try_sample(4, current_version=9)  # far past the lag: every FIFO item is stale
     assert out is None  # the archive never stands in for fresh data
     for i in range(4, 8):
@@ -322,9 +322,7 @@ def test_solution_replay_keeps_each_problems_newest_response_and_draws_its_share
     assert buf.stats()["solutions_replayed"] == 2
     buf.snapshot(tmp_path / "replay.json")
     again = ReplayBuffer.restore(tmp_path / "replay.json")
-    assert {u: [s.action_tokens for s in v] for u, v in again._solutions.items()} == {
-        u: [s.action_tokens for s in v] for u, v in buf._solutions.items()
-    }
+    assert again._solutions.to_json() == buf._solutions.to_json()
     assert [s.action_tokens for s in again.try_sample(4, 9)] == [s.action_tokens for s in buf.try_sample(4, 9)]
 
 
