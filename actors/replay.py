@@ -40,10 +40,9 @@ from arbor.actors.rate_limiter import RateLimiter
 from arbor.actors.solutions import SolutionArchive
 from arbor.core.errors import DataError
 from arbor.core.runs import random_state_from_json, random_state_to_json
-from arbor.core.samples import StepSample
+from arbor.core.samples import DEMO_FLAG, StepSample
 
 SNAPSHOT_FORMAT = "arbor.replay/1"
-DEMO_FLAG = "demonstration"  # meta key set on off-policy traces inserted with insert_demonstrations
 
 
 @dataclass

@@ -20,6 +20,7 @@ from arbor.core.tasks.base import STEP_SEP
 # an advantage: responses the search assembled from a finished tree (``actors.journey``), which no policy
 # sampled as written, so there is no behaviour probability to correct with.
 IMITATION_SOURCES = ("journey", "shortcut")
+DEMO_FLAG = "demonstration"  # meta key set on off-policy traces inserted with ReplayBuffer.insert_demonstrations
 # Meta flag of an imitated response the replay buffer draws again from its archive of solved problems
 # (``buffer.solution_replay``): it was made by an older policy on purpose, so it is no measure of policy lag.
 REPLAYED_FLAG = "replayed_solution"
@@ -28,7 +29,7 @@ REPLAYED_FLAG = "replayed_solution"
 def in_policy_lineage(sample: StepSample) -> bool:
     """Whether ``sample``'s policy version says how stale the learner's data is: not a demonstration from
     outside the run, not a solution replayed from the archive."""
-    return not (sample.meta.get("demonstration") or sample.meta.get(REPLAYED_FLAG))
+    return not (sample.meta.get(DEMO_FLAG) or sample.meta.get(REPLAYED_FLAG))
 
 
 @dataclass(frozen=True)
