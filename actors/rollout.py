@@ -1,14 +1,15 @@
 """The rollout actor: tree search on its shard of training problems, finished trees streamed to the buffer.
 
-Loop (``run``): take the next ``search.trees_in_flight`` problems of this actor's seeded shard, run the
+Loop (``run``): keep ``search.trees_in_flight`` problems of this actor's seeded shard in flight, run the
 configured search with one batched model call per round, and as each tree finishes turn it into step
-samples and insert them at once (blocking while the buffer applies backpressure). Before every round
-(``between_rounds``) it polls the weight channel with its current version and loads newer weights
-(the backend drops its KV cache), so a long search picks up updates and a busy actor never misses one.
+samples, insert them at once (blocking while the buffer applies backpressure) and start the next problem
+in its place. Before every round (``between_rounds``) it polls the weight channel with its current version
+and loads newer weights (the backend drops its KV cache), so a long search picks up updates and a busy
+actor never misses one.
 
 Only finished trees are inserted, as one all-or-nothing insert; a tree cut short by a crash or a stop
 request never reaches the buffer. Each tree is named ``ACTOR/CURSOR`` and announced to the buffer before
-its round is searched, so the buffer's ledger accounts for every tree: inserted once (possibly empty), or
+it is searched, so the buffer's ledger accounts for every tree: inserted once (possibly empty), or
 discarded in flight. A restarted actor pulls the current weights in ``__init__``, before
 it searches anything, and resumes its shard at the cursor the buffer kept.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -173,36 +175,44 @@ class RolloutWorker:
     # ---- the loop -----------------------------------------------------------------------------
 
     def run(self, max_trees: int = 0) -> dict[str, Any]:
-        """Search and stream trees until stopped (or ``max_trees`` trees, for sync mode); returns totals."""
-        done = 0
-        search_cfg = self.cfg.search
+        """Search and stream trees until stopped (or ``max_trees`` trees, for sync mode); returns totals.
+
+        The shard goes to the search as one lazy stream: each problem's tree is announced to the buffer as
+        it is taken, and a finished tree's place goes to the next problem at once, so every model call
+        stays ``search.trees_in_flight`` trees wide (a round of fixed batches waited for its longest tree,
+        with the call narrowing as the others ended)."""
         self.pull()  # sync rounds start from the weights the last round published
-        while not self.stop and (max_trees <= 0 or done < max_trees):
-            n = search_cfg.trees_in_flight if max_trees <= 0 else min(search_cfg.trees_in_flight, max_trees - done)
-            batch = self._next_problems(n)
-            cursors = [c for c, _ in batch]
-            self.buffer.begin([self.tree_id(c) for c in cursors])
-            self.backend.reseed(round_seed(self.cfg.train.seed, self.index, cursors[0], self.restarted))
-            t0 = time.perf_counter()
+        if self.stop:
+            return self.report()
+        taken: dict[int, tuple[int, Problem]] = {}  # stream index -> (cursor, problem), while in flight
 
-            def on_finished(i: int, tree: SearchTree, batch=batch) -> None:
-                self._emit(tree, *batch[i])
+        def shard():
+            for i in itertools.count():
+                if self.stop or (max_trees > 0 and i >= max_trees):
+                    return
+                ((cursor, problem),) = self._next_problems(1)
+                self.buffer.begin([self.tree_id(cursor)])
+                taken[i] = (cursor, problem)
+                yield problem
 
-            try:
-                run_searches(
-                    self.backend,
-                    [p for _, p in batch],
-                    search_cfg,
-                    self.process.scorers_for(training_scorers),
-                    between_rounds=self._pull_between_rounds if max_trees <= 0 else None,
-                    on_finished=on_finished,
-                )
-            except StopSearch:
-                break
-            self.totals["search_seconds"] += time.perf_counter() - t0
-            done += len(batch)
-            if max_trees <= 0:
-                self.pull()
+        def on_finished(i: int, tree: SearchTree) -> None:
+            self._emit(tree, *taken.pop(i))
+
+        self.backend.reseed(round_seed(self.cfg.train.seed, self.index, self.cursor, self.restarted))
+        t0 = time.perf_counter()
+        try:
+            run_searches(
+                self.backend,
+                shard(),
+                self.cfg.search,
+                self.process.scorers_for(training_scorers),
+                between_rounds=self._pull_between_rounds if max_trees <= 0 else None,
+                on_finished=on_finished,
+                collect=False,
+            )
+        except StopSearch:
+            pass
+        self.totals["search_seconds"] += time.perf_counter() - t0
         return self.report()
 
     def tree_id(self, cursor: int) -> str:

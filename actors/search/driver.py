@@ -12,8 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from arbor.actors.search.answer import AnswerExtractor, choose_answer
@@ -89,13 +88,19 @@ def scorers_by_config(cfg: SearchConfig, scorers: Scorers) -> Scorers:
 
 def run_searches(
     backend: StepBackend,
-    problems: Sequence[Problem],
+    problems: Iterable[Problem],
     cfg: SearchConfig,
     scorers_for: Callable[[Problem], Scorers] = training_scorers,
     between_rounds: Callable[[], None] | None = None,
     on_finished: Callable[[int, SearchTree], None] | None = None,
+    collect: bool = True,
 ) -> list[SearchTree]:
     """Search every problem with ``cfg.kind``, ``cfg.trees_in_flight`` trees at a time; trees in input order.
+
+    ``problems`` may be any iterable, read lazily: a finished tree's place in the batch goes to the next
+    problem at once, so model calls stay ``trees_in_flight`` trees wide until the input runs out (a rollout
+    actor passes its endless shard). ``collect=False`` keeps no finished tree and returns ``[]`` (trees go
+    to ``on_finished`` only), so an endless stream holds only the trees in flight.
 
     ``scorers_for`` gives each problem its value sources (the verifier by default, for training rollouts);
     ``cfg.terminal_value=value_head`` overrides it so that evaluation never sees the reference.
@@ -103,15 +108,18 @@ def run_searches(
     backend, so a long search picks them up without stopping (each node records the version it came from).
     ``on_finished(index, tree)`` runs as each tree completes (where a rollout actor streams it to the buffer).
     """
-    queue = deque(enumerate(problems))
+    pending = enumerate(problems)
+    exhausted = False
     flying: list[_Flight] = []
-    out: list[SearchTree | None] = [None] * len(problems)
+    out: dict[int, SearchTree] = {}
+    launched = 0
 
     def finish(f: _Flight) -> None:
         compute_mc_values(f.tree)
         chosen = choose_answer(f.tree, cfg.answer_by, f.extract)
         f.tree.answer_node = chosen.id if chosen is not None else None
-        out[f.index] = f.tree
+        if collect:
+            out[f.index] = f.tree
         if on_finished is not None:
             on_finished(f.index, f.tree)
         prompt = tuple(f.tree.prompt_tokens)
@@ -133,10 +141,17 @@ def run_searches(
             return
         flying.append(f)
 
-    while queue or flying:
-        while queue and len(flying) < cfg.trees_in_flight:
-            launch(*queue.popleft())
+    while True:
+        while not exhausted and len(flying) < cfg.trees_in_flight:
+            item = next(pending, None)
+            if item is None:
+                exhausted = True
+            else:
+                launched += 1
+                launch(*item)
         if not flying:
+            if exhausted:
+                break
             continue
         if between_rounds is not None:
             between_rounds()
@@ -153,7 +168,9 @@ def run_searches(
             except StopIteration:
                 flying.remove(f)
                 finish(f)
-    missing = [i for i, t in enumerate(out) if t is None]
+    if not collect:
+        return []
+    missing = [i for i in range(launched) if i not in out]
     if missing:  # callers pair trees with problems by position; a gap would misalign every score after it
         raise RuntimeError(f"search finished without a tree for problems {missing[:10]}")
-    return out  # type: ignore[return-value]
+    return [out[i] for i in range(launched)]

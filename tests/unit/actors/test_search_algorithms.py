@@ -130,6 +130,32 @@ def test_virtual_loss_sends_distinct_leaves_and_the_driver_batches_trees():
     assert len(one.calls) > 2 * len(policy.calls)
 
 
+def test_the_driver_reads_a_stream_lazily_and_refills_each_finished_trees_place():
+    # closed trees end after different numbers of rounds, so fixed batches would leave slots empty
+    cfg = _cfg(simulations=8, children=2, leaves_per_round=2, close_ended=True, trees_in_flight=3)
+    pulled, finished = [], []
+
+    def stream():
+        for p in _problems(9):
+            pulled.append(p.uid)
+            yield p
+
+    def on_finished(i, tree):
+        finished.append((i, tree.problem_uid))
+        assert len(pulled) - len(finished) <= cfg.trees_in_flight  # no problem is taken before a slot is free
+
+    policy = FixedLogitPolicy(seed=8)
+    assert run_searches(policy, stream(), cfg, lambda p: VERIFIER, on_finished=on_finished, collect=False) == []
+    assert sorted(finished) == [(i, f"toy/{i}") for i in range(9)]
+    # every flying tree sends at least one request, so a call narrower than the batch has an empty slot: that
+    # happens only once the stream has run out (batches of 3 searched one after another give 3, 6, 5, 3, 2, 2,
+    # 1, 3, ...)
+    narrow = [k for k, width in enumerate(policy.calls) if width < cfg.trees_in_flight]
+    assert narrow and all(w < cfg.trees_in_flight for w in policy.calls[narrow[0] :]), policy.calls
+    kept = run_searches(FixedLogitPolicy(seed=8), iter(_problems(9)), cfg, lambda p: VERIFIER)
+    assert [t.problem_uid for t in kept] == [f"toy/{i}" for i in range(9)]  # a stream keeps input order too
+
+
 def test_dirichlet_noise_changes_only_root_priors():
     cfg = _cfg(simulations=3, children=12, dirichlet_eps=0.5)
     quiet = search_cfg(cfg, dirichlet_eps=0.0)
