@@ -224,7 +224,7 @@ class SearchConfig:
     answer_by: AnswerRule = AnswerRule.visits  # how a tree picks its final answer
     step_checks: bool = True  # tasks that can judge a step as written (countdown, arith) score an illegal one 0
     distinct_children: bool = True  # MCTS: a node's samples are drawn without replacement, never a step it has
-    trees_in_flight: int = positive(16)  # trees the driver advances together, one batched model call per round
+    trees_in_flight: int = positive(64)  # trees the driver advances together, one batched model call per round
     max_batch_rows: int = positive(256)  # sequences per model call; larger rounds are split
     budgets: list[int] = each_positive([])  # test-time scaling budgets for `arbor eval`; [] skips it
     kinds: list[CurveKind] = field(default_factory=lambda: list(CurveKind))  # kinds on the scaling curve
@@ -296,19 +296,22 @@ class BufferConfig:
     capacity: int = positive(8192)  # replay buffer items
     sampler: Sampler = Sampler.fifo  # fifo (each item trained on once) | prioritized (|advantage|, replacement)
     max_policy_lag: int = nonneg(8)  # items more than this many versions behind are evicted, never trained on
-    samples_per_insert: float = positive(1.0)  # Reverb SampleToInsertRatio: learner samples per inserted item
+    # Reverb SampleToInsertRatio: learner samples per inserted item. Below 1 the actors run ahead of the learner
+    # (a tree's many step samples outnumber what the learner can take) and more problems get searched
+    samples_per_insert: float = positive(0.25)
     min_size_to_sample: int = positive(512)  # the learner waits until the buffer holds this many items
     error_buffer: float = positive(1024.0)  # slack of the rate limiter around the ratio, in samples
     # self-imitation: this share of every learner batch is drawn from an archive of each problem's newest
     # imitated response (train.journey.mode shortcut or journey makes them); 0 is off (actors/replay.py)
-    solution_replay: float = _bounded(0.0, ge=0, lt=1)
+    solution_replay: float = _bounded(0.5, ge=0, lt=1)
     solution_capacity: int = positive(4096)  # problems the archive keeps, the longest-archived dropped first
 
 
 @dataclass
 class JourneyConfig:
-    mode: JourneyMode = JourneyMode.off  # journey: each solved tree as a trace with its dead ends | shortcut: its best
-    # path | off. The trace is imitated beside the tree's own samples (actors/journey.py, docs/training-notes.md)
+    # shortcut: each solved tree's best path | journey: a trace with its dead ends | off. The trace is imitated
+    # beside the tree's own samples (actors/journey.py, docs/training-notes.md)
+    mode: JourneyMode = JourneyMode.shortcut
     coef: float = nonneg(1.0)  # weight of the imitation loss on the traces' tokens
     max_dead_ends: int = nonneg(2)  # failed branches a journey trace walks before the successful one
 
