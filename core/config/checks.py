@@ -96,7 +96,8 @@ def check_train(cfg: ArborConfig) -> None:
     if b.solution_replay and t.journey.mode == "off":
         raise ConfigError(
             "config key 'buffer.solution_replay': the archive holds imitated responses, and "
-            "train.journey.mode=off makes none; set train.journey.mode=shortcut (or journey)"
+            "train.journey.mode=off makes none; with mode off set buffer.solution_replay=0 too, or keep "
+            "train.journey.mode=shortcut (or journey)"
         )
     if b.min_size_to_sample > b.capacity:
         raise ConfigError(

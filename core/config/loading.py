@@ -79,7 +79,19 @@ def _explain(exc: OmegaConfBaseException, source: str, given: Any) -> ConfigErro
     return ConfigError(f"{source}: bad value for config key '{key}': {str(exc).splitlines()[0]}")
 
 
+def _choice_words(node: DictConfig) -> DictConfig:
+    """YAML 1.1 reads ``off`` as false: a choice key that has an ``off`` value gets it back (so
+    ``train.journey.mode=off`` means off, not an error), in a recipe and in an override alike."""
+    for key in _leaf_keys(node):
+        value = OmegaConf.select(node, key, throw_on_missing=False)
+        if value is False and _field_type(key).startswith("one of ") and "off" in _field_type(key)[7:].split(", "):
+            OmegaConf.update(node, key, "off", merge=False)
+    return node
+
+
 def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    if isinstance(other, DictConfig):
+        other = _choice_words(other)
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as exc:

@@ -115,7 +115,7 @@ def test_trace_samples_are_imitation_steps_after_the_prompt(mode: str, expected:
         assert b.state_tokens == a.state_tokens + a.action_tokens
     assert tok.decode([t for s in samples for t in s.action_tokens], skip_special_tokens=True) == expected
     assert len(samples) == expected.count("\n") + 1
-    assert trace_samples(tree, PROBLEM, _cfg(), tok, 256) == []  # mode off
+    assert trace_samples(tree, PROBLEM, _cfg("train.journey.mode=off", "buffer.solution_replay=0"), tok, 256) == []
     # the learner's positions bound the trace too: only the plain path fits 26 + 40 tokens
     short = trace_samples(tree, PROBLEM, _cfg("train.journey.mode=journey", "search.max_response_tokens=160"), tok, 66)
     assert all(s.source == "journey" for s in short) and len(short) == 4
@@ -129,5 +129,6 @@ def test_a_task_without_a_journey_format_is_refused_by_name():
 
 def test_solution_replay_without_imitated_responses_is_refused_by_name():
     with pytest.raises(ConfigError, match="buffer.solution_replay"):
-        _cfg("buffer.solution_replay=0.25")
+        _cfg("buffer.solution_replay=0.25", "train.journey.mode=off")
     assert _cfg("buffer.solution_replay=0.25", "train.journey.mode=shortcut").buffer.solution_replay == 0.25
+    assert str(_cfg().train.journey.mode) == "shortcut" and _cfg().buffer.solution_replay > 0  # the recipe

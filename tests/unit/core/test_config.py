@@ -148,7 +148,7 @@ def test_choices_compare_and_print_as_their_values():
         ("run.name=/tmp/x", "'run.name' must be a plain directory name"),
         ("run.name=a/b", "'run.name' must be a plain directory name"),
         (
-            "train.batch_size=2000 buffer.capacity=4096",
+            "train.batch_size=2000 buffer.capacity=4096 buffer.samples_per_insert=1",
             "'train.batch_size' (2000) exceeds what the buffer admits before the learner's first sample",
         ),
     ],
@@ -170,3 +170,16 @@ def test_a_moved_key_says_where_it_went(tmp_path: Path):
 def test_search_config_defaults_load():
     cfg = load_config(DEFAULT_CONFIG, ["search.kind=beam", "search.beam.width=8", "search.children=2"])
     assert cfg.search.kind == "beam" and cfg.search.beam.width == 8
+
+
+def test_off_is_a_choice_word_not_a_yaml_false(tmp_path):
+    # YAML 1.1 reads `off` as false; a choice key with an `off` value means that value, in overrides and recipes
+    cfg = load_config(None, ["train.journey.mode=off", "buffer.solution_replay=0"])
+    assert str(cfg.train.journey.mode) == "off"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  journey:\n    mode: off\nbuffer:\n  solution_replay: 0\n")
+    assert str(load_config(str(recipe)).train.journey.mode) == "off"
+    with pytest.raises(ConfigError, match="buffer.solution_replay=0"):  # the archive needs imitated responses
+        load_config(None, ["train.journey.mode=off"])
+    with pytest.raises(ConfigError, match="train.value_trunk_grad"):  # a bool key stays a bool
+        load_config(None, ["train.value_trunk_grad=sometimes"])
