@@ -30,8 +30,8 @@ def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
     return [prefix]
 
 
-def _field_type(key: str) -> str:
-    """The declared type of a dotted key, as a reader would write it (``int``, ``Optional[str]``...)."""
+def _field_hint(key: str) -> Any:
+    """The declared type hint of a dotted key (a list's element type for ``key[i]``), or None if unknown."""
     import typing
 
     cls: Any = ArborConfig
@@ -39,11 +39,19 @@ def _field_type(key: str) -> str:
     for part in re.sub(r"\[\d+\]", "", key).split("."):
         hints = typing.get_type_hints(cls)
         if part not in hints:
-            return "a valid value"
+            return None
         hint = hints[part]
         cls = hint
     if typing.get_origin(hint) is list:  # a list's element, e.g. search.kinds[1]
         hint = typing.get_args(hint)[0]
+    return hint
+
+
+def _field_type(key: str) -> str:
+    """The declared type of a dotted key, as a reader would write it (``int``, ``Optional[str]``...)."""
+    hint = _field_hint(key)
+    if hint is None:
+        return "a valid value"
     if isinstance(hint, type) and issubclass(hint, Enum):
         return "one of " + ", ".join(m.value for m in hint)
     return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
@@ -84,7 +92,10 @@ def _choice_words(node: DictConfig) -> DictConfig:
     ``train.journey.mode=off`` means off, not an error), in a recipe and in an override alike."""
     for key in _leaf_keys(node):
         value = OmegaConf.select(node, key, throw_on_missing=False)
-        if value is False and _field_type(key).startswith("one of ") and "off" in _field_type(key)[7:].split(", "):
+        if value is not False:
+            continue
+        hint = _field_hint(key)
+        if isinstance(hint, type) and issubclass(hint, Enum) and "off" in {m.value for m in hint}:
             OmegaConf.update(node, key, "off", merge=False)
     return node
 
