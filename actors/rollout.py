@@ -37,7 +37,7 @@ from arbor.actors.search import (
     training_scorers,
 )
 from arbor.core.channels import BufferClient, Reporter, WeightChannel, split_published
-from arbor.core.config import ArborConfig
+from arbor.core.config import ArborConfig, SearchConfig
 from arbor.core.model import build_policy, value_head_for
 from arbor.core.samples import StepSample
 from arbor.core.tasks import Problem, build_task, step_separator
@@ -56,6 +56,9 @@ def round_seed(train_seed: int, actor_index: int, cursor: int, restarted: bool) 
     """
     key = f"rollout/{train_seed}/{actor_index}/{cursor}/{int(restarted)}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+SKIP_LIMIT = 10_000  # solved problems train.skip_solved passes over in a row before it searches one again
 
 
 class StopSearch(Exception):
@@ -111,8 +114,12 @@ class RolloutWorker:
         # right after the last tree the buffer actually took.
         self.cursor = self.buffer.cursors().get(self.name, 0)
         self.stop = False
+        self.solved: set[str] = set()  # problem keys this actor's trees solved (train.skip_solved)
+        self.failed: set[str] = set()  # ... and those whose last tree did not (train.retry_simulations)
         self.totals: dict[str, float] = {
             "trees": 0,
+            "skipped_solved": 0,
+            "retries": 0,
             "empty_trees": 0,
             "verifier_crashed": 0,
             "samples": 0,
@@ -163,14 +170,36 @@ class RolloutWorker:
             problem = dataclasses.replace(problem, reference={})
         return problem
 
-    def _next_problems(self, n: int) -> list[tuple[int, Problem]]:
-        out = []
-        while len(out) < n:
-            p = self.problem_at(self.cursor)
-            if p is not None:
-                out.append((self.cursor, p))
+    def next_problem(self) -> tuple[int, Problem]:
+        """The next searchable problem of the shard and its cursor; the cursor moves past it. With
+        ``train.skip_solved`` a problem this actor has solved is passed over (unless every one of the next
+        ``SKIP_LIMIT`` is solved: then the space is spent and it searches again)."""
+        passed = 0
+        while True:
+            problem = self.problem_at(self.cursor)
             self.cursor += 1
-        return out
+            if problem is None:
+                continue
+            if self.cfg.train.skip_solved and problem.key in self.solved and passed < SKIP_LIMIT:
+                passed += 1
+                self.totals["skipped_solved"] += 1
+                continue
+            return self.cursor - 1, problem
+
+    def search_cfg_for(self, problem: Problem) -> SearchConfig:
+        """The search settings of one problem: ``train.retry_simulations`` for one whose tree failed here."""
+        retry = self.cfg.train.retry_simulations
+        if not retry or problem.key not in self.failed:
+            return self.cfg.search
+        self.totals["retries"] += 1
+        return dataclasses.replace(self.cfg.search, mcts=dataclasses.replace(self.cfg.search.mcts, simulations=retry))
+
+    def _remember(self, problem: Problem, tree: SearchTree) -> None:
+        if any(n.outcome == 1.0 for n in tree.terminals()):
+            self.solved.add(problem.key)
+            self.failed.discard(problem.key)
+        else:
+            self.failed.add(problem.key)
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -190,13 +219,15 @@ class RolloutWorker:
             for i in itertools.count():
                 if self.stop or (max_trees > 0 and i >= max_trees):
                     return
-                ((cursor, problem),) = self._next_problems(1)
+                cursor, problem = self.next_problem()
                 self.buffer.begin([self.tree_id(cursor)])
                 taken[i] = (cursor, problem)
                 yield problem
 
         def on_finished(i: int, tree: SearchTree) -> None:
-            self._emit(tree, *taken.pop(i))
+            cursor, problem = taken.pop(i)
+            self._emit(tree, cursor, problem)
+            self._remember(problem, tree)
 
         self.backend.reseed(round_seed(self.cfg.train.seed, self.index, self.cursor, self.restarted))
         t0 = time.perf_counter()
@@ -209,6 +240,7 @@ class RolloutWorker:
                 between_rounds=self._pull_between_rounds if max_trees <= 0 else None,
                 on_finished=on_finished,
                 collect=False,
+                cfg_for=self.search_cfg_for,
             )
         except StopSearch:
             pass

@@ -94,6 +94,7 @@ def run_searches(
     between_rounds: Callable[[], None] | None = None,
     on_finished: Callable[[int, SearchTree], None] | None = None,
     collect: bool = True,
+    cfg_for: Callable[[Problem], SearchConfig] | None = None,
 ) -> list[SearchTree]:
     """Search every problem with ``cfg.kind``, ``cfg.trees_in_flight`` trees at a time; trees in input order.
 
@@ -107,6 +108,8 @@ def run_searches(
     ``between_rounds`` runs before every batched call: where a rollout actor pulls new weights into the
     backend, so a long search picks them up without stopping (each node records the version it came from).
     ``on_finished(index, tree)`` runs as each tree completes (where a rollout actor streams it to the buffer).
+    ``cfg_for(problem)`` gives one problem its own search settings (a larger budget for a problem that failed
+    before); the batch width stays ``cfg.trees_in_flight``.
     """
     pending = enumerate(problems)
     exhausted = False
@@ -127,12 +130,13 @@ def run_searches(
             backend.release(prompt)
 
     def launch(index: int, problem: Problem) -> None:
+        mine = cfg_for(problem) if cfg_for is not None else cfg
         tree = SearchTree(problem.uid, problem.prompt, backend.encode(problem.prompt))
-        rng = random.Random(f"{cfg.seed}/{problem.uid}")
-        scorers = scorers_by_config(cfg, scorers_for(problem))
-        if cfg.step_checks and has_step_check(problem.task):  # the problem's statement only, never its answer
+        rng = random.Random(f"{mine.seed}/{problem.uid}")
+        scorers = scorers_by_config(mine, scorers_for(problem))
+        if mine.step_checks and has_step_check(problem.task):  # the problem's statement only, never its answer
             scorers = dataclasses.replace(scorers, step=lambda r, p=problem: step_fault(p.task, r, p.reference))
-        proc = make_search(tree, cfg, scorers, rng)
+        proc = make_search(tree, mine, scorers, rng)
         f = _Flight(index, tree, proc, [], lambda response, kind=problem.task: extract_answer(kind, response))
         try:
             f.requests = next(proc)

@@ -99,6 +99,11 @@ def check_train(cfg: ArborConfig) -> None:
             "train.journey.mode=off makes none; with mode off set buffer.solution_replay=0 too, or keep "
             "train.journey.mode=shortcut (or journey)"
         )
+    if t.retry_simulations and cfg.search.kind != "mcts":
+        raise ConfigError(
+            f"config key 'train.retry_simulations': it sets MCTS simulations, and search.kind is "
+            f"{cfg.search.kind}; set search.kind=mcts or train.retry_simulations=0"
+        )
     if b.min_size_to_sample > b.capacity:
         raise ConfigError(
             f"config key 'buffer.min_size_to_sample' ({b.min_size_to_sample}) exceeds 'buffer.capacity' "

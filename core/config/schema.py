@@ -331,6 +331,9 @@ class TrainConfig:
     grad_clip: float = nonneg(1.0)  # max gradient norm (0: no clipping)
     policy_loss: PolicyLoss = PolicyLoss.decoupled_ppo  # decoupled_ppo | ppo | vtrace
     clip_eps: float = positive(0.2)  # PPO clip range around the proximal policy (ppo, decoupled_ppo)
+    # weight of the policy gradient on the sampled steps; 0 with train.journey leaves expert iteration: the
+    # learner imitates what the search solved and fits the value head, and no step is pushed by its advantage
+    policy_coef: float = nonneg(1.0)
     value_coef: float = nonneg(0.5)  # weight of the value loss
     entropy_coef: float = nonneg(0.0)  # weight of the entropy bonus
     kl_coef: float = nonneg(0.0)  # weight of the k3 KL to the frozen init policy (0: no reference model kept)
@@ -345,6 +348,11 @@ class TrainConfig:
     weight_sync: WeightSync = WeightSync.object_store  # object_store: one ray.put | collective: torch.distributed
     sync_trees_per_round: int = positive(32)  # sync, local: trees searched (over all actors) per round
     visit_coef: float = nonneg(0.0)  # weight of the cross-entropy to the search's visit shares over sibling steps
+    # Search budget by what the actor has seen: a problem it solved is not searched again (its best path keeps
+    # teaching from the self-imitation archive), and one whose tree failed gets retry_simulations MCTS
+    # simulations when it comes round again (0: search.mcts.simulations). Actor-local; a restart forgets.
+    skip_solved: bool = False
+    retry_simulations: int = nonneg(0)
     journey: JourneyConfig = field(default_factory=JourneyConfig)  # imitation of what each solved tree found
     demonstrations: str | None = None  # JSONL of {prompt, response} traces inserted as off-policy demonstrations
     eval_every: int = nonneg(20)  # held-out greedy evaluation every this many learner steps (0: before/after)

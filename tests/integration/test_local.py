@@ -12,6 +12,8 @@ import pytest
 
 from arbor.core.config import load_config
 from arbor.core.errors import ConfigError
+from arbor.core.tree import SearchTree
+from arbor.launch.local import LocalRuntime
 from arbor.launch.train import run_train
 from tests.conftest import DEFAULT_CONFIG, REPO, train_overrides
 
@@ -94,3 +96,29 @@ def test_keep_checkpoints_keeps_the_newest_and_the_best_held_out_one(init_ckpt, 
     expected = {"step-000004", "step-000005", f"step-{best:06d}"}
     assert {p.name for p in root.glob("step-*")} == expected
     assert (root / "latest").read_text() == "step-000005" and not list(root.glob(".tmp-*"))
+
+
+def test_an_actor_passes_over_what_it_solved_and_gives_what_failed_the_retry_budget(init_ckpt, tmp_path):
+    extra = {**LOCAL, "train.skip_solved": True, "train.retry_simulations": 6}
+    runtime = LocalRuntime(load_config(DEFAULT_CONFIG, train_overrides(tmp_path, init_ckpt, **extra)))
+    runtime.start("skip", str(init_ckpt), None, 0, None)
+    worker = runtime.workers[0]
+    worker.run(max_trees=3)
+    searched = [(c, p) for c in range(worker.cursor) if (p := worker.problem_at(c)) is not None]
+    assert len(searched) == 3 and worker.totals["retries"] == 0
+    assert worker.solved | worker.failed == {p.key for _, p in searched}  # the random init: mostly failures
+    # the first problem's tree reaches the answer after all
+    (c0, p0), (c1, p1) = searched[0], searched[1]
+    tree = SearchTree(p0.uid, p0.prompt, [1])
+    tree.add_child(tree.root, text="x", terminal=True, outcome=1.0)
+    worker._remember(p0, tree)
+    assert p0.key in worker.solved and p0.key not in worker.failed
+    retry = worker.search_cfg_for(p1)
+    assert p1.key in worker.failed and retry.mcts.simulations == 6
+    assert retry.children == worker.cfg.search.children  # only the budget changes
+    worker.cursor = c0
+    assert worker.next_problem() == (c1, p1) and worker.totals["skipped_solved"] == 1
+    worker.cursor = c0
+    worker.run(max_trees=2)  # searches p1 and p2 again, both with the retry budget; p0 is passed over
+    assert worker.totals["skipped_solved"] == 2 and worker.totals["retries"] == 3  # the look above counted one
+    assert worker.totals["trees"] == 5

@@ -156,6 +156,26 @@ def test_the_driver_reads_a_stream_lazily_and_refills_each_finished_trees_place(
     assert [t.problem_uid for t in kept] == [f"toy/{i}" for i in range(9)]  # a stream keeps input order too
 
 
+def test_the_driver_searches_each_problem_with_the_settings_cfg_for_gives_it():
+    # close_ended=False: an ended step takes revisits, so a tree's root visits are its own simulation budget
+    cfg = _cfg(simulations=2, children=2, leaves_per_round=1, close_ended=False, trees_in_flight=4)
+    big = search_cfg(cfg, simulations=12)
+    trees = run_searches(
+        FixedLogitPolicy(seed=3),
+        _problems(6),
+        cfg,
+        lambda p: VERIFIER,
+        cfg_for=lambda p: big if int(p.uid.split("/")[1]) % 2 else cfg,
+    )
+    alone = [
+        run_searches(FixedLogitPolicy(seed=3), [p], big if i % 2 else cfg, lambda p: VERIFIER)[0]
+        for i, p in enumerate(_problems(6))
+    ]
+    small, large = [t.root.visits for t in trees[0::2]], [t.root.visits for t in trees[1::2]]
+    assert small == [2, 2, 2] and large == [12, 12, 12], (small, large)
+    assert [t.root.visits for t in trees] == [t.root.visits for t in alone]  # each as its own settings search it
+
+
 def test_dirichlet_noise_changes_only_root_priors():
     cfg = _cfg(simulations=3, children=12, dirichlet_eps=0.5)
     quiet = search_cfg(cfg, dirichlet_eps=0.0)

@@ -172,6 +172,13 @@ def test_search_config_defaults_load():
     assert cfg.search.kind == "beam" and cfg.search.beam.width == 8
 
 
+def test_a_retry_budget_is_an_mcts_budget():
+    cfg = load_config(None, ["train.retry_simulations=48", "train.skip_solved=true"])
+    assert cfg.train.retry_simulations == 48 and cfg.train.skip_solved
+    with pytest.raises(ConfigError, match="train.retry_simulations.*search.kind is beam"):
+        load_config(None, ["train.retry_simulations=48", "search.kind=beam"])
+
+
 def test_off_is_a_choice_word_not_a_yaml_false(tmp_path):
     # YAML 1.1 reads `off` as false; a choice key with an `off` value means that value, in overrides and recipes
     cfg = load_config(None, ["train.journey.mode=off", "buffer.solution_replay=0"])
