@@ -172,6 +172,7 @@ class ActorCriticLearner:
             value_coef=cfg.value_coef,
             entropy_coef=cfg.entropy_coef,
             kl_coef=cfg.kl_coef,
+            policy_coef=cfg.policy_coef,
         )
         self.skipped_nonfinite = 0
         self.steps = 0

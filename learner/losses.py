@@ -300,6 +300,7 @@ class LossCoefficients:
     value_clip: float | None = None  # PPO2 value clip around the old values; None: no clipping
     entropy_coef: float = 0.0  # weight of the entropy bonus (subtracted from the loss)
     kl_coef: float = 0.0  # weight of the k3 KL to the frozen reference
+    policy_coef: float = 1.0  # weight of the policy-gradient term (0: the value, imitation and regularisers only)
 
 
 @dataclass
@@ -330,8 +331,13 @@ class LossOutput:
 def combine(
     policy: PolicyLossOutput, value: ValueLossOutput, entropy: Tensor, kl: Tensor, coefs: LossCoefficients
 ) -> LossOutput:
-    """The one total: policy + value_coef * value - entropy_coef * entropy + kl_coef * kl."""
-    loss = policy.loss + coefs.value_coef * value.loss - coefs.entropy_coef * entropy + coefs.kl_coef * kl
+    """The one total: policy_coef * policy + value_coef * value - entropy_coef * entropy + kl_coef * kl."""
+    loss = (
+        coefs.policy_coef * policy.loss
+        + coefs.value_coef * value.loss
+        - coefs.entropy_coef * entropy
+        + coefs.kl_coef * kl
+    )
     return LossOutput(loss=loss, policy=policy, value=value, entropy=entropy, kl=kl)
 
 
@@ -352,7 +358,7 @@ def regularisers(inputs: LossInputs, coefs: LossCoefficients) -> tuple[Tensor, T
 
 
 def total_loss(inputs: LossInputs, coefs: LossCoefficients) -> LossOutput:
-    """policy + value_coef * value - entropy_coef * entropy + kl_coef * kl, with the decoupled PPO policy loss."""
+    """policy_coef * policy + value_coef * value - entropy_coef * entropy + kl_coef * kl (decoupled PPO policy)."""
     policy = decoupled_ppo_loss(
         inputs.logp,
         inputs.prox_logp,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -217,6 +218,14 @@ def test_total_loss_composes_the_terms() -> None:
     assert values.grad is not None and case["logp"].grad is not None
     with pytest.raises(ValueError, match="logits"):
         total_loss(LossInputs(**{**inputs.__dict__, "logits": None}), coefs)
+    # policy_coef weights the policy term alone: at 0 the policy's tokens get only the regularisers' gradient
+    inputs.logp.grad = None
+    half = total_loss(inputs, dataclasses.replace(coefs, policy_coef=0.5))
+    assert half.loss.item() == pytest.approx(expected - 0.5 * 1.9 / 3)
+    assert half.policy.loss.item() == pytest.approx(1.9 / 3)  # reported unweighted
+    bare = dataclasses.replace(coefs, policy_coef=0.0, entropy_coef=0.0, kl_coef=0.0)
+    total_loss(inputs, bare).loss.backward()
+    assert inputs.logp.grad is not None and float(inputs.logp.grad.abs().sum()) == 0.0
 
 
 def test_vtrace_by_hand() -> None:
