@@ -99,6 +99,11 @@ def check_train(cfg: ArborConfig) -> None:
             "train.journey.mode=off makes none; with mode off set buffer.solution_replay=0 too, or keep "
             "train.journey.mode=shortcut (or journey)"
         )
+    if not t.policy_coef and t.journey.mode == "off" and not t.visit_coef:
+        raise ConfigError(
+            "config key 'train.policy_coef': at 0 with train.journey.mode=off and train.visit_coef=0 nothing "
+            "trains the policy; keep train.journey.mode=shortcut (expert iteration) or raise train.policy_coef"
+        )
     if t.retry_simulations and cfg.search.kind != "mcts":
         raise ConfigError(
             f"config key 'train.retry_simulations': it sets MCTS simulations, and search.kind is "

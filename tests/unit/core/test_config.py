@@ -172,6 +172,12 @@ def test_search_config_defaults_load():
     assert cfg.search.kind == "beam" and cfg.search.beam.width == 8
 
 
+def test_a_policy_coefficient_of_zero_needs_something_else_to_train_the_policy():
+    assert load_config(None, ["train.policy_coef=0"]).train.policy_coef == 0  # the recipe imitates its archive
+    with pytest.raises(ConfigError, match="train.policy_coef.*nothing trains the policy"):
+        load_config(None, ["train.policy_coef=0", "train.journey.mode=off", "buffer.solution_replay=0"])
+
+
 def test_a_retry_budget_is_an_mcts_budget():
     cfg = load_config(None, ["train.retry_simulations=48", "train.skip_solved=true"])
     assert cfg.train.retry_simulations == 48 and cfg.train.skip_solved
