@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from arbor.actors.journey import trace_samples
+from arbor.actors.journey import best_leaf, trace_samples
 from arbor.actors.search import (
     HFStepBackend,
     ProcessRewards,
@@ -195,7 +195,7 @@ class RolloutWorker:
         return dataclasses.replace(self.cfg.search, mcts=dataclasses.replace(self.cfg.search.mcts, simulations=retry))
 
     def _remember(self, problem: Problem, tree: SearchTree) -> None:
-        if any(n.outcome == 1.0 for n in tree.terminals()):
+        if best_leaf(tree) is not None:  # solved: a right leaf, the one the archive imitates
             self.solved.add(problem.key)
             self.failed.discard(problem.key)
         else:
