@@ -25,6 +25,10 @@ class StepRequest:
     # (actors.search.distinct); exclude holds the node's known steps as (token ids, per-token log-probs)
     distinct: bool = False
     exclude: tuple[tuple[tuple[int, ...], tuple[float, ...]], ...] = ()
+    # distinct_batched: draw all of a distinct request's missing samples in each round (conditioned on the steps
+    # known before it); a draw that repeats another of its round is dropped and drawn again in the next. Fewer
+    # model calls than one draw a round, at the price of the dropped draws' tokens
+    distinct_batched: bool = False
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ def step_request(
         max_tokens=max(1, min(cfg.max_step_tokens, left)),
         temperature=temperature,
         distinct=distinct,
+        distinct_batched=distinct and cfg.distinct_batched,
         exclude=tuple((tuple(k.token_ids), tuple(k.logprobs)) for k in known),
     )
 

@@ -186,9 +186,11 @@ class HFStepBackend:
             if any(r.num_samples for r in requests):
                 self._decode(requests, results)
             return
-        # Distinct requests draw one sample a round, each conditioned on every step known so far; plain
-        # requests of the chunk sample all of theirs in the first round.
+        # Distinct requests draw one sample a round, each conditioned on every step known so far (batched ones
+        # draw all they still need, and a draw that repeats another of its round is drawn again next round);
+        # plain requests of the chunk sample all of theirs in the first round.
         tries = [ExclusionTrie(r.exclude) if r.distinct else None for r in requests]
+        known = [{s for s, _ in r.exclude} if r.distinct else None for r in requests]
         left = [r.num_samples for r in requests]
         while True:
             wave = [
@@ -196,17 +198,34 @@ class HFStepBackend:
             ]
             if not wave:
                 return
+            drawn = [len(results[i].steps) for i in wave]
             self._decode(
-                [requests[i] if not requests[i].distinct else replace(requests[i], num_samples=1) for i in wave],
+                [self._wave_request(requests[i], left[i]) for i in wave],
                 [results[i] for i in wave],
                 [tries[i] for i in wave],
             )
-            for i in wave:
-                if requests[i].distinct:
-                    left[i] -= 1
-                    tries[i].add(results[i].steps[-1].token_ids, results[i].steps[-1].logprobs)
-                else:
+            for i, first in zip(wave, drawn):
+                if not requests[i].distinct:
                     left[i] = 0
+                    continue
+                kept = []
+                for step in results[i].steps[first:]:
+                    key = tuple(step.token_ids)
+                    if key in known[i] and requests[i].distinct_batched:
+                        continue  # a twin of a step drawn beside it: its tokens are spent, the draw is repeated
+                    known[i].add(key)
+                    tries[i].add(step.token_ids, step.logprobs)
+                    kept.append(step)
+                results[i].steps[first:] = kept
+                left[i] -= max(1, len(kept))  # at most num_samples rounds, whatever repeats
+
+    @staticmethod
+    def _wave_request(request: StepRequest, left: int) -> StepRequest:
+        """What one round of ``_run`` asks of ``request``: all its samples (plain), the ``left`` it still
+        needs (distinct, batched) or one (distinct)."""
+        if not request.distinct:
+            return request
+        return replace(request, num_samples=left if request.distinct_batched else 1)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past=None):
         """One model pass: (logits [B,T,V], values [B,T] or None, cache)."""

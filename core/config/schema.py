@@ -224,6 +224,9 @@ class SearchConfig:
     answer_by: AnswerRule = AnswerRule.visits  # how a tree picks its final answer
     step_checks: bool = True  # tasks that can judge a step as written (countdown, arith) score an illegal one 0
     distinct_children: bool = True  # MCTS: a node's samples are drawn without replacement, never a step it has
+    # distinct_children, batched: a node's missing samples are drawn together each round and a twin of another is
+    # drawn again next round (false: one draw a round, each conditioned on the last; no tokens spent on twins)
+    distinct_batched: bool = False
     trees_in_flight: int = positive(64)  # trees the driver advances together, one batched model call per round
     max_batch_rows: int = positive(256)  # sequences per model call; larger rounds are split
     budgets: list[int] = each_positive([])  # test-time scaling budgets for `arbor eval`; [] skips it
