@@ -43,6 +43,7 @@ LEVERS_OFF = [
 ]
 SETTINGS = {  # name -> search overrides on top of the config's search section
     "mcts (config: step checks, distinct, closed)": [],
+    "mcts (config: step checks), distinct batched": ["search.distinct_batched=true"],
     "mcts, plain": LEVERS_OFF,
     "mcts, step checks": [*LEVERS_OFF, CHECKS],
     "mcts, 48 simulations": [*LEVERS_OFF, "search.mcts.simulations=48"],

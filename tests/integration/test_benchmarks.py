@@ -67,6 +67,7 @@ def test_headroom_counts_every_chain_and_bounds_solved_by_correct_answers(policy
     rows = result["searches"]
     assert list(rows) == [
         "mcts (config: step checks, distinct, closed)",
+        "mcts (config: step checks), distinct batched",
         "mcts, plain",
         "mcts, step checks",
         "mcts, 48 simulations",
