@@ -2,7 +2,7 @@
 what it lost (nothing, when it passes).
 
     python bench/faults.py                  # the whole campaign (about 15 minutes on 2 cores)
-    python bench/faults.py --quick          # every phase, a few faults each (what tests/ runs)
+    python bench/faults.py --quick          # every phase, a few faults each (tests/ runs it without interrupts)
     python bench/faults.py --phases actors,driver [key=value ...]   # some phases; overrides for every run
 
 Each phase runs the real command (``python -m arbor.launch.cli train``) as a user's shell would, in a
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     extra = dict(o.split("=", 1) for o in args.overrides)
     actor_kills = args.actor_kills if args.actor_kills is not None else (2 if args.quick else 20)
     driver_kills = args.driver_kills if args.driver_kills is not None else (2 if args.quick else 10)
-    seconds = 25 if args.quick else 60
+    seconds = 15 if args.quick else 60  # the backpressure and poison phases' wall budget
     rng = random.Random(args.seed)
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="arbor-faults-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/limits.py [CONFIG] [key=value ...]       # configs/countdown_tiny.yaml; ~2 min on 2 cores
     .venv/bin/python bench/limits.py --device cuda [key=value ...]  # the GPU figures; says "no cuda" without one
+    .venv/bin/python bench/limits.py --repeats 2 [key=value ...]    # fewer timed rounds (what tests/ runs)
 
 Every ratio is Arbor over the limit (1 = at the limit), from two things timed back to back in this run,
 ``REPEATS`` times after a warm-up (the in-process replay ``REPLAY_ROUNDS`` times); the median is reported.
@@ -307,14 +308,28 @@ def table(r: dict) -> str:
     return "\n".join([head, *lines])
 
 
+def flag(argv: list[str], name: str, default: str) -> tuple[str, list[str]]:
+    """The value after ``name`` in ``argv`` (``default`` without it), and ``argv`` without the pair."""
+    if name not in argv:
+        return default, argv
+    i = argv.index(name)
+    if i + 1 >= len(argv):
+        raise SystemExit(f"{name} needs a value")
+    return argv[i + 1], argv[:i] + argv[i + 2 :]
+
+
 def main(argv: list[str]) -> dict:
+    global REPEATS, REPLAY_ROUNDS
     command = " ".join([".venv/bin/python bench/limits.py", *argv])
-    device = "cpu"
-    if "--device" in argv:
-        i = argv.index("--device")
-        device, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
-        if device not in ("cpu", "cuda"):
-            raise SystemExit(f"--device must be cpu or cuda, got {device!r}")
+    device, argv = flag(argv, "--device", "cpu")
+    if device not in ("cpu", "cuda"):
+        raise SystemExit(f"--device must be cpu or cuda, got {device!r}")
+    repeats, argv = flag(argv, "--repeats", str(REPEATS))
+    if not repeats.isdigit() or int(repeats) < 1:
+        raise SystemExit(f"--repeats must be a whole number of at least 1, got {repeats!r}")
+    if int(repeats) != REPEATS:  # the replay's rounds shrink alike: each is about a millisecond of deque work
+        REPLAY_ROUNDS = max(1, REPLAY_ROUNDS * int(repeats) // REPEATS)
+        REPEATS = int(repeats)
     config = argv[0] if argv and "=" not in argv[0] else "configs/countdown_tiny.yaml"
     cfg = load_config(config, [*BENCH, *[a for a in argv if "=" in a]])
     t0 = time.time()
@@ -338,7 +353,7 @@ def main(argv: list[str]) -> dict:
         learned, learner = learner_rounds(cfg, trees, peaks)
         result |= rollout | learned | replay_figures(trees, cfg) | ray_rounds(cfg, learner, trees)
         result["matmul_peak_gflops"] = statistics.median(peaks) / 1e9
-    result["seconds"] = time.time() - t0
+    result["seconds"], result["repeats"] = time.time() - t0, REPEATS
     print(table(result))
     print(json.dumps(result))
     return result

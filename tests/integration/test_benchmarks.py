@@ -37,7 +37,7 @@ def bench(script: str, *args: str, timeout: int = 600) -> dict:
 
 
 def test_limits_measures_every_path_with_positive_finite_figures():
-    result = bench("limits.py", *TINY, *SMALL_SEARCH, *TINY_RL)
+    result = bench("limits.py", "--repeats", "2", *TINY, *SMALL_SEARCH, *TINY_RL)
     ratios = [k for k in result if k.endswith(("_vs_peak", "_vs_deque", "_vs_memcpy", "_vs_ray_deque"))]
     ratios += ["learner_mfu_torch", "learner_mfu_deepspeed", "matmul_peak_gflops"]
     assert len(ratios) >= 10
@@ -105,8 +105,9 @@ def test_failures_files_every_wrong_answer(policy_checkpoints):
 
 
 def test_faults_campaign_loses_nothing_at_quick_size():
-    """bench/faults.py --quick: every phase with a few real kills; the same floors as the full campaign."""
-    r = bench("faults.py", "--quick", *TINY, timeout=1200)
+    """bench/faults.py --quick: every phase but interrupts with a few real kills; the same floors as the full
+    campaign. Ctrl-C and a dead learner rank are test_interrupt.py's, on the same command."""
+    r = bench("faults.py", "--quick", "--phases", "actors,driver,backpressure,poison", *TINY, timeout=1200)
     assert r["actor_kills"] >= 2 and r["actors_exit"] == 0
     assert r["actor_restarts"] >= 1 and r["restarts_on_current_weights"] == r["actor_restarts"]
     assert r["trees_generated"] == r["trees_inserted"] + r["trees_discarded"] and r["trees_inserted"] > 0
@@ -115,7 +116,6 @@ def test_faults_campaign_loses_nothing_at_quick_size():
     assert r["latest_complete_after_kill"] == r["driver_kills"] and r["driver_exit"] == 0
     assert r["steps_repeated"] == r["steps_skipped"] == r["steps_state_mismatch"] == 0
     assert r["steps_trained"] == r["steps_target"]
-    assert r["sigint_ok"] and r["learner_kill_ok"]
     assert r["backpressure_exit"] == 0 and r["blocked_inserts"] > 0
     # at this size items can age past the lag bound while actors wait (evicted, counted in "dropped"); the
     # full campaign measures dropped == 0 at the default size (BENCHMARKS.md, "Faults")
