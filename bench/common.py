@@ -27,6 +27,16 @@ Trees = list[list[StepSample]]  # each finished tree's step samples
 CPU = torch.device("cpu")
 
 
+def option(argv: list[str], name: str, default: str | None = None) -> tuple[str | None, list[str]]:
+    """The value of ``NAME VALUE`` in ``argv`` (``default`` without it), and ``argv`` without the pair."""
+    if name not in argv:
+        return default, argv
+    i = argv.index(name)
+    if i + 1 >= len(argv):
+        raise SystemExit(f"{name} needs a value")
+    return argv[i + 1], argv[:i] + argv[i + 2 :]
+
+
 def machine() -> dict:
     """CPU model, cores, torch threads and version, date."""
     lines = Path("/proc/cpuinfo").read_text().splitlines()

@@ -26,7 +26,7 @@ import sys
 import time
 
 import torch
-from common import batches, machine, make_learner, policy, search, train_flops  # bench/ is on sys.path
+from common import batches, machine, make_learner, option, policy, search, train_flops  # bench/ is on sys.path
 
 from arbor.actors.search import HFStepBackend
 from arbor.core.config import load_config
@@ -55,10 +55,7 @@ def logprob_gap(model, tokenizer, samples, learner_max_len: int, temperature: fl
 
 
 def main(argv: list[str]) -> dict:
-    half = "bfloat16"
-    if "--half" in argv:
-        i = argv.index("--half")
-        half, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
+    half, argv = option(argv, "--half", "bfloat16")
     config = argv[0] if argv and "=" not in argv[0] else "configs/countdown_tiny.yaml"
     base = load_config(config, [*BENCH, *[a for a in argv if "=" in a]])
     torch.set_num_threads(base.threads)

@@ -52,6 +52,7 @@ from common import (
     machine,
     make_learner,
     medians,
+    option,
     policy,
     search,
     train_flops,
@@ -308,23 +309,13 @@ def table(r: dict) -> str:
     return "\n".join([head, *lines])
 
 
-def flag(argv: list[str], name: str, default: str) -> tuple[str, list[str]]:
-    """The value after ``name`` in ``argv`` (``default`` without it), and ``argv`` without the pair."""
-    if name not in argv:
-        return default, argv
-    i = argv.index(name)
-    if i + 1 >= len(argv):
-        raise SystemExit(f"{name} needs a value")
-    return argv[i + 1], argv[:i] + argv[i + 2 :]
-
-
 def main(argv: list[str]) -> dict:
     global REPEATS, REPLAY_ROUNDS
     command = " ".join([".venv/bin/python bench/limits.py", *argv])
-    device, argv = flag(argv, "--device", "cpu")
+    device, argv = option(argv, "--device", "cpu")
     if device not in ("cpu", "cuda"):
         raise SystemExit(f"--device must be cpu or cuda, got {device!r}")
-    repeats, argv = flag(argv, "--repeats", str(REPEATS))
+    repeats, argv = option(argv, "--repeats", str(REPEATS))
     if not repeats.isdigit() or int(repeats) < 1:
         raise SystemExit(f"--repeats must be a whole number of at least 1, got {repeats!r}")
     if int(repeats) != REPEATS:  # the replay's rounds shrink alike: each is about a millisecond of deque work

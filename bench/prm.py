@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import option  # bench/ is on sys.path
 
 from arbor.actors.search import HFStepBackend, Scorers, run_searches
 from arbor.actors.search.scaling import accuracy, accuracy_by_rule
@@ -54,17 +55,9 @@ BENCH = [
 ]
 
 
-def _option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
-    """The value of ``--name VALUE`` in ``argv`` (None if absent), and ``argv`` without it."""
-    if name not in argv:
-        return None, argv
-    i = argv.index(name)
-    return argv[i + 1], argv[:i] + argv[i + 2 :]
-
-
 def main(argv: list[str]) -> dict:
-    policy, argv = _option(argv, "--policy")
-    prm_path, argv = _option(argv, "--prm")
+    policy, argv = option(argv, "--policy")
+    prm_path, argv = option(argv, "--prm")
     config = argv[0] if argv and "=" not in argv[0] else "configs/countdown_tiny.yaml"
     overrides = argv[1:] if argv and "=" not in argv[0] else argv
     root = Path("runs") / f"bench-prm-{time.strftime('%Y%m%d-%H%M%S')}"

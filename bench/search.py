@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import option  # bench/ is on sys.path
 
 from arbor.actors.search import HFStepBackend, run_searches
 from arbor.actors.search.driver import evaluation_scorers
@@ -115,13 +116,8 @@ def prepare(config: str, base: list[str], reuse: str | None, policy: str | None)
 
 
 def main(argv: list[str]) -> dict:
-    reuse = policy = None
-    if "--reuse" in argv:  # tuning only: the reported figures come from a full run
-        i = argv.index("--reuse")
-        reuse, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
-    if "--policy" in argv:
-        i = argv.index("--policy")
-        policy, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
+    reuse, argv = option(argv, "--reuse")  # tuning only: the reported figures come from a full run
+    policy, argv = option(argv, "--policy")
     config = argv[0] if argv and "=" not in argv[0] else "configs/countdown_tiny.yaml"
     overrides = argv[1:] if argv and "=" not in argv[0] else argv
     root = Path("runs") / f"bench-search-{time.strftime('%Y%m%d-%H%M%S')}"
