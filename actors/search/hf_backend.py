@@ -190,7 +190,7 @@ class HFStepBackend:
         # draw all they still need, and a draw that repeats another of its round is drawn again next round);
         # plain requests of the chunk sample all of theirs in the first round.
         tries = [ExclusionTrie(r.exclude) if r.distinct else None for r in requests]
-        known = [{s for s, _ in r.exclude} if r.distinct else None for r in requests]
+        known = [{s for s, _ in r.exclude} if r.distinct_batched else None for r in requests]  # to spot twins
         left = [r.num_samples for r in requests]
         while True:
             wave = [
@@ -210,10 +210,10 @@ class HFStepBackend:
                     continue
                 kept = []
                 for step in results[i].steps[first:]:
-                    key = tuple(step.token_ids)
-                    if key in known[i] and requests[i].distinct_batched:
-                        continue  # a twin of a step drawn beside it: its tokens are spent, the draw is repeated
-                    known[i].add(key)
+                    if known[i] is not None:
+                        if tuple(step.token_ids) in known[i]:
+                            continue  # a twin of a step drawn beside it: its tokens are spent, the draw is repeated
+                        known[i].add(tuple(step.token_ids))
                     tries[i].add(step.token_ids, step.logprobs)
                     kept.append(step)
                 results[i].steps[first:] = kept
