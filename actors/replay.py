@@ -40,7 +40,7 @@ from arbor.actors.rate_limiter import RateLimiter
 from arbor.actors.solutions import SolutionArchive
 from arbor.core.errors import DataError
 from arbor.core.runs import random_state_from_json, random_state_to_json
-from arbor.core.samples import DEMO_FLAG, StepSample
+from arbor.core.samples import ARCHIVE_ONLY_SOURCES, DEMO_FLAG, StepSample
 
 SNAPSHOT_FORMAT = "arbor.replay/1"
 
@@ -139,7 +139,10 @@ class ReplayBuffer:
         ``cursor`` = (actor, next problem index) is recorded when the insert is taken. ``tree`` names the
         search tree the samples are (all of them, maybe none): a tree already inserted is refused, counted as
         a duplicate, and reported as taken. A partial tree raises ``ValueError`` (see :func:`check_whole_trees`).
+        Samples of ``ARCHIVE_ONLY_SOURCES`` go with the insert to the solution archive alone.
         """
+        archive_only = [s for s in samples if s.source in ARCHIVE_ONLY_SOURCES]
+        samples = [s for s in samples if s.source not in ARCHIVE_ONLY_SOURCES]
         self.check_trees(samples)
         if len(samples) > self.capacity:
             raise ValueError(f"cannot insert {len(samples)} samples into a buffer of capacity {self.capacity}")
@@ -151,6 +154,8 @@ class ReplayBuffer:
             if tree is not None:
                 self.ledger.record(tree, 0)
             self._take_cursor(cursor)
+            if self.solution_replay:
+                self._counters["solutions_archived"] += self._solutions.add(archive_only)
             return True
         n = len(samples)
         free = self.capacity - len(self._items)
@@ -173,7 +178,7 @@ class ReplayBuffer:
             self.ledger.record(tree, n)
         self._take_cursor(cursor)
         if self.solution_replay:
-            self._counters["solutions_archived"] += self._solutions.add(samples)
+            self._counters["solutions_archived"] += self._solutions.add(samples + archive_only)
         return True
 
     def _take_cursor(self, cursor: tuple[str, int] | None) -> None:

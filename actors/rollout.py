@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from arbor.actors.hindsight import hindsight_samples
 from arbor.actors.journey import best_leaf, trace_samples
 from arbor.actors.search import (
     HFStepBackend,
@@ -116,6 +117,7 @@ class RolloutWorker:
         self.stop = False
         self.solved: set[str] = set()  # problem keys this actor's trees solved (train.skip_solved)
         self.failed: set[str] = set()  # ... and those whose last tree did not (train.retry_simulations)
+        self.relabelled: set[str] = set()  # problem keys this actor relabelled a path into (train.hindsight)
         self.totals: dict[str, float] = {
             "trees": 0,
             "skipped_solved": 0,
@@ -128,6 +130,7 @@ class RolloutWorker:
             "correct_leaves": 0,
             "traces": 0,
             "trace_samples": 0,
+            "hindsight_samples": 0,
             "leaves": 0,
             "weight_pulls": 0,
             "pull_seconds": 0.0,
@@ -262,6 +265,20 @@ class RolloutWorker:
         samples += traces
         tree_id = self.tree_id(cursor)
         samples = [dataclasses.replace(s, meta={**s.meta, "tree": tree_id, "tree_size": len(samples)}) for s in samples]
+        relabelled = hindsight_samples(
+            tree,
+            problem,
+            self.task,
+            limit=self.cfg.train.hindsight,
+            skip_keys=self.skip_keys,
+            seen=self.relabelled,
+            encode=self.backend.encode,
+            tokenizer=self.backend.tokenizer,
+            max_response_tokens=self.cfg.search.max_response_tokens,
+            max_len=self.max_len,
+        )
+        self.totals["hindsight_samples"] += len(relabelled)
+        samples += relabelled  # to the solution archive alone (ARCHIVE_ONLY_SOURCES), not part of the tree
         t0 = time.perf_counter()
         if not self.buffer.insert(samples, cursor=(self.name, cursor + 1), tree=tree_id):
             raise StopSearch  # the buffer closed (shutdown): the tree is not taken, the cursor stays

@@ -19,7 +19,10 @@ from arbor.core.tasks.base import STEP_SEP
 # Sources the learner imitates (maximum likelihood, ``learner.losses.imitation_loss``) instead of weighting by
 # an advantage: responses the search assembled from a finished tree (``actors.journey``), which no policy
 # sampled as written, so there is no behaviour probability to correct with.
-IMITATION_SOURCES = ("journey", "shortcut")
+IMITATION_SOURCES = ("journey", "shortcut", "hindsight")
+# Imitated responses that go to the self-imitation archive only, never into the buffer's queue (so they do not
+# count against the rate limiter): ``train.hindsight``'s relabelled paths (``actors.hindsight``), many a tree.
+ARCHIVE_ONLY_SOURCES = ("hindsight",)
 DEMO_FLAG = "demonstration"  # meta key set on off-policy traces inserted with ReplayBuffer.insert_demonstrations
 # Meta flag of an imitated response the replay buffer draws again from its archive of solved problems
 # (``buffer.solution_replay``): it was made by an older policy on purpose, so it is no measure of policy lag.
@@ -45,7 +48,7 @@ class StepSample:
     terminal: bool = False  # the action ends the response
     problem_uid: str = ""  # which problem the tree searched
     meta: dict[str, Any] = field(default_factory=dict)  # tree kind, node ids and the like, for inspection
-    source: str = "search"  # search (a tree edge) | demonstration | journey | shortcut (see IMITATION_SOURCES)
+    source: str = "search"  # search (a tree edge) | demonstration | journey | shortcut | hindsight (IMITATION_SOURCES)
     visit_share: float | None = None  # the search's visits to this step over its siblings' (MCTS), if branched
 
     def __post_init__(self) -> None:

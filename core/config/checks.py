@@ -10,6 +10,9 @@ from typing import Any
 from arbor.core.config.schema import ArborConfig, DataConfig, ResourcesConfig, SearchConfig, TrainConfig
 from arbor.core.errors import ConfigError
 
+# Tasks that can relabel a path by what it reached (``task.hindsight(problem, steps)``, ``train.hindsight``): a
+# Countdown path that ends at another number solves the problem with that number as its target.
+HINDSIGHT_TASKS = ("countdown",)
 MAX_INT = 2**53  # integers past this lose exactness as floats (and no run counts that far)
 _BOUNDS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b)}
 _BOUNDS |= {"lt": ("<", lambda v, b: v < b), "le": ("<=", lambda v, b: v <= b)}
@@ -104,6 +107,17 @@ def check_train(cfg: ArborConfig) -> None:
             "config key 'train.policy_coef': at 0 with train.journey.mode=off and train.visit_coef=0 nothing "
             "trains the policy; keep train.journey.mode=shortcut (expert iteration) or raise train.policy_coef"
         )
+    if t.hindsight:
+        if cfg.task.name not in HINDSIGHT_TASKS:
+            raise ConfigError(
+                f"config key 'train.hindsight': task {cfg.task.name} cannot relabel a path by what it reached "
+                f"({', '.join(HINDSIGHT_TASKS)} can); set train.hindsight=0"
+            )
+        if not b.solution_replay:
+            raise ConfigError(
+                "config key 'train.hindsight': relabelled paths train only from the self-imitation archive, "
+                "and buffer.solution_replay is 0; raise buffer.solution_replay or set train.hindsight=0"
+            )
     if t.retry_simulations and cfg.search.kind != "mcts":
         raise ConfigError(
             f"config key 'train.retry_simulations': it sets MCTS simulations, and search.kind is "

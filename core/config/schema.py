@@ -356,6 +356,9 @@ class TrainConfig:
     # simulations when it comes round again (0: search.mcts.simulations). Actor-local; a restart forgets.
     skip_solved: bool = False
     retry_simulations: int = nonneg(0)
+    # hindsight relabelling: up to this many paths of each tree that end at another number enter the solution
+    # archive as solutions of the (not held-out) problem asking for that number; 0 is off (actors/hindsight.py)
+    hindsight: int = nonneg(0)
     journey: JourneyConfig = field(default_factory=JourneyConfig)  # imitation of what each solved tree found
     demonstrations: str | None = None  # JSONL of {prompt, response} traces inserted as off-policy demonstrations
     eval_every: int = nonneg(20)  # held-out greedy evaluation every this many learner steps (0: before/after)

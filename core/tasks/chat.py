@@ -77,3 +77,9 @@ class ChatPrompts:
 
     def corrupt(self, solution: str, rng: random.Random) -> str:
         return self.task.corrupt(solution, rng)
+
+    def hindsight(self, problem: Problem, steps: list[str]) -> Problem | None:
+        """The wrapped task's relabelled problem (see ``Countdown.hindsight``), its prompt a chat turn too."""
+        relabel = getattr(self.task, "hindsight", None)
+        found = relabel(problem, steps) if relabel is not None else None
+        return self._chat(found) if found is not None else None

@@ -39,6 +39,7 @@ them has a shorter tree with the same value, so shortest solutions are unaffecte
 from __future__ import annotations
 
 import random
+import re
 from functools import lru_cache
 from itertools import combinations
 
@@ -54,6 +55,8 @@ from arbor.core.tasks.base import (
 NAME = "countdown"
 BACK_PREFIX = "fail, back to "  # a dead end: the branch fails, back to the state with these numbers left
 SUMMARY_LINE = "Solution:"  # the successful path follows, written out once more from the start
+
+_RESULT = re.compile(r"=\s*(-?\d+)\s*$")  # the result a step line ends with
 
 
 @lru_cache(maxsize=1 << 16)
@@ -221,6 +224,39 @@ class Countdown(GeneratedTask):
             solution=STEP_SEP.join([*steps, f"{ANSWER_PREFIX}{target}"]),
             level=level,
             meta={"min_steps": len(steps)},
+        )
+
+    def hindsight(self, problem: Problem, steps: list[str]) -> Problem | None:
+        """The problem that ``steps`` would solve with their last result as the target (hindsight relabelling,
+        Andrychowicz et al. 2017, "Hindsight Experience Replay"): the same numbers, that result to make, with
+        ``steps`` and the answer line as its ``solution``.
+
+        Only a target this task itself draws for those numbers qualifies (in 1..max_target, not one of the
+        numbers, needing at least ``min_steps`` steps), and never the problem's own target. Whether the steps
+        are legal is not judged here: the caller verifies the relabelled response as any other. The caller
+        also keeps held-out keys out.
+        """
+        numbers = list(problem.reference["numbers"])
+        found = _RESULT.search(steps[-1]) if steps else None
+        if found is None:
+            return None
+        target = int(found.group(1))
+        nums = tuple(sorted(numbers))
+        need = min(self.cfg.min_steps, len(nums) - 1)
+        if target == problem.reference["target"] or target in nums:
+            return None
+        if _fewest_steps(nums, self.cfg.max_target).get(target, 0) < max(need, 1):
+            return None
+        key = problem_key(numbers, target)
+        return Problem(
+            task=NAME,
+            uid=f"hindsight/{key}",
+            key=key,
+            prompt=prompt_for(numbers, target),
+            reference={"numbers": numbers, "target": target},
+            solution=STEP_SEP.join([*(line.strip() for line in steps), f"{ANSWER_PREFIX}{target}"]),
+            level=problem.level,
+            meta={"hindsight_of": problem.uid},
         )
 
 
