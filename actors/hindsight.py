@@ -3,7 +3,8 @@ solutions of the problems that ask for that number.
 
 Andrychowicz et al. 2017, "Hindsight Experience Replay": a trajectory that missed its goal is a success for
 the goal it reached. A Countdown path of legal steps whose last result is 17 solves "use the same numbers to
-make 17", so a tree that failed its own target still holds solved problems, dozens of them. The task says
+make 17", so a tree that failed its own target may still hold solved problems (about one new one a tree on
+the default, docs/training-notes.md). The task says
 which relabelled problems it would itself draw (``task.hindsight``), the verifier judges each relabelled
 response as it judges any other, and no path is relabelled into a problem no learning side may read (the
 held-out set, the SFT pool: ``problems_to_skip``).
