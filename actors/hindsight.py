@@ -72,7 +72,7 @@ def hindsight_samples(
             break
         state = list(encode(new.prompt))
         room = min(max_response_tokens, max_len - len(state))
-        if len(tokenizer.encode(new.solution, add_special_tokens=False)) > room:
+        if len(tokenizer.encode(new.solution, add_special_tokens=False)) + 1 > room:  # + the eos it ends at
             continue
         version = max(n.policy_version for n in tree.path(tree.nodes[node_id])[1:])
         out += response_samples(

@@ -88,7 +88,7 @@ def trace_samples(
     limit = min(cfg.search.max_response_tokens, max_len - len(tree.prompt_tokens))
 
     def fits(text: str) -> bool:
-        return len(tokenizer.encode(text, add_special_tokens=False)) <= limit
+        return len(tokenizer.encode(text, add_special_tokens=False)) + 1 <= limit  # + the eos it ends at
 
     if mode == "journey":
         text = journey_trace(tree, problem, cfg.train.journey.max_dead_ends, fits)

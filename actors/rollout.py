@@ -278,9 +278,9 @@ class RolloutWorker:
             max_len=self.max_len,
         )
         self.totals["hindsight_samples"] += len(relabelled)
-        samples += relabelled  # to the solution archive alone (ARCHIVE_ONLY_SOURCES), not part of the tree
         t0 = time.perf_counter()
-        if not self.buffer.insert(samples, cursor=(self.name, cursor + 1), tree=tree_id):
+        # the relabelled samples go with the tree's insert to the solution archive alone (ARCHIVE_ONLY_SOURCES)
+        if not self.buffer.insert(samples + relabelled, cursor=(self.name, cursor + 1), tree=tree_id):
             raise StopSearch  # the buffer closed (shutdown): the tree is not taken, the cursor stays
         self.totals["insert_seconds"] += time.perf_counter() - t0
         leaves = [n for n in tree.terminals() if n.outcome is not None]

@@ -220,7 +220,7 @@ class Countdown(GeneratedTask):
             uid=uid,
             key=problem_key(numbers, target),
             prompt=prompt_for(numbers, target),
-            reference={"numbers": numbers, "target": target},
+            reference={"numbers": list(numbers), "target": target},
             solution=STEP_SEP.join([*steps, f"{ANSWER_PREFIX}{target}"]),
             level=level,
             meta={"min_steps": len(steps)},
@@ -236,14 +236,14 @@ class Countdown(GeneratedTask):
         are legal is not judged here: the caller verifies the relabelled response as any other. The caller
         also keeps held-out keys out.
         """
-        numbers = list(problem.reference["numbers"])
+        numbers, own = problem.reference.get("numbers"), problem.reference.get("target")
         found = _RESULT.search(steps[-1]) if steps else None
-        if found is None:
-            return None
+        if found is None or not isinstance(numbers, list) or not isinstance(own, int):
+            return None  # not a step, or a malformed data row (which the verifier refuses as well)
         target = int(found.group(1))
         nums = tuple(sorted(numbers))
         need = min(self.cfg.min_steps, len(nums) - 1)
-        if target == problem.reference["target"] or target in nums:
+        if target == own or target in nums:
             return None
         if _fewest_steps(nums, self.cfg.max_target).get(target, 0) < max(need, 1):
             return None

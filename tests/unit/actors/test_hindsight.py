@@ -55,6 +55,8 @@ def test_a_path_is_relabelled_only_to_a_target_the_task_would_draw():
     assert TASK.hindsight(PROBLEM, ["25-3=22", "22-9=13"]) is None  # 13 is a given number
     assert TASK.hindsight(PROBLEM, ["25+7=32", "32-3=29", "29+13=42"]) is None  # past max_target 30
     assert TASK.hindsight(PROBLEM, []) is None and TASK.hindsight(PROBLEM, ["Answer: 9"]) is None
+    malformed = Problem("countdown", "countdown/train/1", "k", PROBLEM.prompt, {})  # a poisoned data row
+    assert TASK.hindsight(malformed, ["13-7=6", "6+3=9"]) is None
     new = TASK.hindsight(PROBLEM, ["13-7=6\n", " 6+3=9"])
     assert new.key == problem_key([3, 7, 13, 25], 9) and new.reference == {"numbers": [13, 7, 25, 3], "target": 9}
     assert new.prompt == "Use 13 7 25 3 to make 9.\n" and new.solution == "13-7=6\n6+3=9\nAnswer: 9"
@@ -83,7 +85,12 @@ def test_samples_imitate_the_relabelled_response_after_its_own_prompt_new_proble
     assert {s.problem_uid for s in samples} == {f"hindsight/{problem_key([3, 7, 13, 25], 2)}"}
     assert all(s.policy_version == 3 and s.advantage == 1.0 and s.meta["hindsight_of"] == PROBLEM.uid for s in samples)
     assert problem_key([3, 7, 13, 25], 2) in seen  # chosen: the next tree prefers others
-    assert hindsight_samples(tree, PROBLEM, TASK, limit=4, seen=set(), max_response_tokens=10, max_len=256, **kw) == []
+    # "13-7=6\n6+3=9\nAnswer: 9" is 22 characters and its samples 23 tokens (the eos): 23 fits, 22 does not
+    fit = [
+        hindsight_samples(tree, PROBLEM, TASK, limit=1, seen=set(), max_response_tokens=m, max_len=256, **kw)
+        for m in (22, 23)
+    ]
+    assert fit[0] == [] and sum(len(s.action_tokens) for s in fit[1]) == 23
     assert hindsight_samples(tree, PROBLEM, TASK, limit=0, seen=set(), max_response_tokens=160, max_len=256, **kw) == []
 
 
