@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from arbor.actors.search.backend import StepOutput, StepRequest, StepResult
 from arbor.core.config import SearchConfig
+from arbor.core.tokenizer import build_char_tokenizer
 from arbor.core.tree import SearchTree
 
 STEPS = ["good\n", "bad\n", "meh\n", "Answer: 1\n", "Answer: 0\n"]
@@ -138,6 +139,24 @@ def search_cfg(base: SearchConfig | None = None, **settings) -> SearchConfig:
         if mine:
             flat[section] = dataclasses.replace(getattr(cfg, section), **mine)
     return dataclasses.replace(cfg, **flat)
+
+
+def text_tree(uid: str, prompt: str, paths: list[tuple[list[str], float]]) -> SearchTree:
+    """A tree of character-tokenized text lines: each path (lines from the root, its last line a terminal with
+    that outcome) shares the nodes of the paths before it as far as their lines agree; steps at version 3."""
+    tok = build_char_tokenizer()
+    tree = SearchTree(uid, prompt, tok.encode(prompt, add_special_tokens=False))
+    for lines, outcome in paths:
+        node = tree.root
+        for line in lines:
+            same = [c for c in node.children if tree.nodes[c].text == line]
+            if same:
+                node = tree.nodes[same[0]]
+                continue
+            ids = tok.encode(line, add_special_tokens=False)
+            node = tree.add_child(node, text=line, token_ids=ids, logprobs=[-0.5] * len(ids), policy_version=3)
+        node.terminal, node.outcome = True, outcome
+    return tree
 
 
 def hand_tree() -> SearchTree:

@@ -201,16 +201,13 @@ class Countdown(GeneratedTask):
         """One problem at ``level`` drawn from ``rng``: numbers first, then a target among those that qualify."""
         cfg = self.cfg
         count = cfg.min_numbers + level
-        # n numbers allow at most n-1 steps, so a larger min_steps is capped rather than unsatisfiable
-        need = min(cfg.min_steps, count - 1)
         for _ in range(1000):
             numbers = [rng.randint(1, cfg.max_operand) for _ in range(count)]
-            fewest = _fewest_steps(tuple(sorted(numbers)), cfg.max_target)
-            given = set(numbers)
-            targets = sorted(t for t, k in fewest.items() if k >= need and t not in given)
+            targets = self.targets_for(numbers)
             if targets:
                 break
         else:
+            need = min(cfg.min_steps, count - 1)
             raise RuntimeError(f"{uid}: no target in 1..{cfg.max_target} needs {need} steps after 1000 draws")
         target = rng.choice(targets)
         steps = solve(numbers, target)
@@ -220,32 +217,35 @@ class Countdown(GeneratedTask):
             uid=uid,
             key=problem_key(numbers, target),
             prompt=prompt_for(numbers, target),
-            reference={"numbers": list(numbers), "target": target},
+            reference={"numbers": numbers, "target": target},
             solution=STEP_SEP.join([*steps, f"{ANSWER_PREFIX}{target}"]),
             level=level,
             meta={"min_steps": len(steps)},
         )
+
+    def targets_for(self, numbers: list[int]) -> list[int]:
+        """The targets this task draws for ``numbers`` (sorted): in 1..max_target, not a given number, and needing
+        at least ``min_steps`` steps (n numbers allow at most n-1, so a larger min_steps is capped)."""
+        need = min(self.cfg.min_steps, len(numbers) - 1)
+        fewest = _fewest_steps(tuple(sorted(numbers)), self.cfg.max_target)
+        given = set(numbers)
+        return sorted(t for t, k in fewest.items() if k >= need and t not in given)
 
     def hindsight(self, problem: Problem, steps: list[str]) -> Problem | None:
         """The problem that ``steps`` would solve with their last result as the target (hindsight relabelling,
         Andrychowicz et al. 2017, "Hindsight Experience Replay"): the same numbers, that result to make, with
         ``steps`` and the answer line as its ``solution``.
 
-        Only a target this task itself draws for those numbers qualifies (in 1..max_target, not one of the
-        numbers, needing at least ``min_steps`` steps), and never the problem's own target. Whether the steps
-        are legal is not judged here: the caller verifies the relabelled response as any other. The caller
-        also keeps held-out keys out.
+        Only a target this task itself draws for those numbers qualifies (``targets_for``), and never the
+        problem's own target. Whether the steps are legal is not judged here: the caller verifies the
+        relabelled response as any other. The caller also keeps held-out keys out.
         """
         numbers, own = problem.reference.get("numbers"), problem.reference.get("target")
         found = _RESULT.search(steps[-1]) if steps else None
         if found is None or not isinstance(numbers, list) or not isinstance(own, int):
             return None  # not a step, or a malformed data row (which the verifier refuses as well)
         target = int(found.group(1))
-        nums = tuple(sorted(numbers))
-        need = min(self.cfg.min_steps, len(nums) - 1)
-        if target == own or target in nums:
-            return None
-        if _fewest_steps(nums, self.cfg.max_target).get(target, 0) < max(need, 1):
+        if target == own or target not in self.targets_for(numbers):
             return None
         key = problem_key(numbers, target)
         return Problem(
@@ -253,7 +253,7 @@ class Countdown(GeneratedTask):
             uid=f"hindsight/{key}",
             key=key,
             prompt=prompt_for(numbers, target),
-            reference={"numbers": numbers, "target": target},
+            reference={"numbers": list(numbers), "target": target},
             solution=STEP_SEP.join([*(line.strip() for line in steps), f"{ANSWER_PREFIX}{target}"]),
             level=problem.level,
             meta={"hindsight_of": problem.uid},

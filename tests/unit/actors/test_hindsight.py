@@ -14,6 +14,7 @@ from arbor.core.tasks.base import Problem
 from arbor.core.tasks.countdown import Countdown, problem_key
 from arbor.core.tokenizer import build_char_tokenizer
 from arbor.core.tree import SearchTree
+from tests.search_toy import text_tree
 
 REF = {"numbers": [13, 7, 25, 3], "target": 27}
 PROBLEM = Problem("countdown", "countdown/train/0", problem_key([13, 7, 25, 3], 27), "Use 13 7 25 3 to make 27.\n", REF)
@@ -29,24 +30,16 @@ def _tree() -> SearchTree:
     25-3=22 [1] -> 22-13=9 (9 again, as deep as the first) -> Answer: 9
     13-3=11 (wrong: 10) -> 25-11=14 [2] -> Answer: 14
     """
-    tree = SearchTree(PROBLEM.uid, PROBLEM.prompt, TOK.encode(PROBLEM.prompt, add_special_tokens=False))
-
-    def chain(lines: list[str], outcome: float) -> None:
-        node = tree.root
-        for line in lines:
-            same = [c for c in node.children if tree.nodes[c].text == line]
-            if same:
-                node = tree.nodes[same[0]]
-                continue
-            ids = TOK.encode(line, add_special_tokens=False)
-            node = tree.add_child(node, text=line, token_ids=ids, logprobs=[-0.5] * len(ids), policy_version=3)
-        node.terminal, node.outcome = True, outcome
-
-    chain(["13-7=6\n", "6+3=9\n", "25-9=16\n", "Answer: 16"], 0.0)
-    chain(["13-7=6\n", "6/3=2\n", "25+2=27\n", "Answer: 27"], 1.0)
-    chain(["25-3=22\n", "22-13=9\n", "Answer: 9"], 0.0)
-    chain(["13-3=11\n", "25-11=14\n", "Answer: 14"], 0.0)
-    return tree
+    return text_tree(
+        PROBLEM.uid,
+        PROBLEM.prompt,
+        [
+            (["13-7=6\n", "6+3=9\n", "25-9=16\n", "Answer: 16"], 0.0),
+            (["13-7=6\n", "6/3=2\n", "25+2=27\n", "Answer: 27"], 1.0),
+            (["25-3=22\n", "22-13=9\n", "Answer: 9"], 0.0),
+            (["13-3=11\n", "25-11=14\n", "Answer: 14"], 0.0),
+        ],
+    )
 
 
 def test_a_path_is_relabelled_only_to_a_target_the_task_would_draw():

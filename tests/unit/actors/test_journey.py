@@ -13,6 +13,7 @@ from arbor.core.tasks.countdown import journey_response
 from arbor.core.tokenizer import build_char_tokenizer
 from arbor.core.tree import SearchTree, compute_mc_values
 from arbor.reward import check, step_fault, verify
+from tests.search_toy import text_tree
 
 REF = {"numbers": [13, 7, 25, 3], "target": 27}
 PROBLEM = Problem("countdown", "countdown/train/0", "k", "Use 13 7 25 3 to make 27.\n", REF)
@@ -31,23 +32,14 @@ Answer: 27"""
 
 def _tree(right: bool = True) -> SearchTree:
     """root -> 13-7=6 -> {6+3=9 -> 25-9=16 -> Answer: 16 (0), 6/3=2 -> 25+2=27 -> Answer: 27 (1 if right)}."""
-    tok = build_char_tokenizer()
-    tree = SearchTree(PROBLEM.uid, PROBLEM.prompt, tok.encode(PROBLEM.prompt, add_special_tokens=False))
-
-    def chain(lines: list[str], outcome: float) -> None:
-        node = tree.root
-        for line in lines:
-            same = [c for c in node.children if tree.nodes[c].text == line]
-            if same:
-                node = tree.nodes[same[0]]
-                continue
-            ids = tok.encode(line, add_special_tokens=False)
-            node = tree.add_child(node, text=line, token_ids=ids, logprobs=[-0.5] * len(ids), policy_version=3)
-        node.terminal, node.outcome = True, outcome
-
-    chain(["13-7=6\n", "6+3=9\n", "25-9=16\n", "Answer: 16"], 0.0)
-    chain(["13-7=6\n", "6/3=2\n", "25+2=27\n", "Answer: 27"], 1.0 if right else 0.0)
-    return tree
+    return text_tree(
+        PROBLEM.uid,
+        PROBLEM.prompt,
+        [
+            (["13-7=6\n", "6+3=9\n", "25-9=16\n", "Answer: 16"], 0.0),
+            (["13-7=6\n", "6/3=2\n", "25+2=27\n", "Answer: 27"], 1.0 if right else 0.0),
+        ],
+    )
 
 
 def _cfg(*overrides: str) -> ArborConfig:
