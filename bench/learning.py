@@ -82,9 +82,23 @@ def check_init(init: str, cfg) -> None:
     print(f"warning: no config.yaml above {init}; cannot check its SFT pool against the held-out problems")
 
 
-def oracle_run(init: str, cfg, budget_s: float, every_s: float, out: Path) -> list[tuple[float, Path]]:
+def oracle_stream(cfg, task):
+    """The training problems RL's actors search, in the order they search them (every actor's shard in turn;
+    held-out and SFT-pool keys are left for the reader to pass over)."""
+    actors = cfg.resources.rollout_actors
+    cursor = 0
+    while True:
+        for a in range(actors):
+            yield task.train_problem(rollout_index(cfg.train.seed, cursor, actors, a))
+        cursor += 1
+
+
+def oracle_run(
+    init: str, cfg, budget_s: float, every_s: float, out: Path, stream=None, name: str = "sft_oracle"
+) -> list[tuple[float, Path]]:
     """Continued SFT (``learner.sft.train_sft``) on the gold traces of the problems RL's actors search, in the
-    order they search them, for ``budget_s`` seconds; at the rate the SFT recipe ended with, no corruption."""
+    order they search them, for ``budget_s`` seconds; at the rate the SFT recipe ended with, no corruption.
+    ``stream`` replaces those problems (their ``solution`` is what is trained on); snapshots go to ``out/name``."""
     sft = dataclasses.replace(
         cfg.sft, lr=cfg.sft.lr * cfg.sft.min_lr_ratio, warmup_steps=0, steps=10**7, corrupt_fraction=0.0
     )
@@ -92,22 +106,12 @@ def oracle_run(init: str, cfg, budget_s: float, every_s: float, out: Path) -> li
     model, tokenizer = build_policy(ModelConfig(path=init))
     task = build_task(cfg.task)
     skip = problems_to_skip(cfg, task)
-    actors = cfg.resources.rollout_actors
-
-    def searched():
-        cursor = 0
-        while True:
-            for a in range(actors):
-                yield task.train_problem(rollout_index(cfg.train.seed, cursor, actors, a))
-            cursor += 1
-
     points: list[tuple[float, Path]] = []
-    clock = SnapshotClock(budget_s, every_s, out / "sft_oracle")
+    clock = SnapshotClock(budget_s, every_s, out / name)
     clock.start()
 
-    train_sft(
-        model, tokenizer, task, cfg, skip, stream=searched(), on_step=lambda *_: clock.tick(model, tokenizer, points)
-    )
+    stream = stream or oracle_stream(cfg, task)
+    train_sft(model, tokenizer, task, cfg, skip, stream=stream, on_step=lambda *_: clock.tick(model, tokenizer, points))
     return points
 
 
