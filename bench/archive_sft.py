@@ -15,13 +15,14 @@ the rate the SFT recipe ended with) from the run's init for ``--budget-s`` secon
 | ``self_archived`` | the archive's own responses (what RL's search found), reshuffled every pass |
 | ``gold_archived`` | the solver's gold traces of the same problems |
 | ``gold_searched_sample`` | gold traces of as many problems as archived, drawn at random from those searched |
-| ``gold_searched`` | gold traces of every problem the run searched (its trees' count, in the actors' order) |
+| ``gold_searched`` | gold traces of every problem whose tree the run's buffer took (its tree ledger) |
 | ``gold_all`` | gold traces of the problems RL's actors search, in their order (the ``sft_oracle`` row) |
 
 Every row, the init and the run's own final checkpoint are scored greedy on the run's held-out problems;
 prints a table and, as its last line, JSON (``init_accuracy``, ``rl_accuracy``, ``<row>_accuracy``,
-``<row>_problems`` (distinct problems the row read), ``archived_problems``, ``archived_verified``,
-``searched_problems``, ``standard_error``), also written to
+``<row>_reads`` and ``<row>_contents`` (problems the row trained on, and their distinct contents),
+``archived_problems``, ``archived_relabelled``, ``archived_verified``, ``searched_problems``,
+``standard_error``), also written to
 ``RUN_ROOT/bench-archive-sft-*/result.json``.
 """
 
@@ -39,12 +40,13 @@ from pathlib import Path
 import torch
 
 from arbor.actors.evaluate import evaluate
+from arbor.actors.ledger import TreeLedger
 from arbor.core.config import ModelConfig, load_config
 from arbor.core.errors import ConfigError
 from arbor.core.model import build_policy
 from arbor.core.samples import StepSample
 from arbor.core.tasks import build_task
-from arbor.core.tasks.split import problems_to_skip
+from arbor.core.tasks.split import problems_to_skip, rollout_index
 from arbor.reward import verify
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,34 +55,48 @@ from learning import oracle_run, oracle_stream  # noqa: E402
 ROWS = ("self_archived", "gold_archived", "gold_searched_sample", "gold_searched", "gold_all")
 
 
-def archived_responses(run: Path, task, tokenizer) -> list[tuple[object, str]]:
-    """(training problem, archived response text) for every archived problem of ``run``'s latest checkpoint;
-    the response is the archived steps' tokens after the prompt, its eos dropped."""
+def latest_replay(run: Path) -> tuple[Path, dict]:
+    """``run``'s latest checkpoint's replay snapshot: (its path, its contents)."""
     latest = run / "checkpoints" / "latest"
     if not latest.is_file():
         raise ConfigError(f"{run}: no checkpoints/latest; run arbor train with a final checkpoint first")
     replay = run / "checkpoints" / latest.read_text().strip() / "replay.json"
-    solutions = json.loads(replay.read_text()).get("extra", {}).get("solutions")
+    return replay, json.loads(replay.read_text())
+
+
+def archived_responses(run: Path, task, tokenizer) -> tuple[list[tuple[object, str]], int]:
+    """(training problem, archived response text) for every archived problem of ``run``'s latest checkpoint,
+    and how many archived problems were passed over (relabelled ones, ``train.hindsight``: no training index,
+    so no gold trace to compare with). The response is the archived path's tokens after the prompt, its eos
+    dropped; an archive whose path does not chain from its problem's prompt is refused, not misread."""
+    replay, snapshot = latest_replay(run)
+    solutions = snapshot.get("extra", {}).get("solutions")
     if not solutions:
         raise ConfigError(f"{replay}: no self-imitation archive (the run needs buffer.solution_replay > 0)")
-    out = []
+    out, relabelled = [], 0
     for raw in solutions:
         steps = [StepSample.from_json(r) for r in raw]
         uid = steps[0].problem_uid
         prefix, _, index = uid.rpartition("/")
         if prefix != f"{task.name}/train":
-            continue  # a relabelled problem (train.hindsight) has no gold trace to compare with
+            relabelled += 1
+            continue
         problem = task.train_problem(int(index))
-        last = steps[-1]
-        ids = [*last.state_tokens, *last.action_tokens]
         prompt_ids = tokenizer(problem.prompt, add_special_tokens=False)["input_ids"]
-        if ids[: len(prompt_ids)] != prompt_ids:
-            raise ValueError(f"{replay}: archived response of {uid} does not start with its problem's prompt")
+        ids = list(steps[0].state_tokens)
+        for step in steps:
+            if step.state_tokens != ids:
+                raise ValueError(f"{replay}: archived steps of {uid} do not chain (a state is not the path so far)")
+            ids += step.action_tokens
+        if ids[: len(prompt_ids)] != prompt_ids or not steps[-1].terminal:
+            raise ValueError(
+                f"{replay}: archived response of {uid} does not start with its problem's prompt and end its response"
+            )
         body = ids[len(prompt_ids) :]
         if body and body[-1] == tokenizer.eos_token_id:
             body = body[:-1]
         out.append((problem, tokenizer.decode(body)))
-    return out
+    return out, relabelled
 
 
 def reshuffled(problems: list, seed: int):
@@ -89,32 +105,37 @@ def reshuffled(problems: list, seed: int):
         yield from rng.sample(problems, len(problems))
 
 
-def searched_problems(run: Path, cfg, task, skip: set[str]) -> list:
-    """The problems ``run``'s actors searched: as many as its trees, in the order the actors draw them, the
-    keys no learning side reads passed over (as the actors and the oracle pass them)."""
-    result = json.loads((run / "result.json").read_text())
-    trees = sum(a["trees"] for a in result["actors"].values())
-    stream = oracle_stream(cfg, task)
-    out: list = []
-    while len(out) < trees:
-        problem = next(stream)
-        if problem.key not in skip and problem.solution is not None:
-            out.append(problem)
+def searched_problems(run: Path, cfg, task) -> list:
+    """The problems whose trees ``run``'s buffer took (its tree ledger: actor and shard cursor), in cursor
+    order, actor by actor."""
+    replay, snapshot = latest_replay(run)
+    ledger = TreeLedger.from_json(snapshot.get("extra", {}).get("trees", {}))
+    if not ledger.inserted:
+        raise ConfigError(f"{replay}: its tree ledger holds no inserted tree")
+    out = []
+    for actor, cursors in sorted(ledger.inserted.items()):
+        index = int(actor.rpartition("-")[2])
+        actors = cfg.resources.rollout_actors
+        out += [task.train_problem(rollout_index(cfg.train.seed, c, actors, index)) for c in sorted(cursors)]
     return out
 
 
 class Counted:
-    """A problem stream that remembers the distinct problems read from it."""
+    """A problem stream that counts what SFT trains on from it: problems not in ``skip`` with a solution
+    (``learner.sft.sft_batches`` passes over the rest), each read and each distinct content."""
 
-    def __init__(self, stream):
-        self.stream, self.seen = stream, set()
+    def __init__(self, stream, skip: set[str]):
+        self.stream, self.skip = stream, skip
+        self.trained, self.contents = 0, set()
 
     def __iter__(self):
         return self
 
     def __next__(self):
         problem = next(self.stream)
-        self.seen.add(problem.uid)
+        if problem.key not in self.skip and problem.solution is not None:
+            self.trained += 1
+            self.contents.add(problem.key)
         return problem
 
 
@@ -133,16 +154,17 @@ def main(argv: list[str]) -> dict:
     cfg = load_config(str(run / "config.yaml"), a.overrides)
     torch.set_num_threads(cfg.threads or 2)
     init = cfg.model.path
-    task = build_task(cfg.task)
-    held = task.eval_problems()
     _, tokenizer = build_policy(ModelConfig(path=init))
-    archive = archived_responses(run, task, tokenizer)
+    task = build_task(cfg.task, tokenizer)  # the policy's chat template, as the run's actors had it
+    held = task.eval_problems()
+    archive, relabelled = archived_responses(run, task, tokenizer)
     verified = sum(verify(p.task, text, p.reference) for p, text in archive)
-    print(f"{run}: {len(archive)} archived problems, {verified} of their responses verify")
+    print(f"{run}: {len(archive)} archived problems ({relabelled} relabelled left out), {verified} verify")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(cfg.run.root) / f"bench-archive-sft-{stamp}"
     out.mkdir(parents=True)
-    searched = searched_problems(run, cfg, task, problems_to_skip(cfg, task))
+    skip = problems_to_skip(cfg, task)
+    searched = searched_problems(run, cfg, task)
     found = {p.uid for p in searched}
     print(f"{len(searched)} problems searched; {sum(p.uid in found for p, _ in archive)} of the archived among them")
     sample = random.Random(cfg.sft.seed).sample(searched, min(len(archive), len(searched)))
@@ -162,19 +184,24 @@ def main(argv: list[str]) -> dict:
     scores = {"init": score(init)}
     rl = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     scores["rl"] = score(str(rl))
-    read: dict[str, int] = {}
+    read: dict[str, tuple[int, int]] = {}  # row -> (problems trained on, distinct contents)
     for row in rows:
-        stream = Counted(streams[row]())
+        stream = Counted(streams[row](), skip)
         points = oracle_run(init, cfg, a.budget_s, a.budget_s, out, stream=stream, name=row)
-        scores[row], read[row] = score(str(points[-1][1])), len(stream.seen)
-        print(f"{row}: {scores[row]:.3f} after {points[-1][0]:.0f} s, {read[row]} distinct problems read")
+        scores[row], read[row] = score(str(points[-1][1])), (stream.trained, len(stream.contents))
+        print(
+            f"{row}: {scores[row]:.3f} after {points[-1][0]:.0f} s; trained on {read[row][0]} problems, "
+            f"{read[row][1]} distinct contents"
+        )
     p = scores["init"]
     result = {
         "init_accuracy": scores["init"],
         "rl_accuracy": scores["rl"],
         **{f"{row}_accuracy": scores[row] for row in rows},
-        **{f"{row}_problems": read[row] for row in rows},
+        **{f"{row}_reads": read[row][0] for row in rows},
+        **{f"{row}_contents": read[row][1] for row in rows},
         "archived_problems": len(archive),
+        "archived_relabelled": relabelled,
         "searched_problems": len(searched),
         "archived_verified": verified,
         "standard_error": math.sqrt(max(p * (1 - p), 1e-12) / len(held)),
@@ -183,8 +210,8 @@ def main(argv: list[str]) -> dict:
         "held_out": len(held),
         "out": str(out),
     }
-    lines = ["| row | greedy | problems read |", "|---|---|---|"]
-    lines += [f"| {k} | {v:.3f} | {read.get(k, '')} |" for k, v in scores.items()]
+    lines = ["| row | greedy | problems trained on | distinct contents |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v:.3f} | {read.get(k, ('', ''))[0]} | {read.get(k, ('', ''))[1]} |" for k, v in scores.items()]
     print("\n".join(lines))
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))

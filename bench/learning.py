@@ -110,7 +110,7 @@ def oracle_run(
     clock = SnapshotClock(budget_s, every_s, out / name)
     clock.start()
 
-    stream = stream or oracle_stream(cfg, task)
+    stream = oracle_stream(cfg, task) if stream is None else stream
     train_sft(model, tokenizer, task, cfg, skip, stream=stream, on_step=lambda *_: clock.tick(model, tokenizer, points))
     return points
 
