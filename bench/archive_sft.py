@@ -47,29 +47,30 @@ from arbor.core.model import build_policy
 from arbor.core.samples import StepSample
 from arbor.core.tasks import build_task
 from arbor.core.tasks.split import problems_to_skip, rollout_index
+from arbor.launch.checkpoints import REPLAY_FILE, latest_name
 from arbor.reward import verify
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning import oracle_run, oracle_stream  # noqa: E402
+from learning import oracle_run, oracle_stream, parse_rows  # noqa: E402
 
 ROWS = ("self_archived", "gold_archived", "gold_searched_sample", "gold_searched", "gold_all")
 
 
 def latest_replay(run: Path) -> tuple[Path, dict]:
     """``run``'s latest checkpoint's replay snapshot: (its path, its contents)."""
-    latest = run / "checkpoints" / "latest"
-    if not latest.is_file():
+    name = latest_name(run)
+    if name is None:
         raise ConfigError(f"{run}: no checkpoints/latest; run arbor train with a final checkpoint first")
-    replay = run / "checkpoints" / latest.read_text().strip() / "replay.json"
+    replay = run / "checkpoints" / name / REPLAY_FILE
     return replay, json.loads(replay.read_text())
 
 
-def archived_responses(run: Path, task, tokenizer) -> tuple[list[tuple[object, str]], int]:
-    """(training problem, archived response text) for every archived problem of ``run``'s latest checkpoint,
-    and how many archived problems were passed over (relabelled ones, ``train.hindsight``: no training index,
-    so no gold trace to compare with). The response is the archived path's tokens after the prompt, its eos
-    dropped; an archive whose path does not chain from its problem's prompt is refused, not misread."""
-    replay, snapshot = latest_replay(run)
+def archived_responses(replay: Path, snapshot: dict, task, tokenizer) -> tuple[list[tuple[object, str]], int]:
+    """(training problem, archived response text) for every archived problem of a replay ``snapshot`` (read
+    from ``replay``, by ``latest_replay``), and how many archived problems were passed over (relabelled ones,
+    ``train.hindsight``: no training index, so no gold trace to compare with). The response is the archived
+    path's tokens after the prompt, its eos dropped; an archive whose path does not chain from its problem's
+    prompt is refused, not misread."""
     solutions = snapshot.get("extra", {}).get("solutions")
     if not solutions:
         raise ConfigError(f"{replay}: no self-imitation archive (the run needs buffer.solution_replay > 0)")
@@ -105,17 +106,15 @@ def reshuffled(problems: list, seed: int):
         yield from rng.sample(problems, len(problems))
 
 
-def searched_problems(run: Path, cfg, task) -> list:
-    """The problems whose trees ``run``'s buffer took (its tree ledger: actor and shard cursor), in cursor
-    order, actor by actor."""
-    replay, snapshot = latest_replay(run)
+def searched_problems(replay: Path, snapshot: dict, cfg, task) -> list:
+    """The problems whose trees the run's buffer took (the replay ``snapshot``'s tree ledger: actor and shard
+    cursor), in cursor order, actor by actor."""
     ledger = TreeLedger.from_json(snapshot.get("extra", {}).get("trees", {}))
     if not ledger.inserted:
         raise ConfigError(f"{replay}: its tree ledger holds no inserted tree")
-    out = []
+    out, actors = [], cfg.resources.rollout_actors
     for actor, cursors in sorted(ledger.inserted.items()):
         index = int(actor.rpartition("-")[2])
-        actors = cfg.resources.rollout_actors
         out += [task.train_problem(rollout_index(cfg.train.seed, c, actors, index)) for c in sorted(cursors)]
     return out
 
@@ -146,10 +145,7 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--rows", default=",".join(ROWS), help=f"rows to train, of {', '.join(ROWS)}")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the run's config, for every row")
     a = ap.parse_args(argv)
-    rows = [r for r in a.rows.split(",") if r]
-    unknown = sorted(set(rows) - set(ROWS))
-    if unknown:
-        raise SystemExit(f"--rows: unknown rows {unknown}; expected some of {', '.join(ROWS)}")
+    rows = parse_rows(a.rows, ROWS)
     run = Path(a.run)
     cfg = load_config(str(run / "config.yaml"), a.overrides)
     torch.set_num_threads(cfg.threads or 2)
@@ -157,14 +153,15 @@ def main(argv: list[str]) -> dict:
     _, tokenizer = build_policy(ModelConfig(path=init))
     task = build_task(cfg.task, tokenizer)  # the policy's chat template, as the run's actors had it
     held = task.eval_problems()
-    archive, relabelled = archived_responses(run, task, tokenizer)
+    replay, snapshot = latest_replay(run)
+    archive, relabelled = archived_responses(replay, snapshot, task, tokenizer)
     verified = sum(verify(p.task, text, p.reference) for p, text in archive)
     print(f"{run}: {len(archive)} archived problems ({relabelled} relabelled left out), {verified} verify")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(cfg.run.root) / f"bench-archive-sft-{stamp}"
     out.mkdir(parents=True)
     skip = problems_to_skip(cfg, task)
-    searched = searched_problems(run, cfg, task)
+    searched = searched_problems(replay, snapshot, cfg, task)
     found = {p.uid for p in searched}
     print(f"{len(searched)} problems searched; {sum(p.uid in found for p, _ in archive)} of the archived among them")
     sample = random.Random(cfg.sft.seed).sample(searched, min(len(archive), len(searched)))
@@ -182,8 +179,7 @@ def main(argv: list[str]) -> dict:
         return evaluate(model, tok, held, greedy).greedy_accuracy
 
     scores = {"init": score(init)}
-    rl = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
-    scores["rl"] = score(str(rl))
+    scores["rl"] = score(str(replay.parent))
     read: dict[str, tuple[int, int]] = {}  # row -> (problems trained on, distinct contents)
     for row in rows:
         stream = Counted(streams[row](), skip)

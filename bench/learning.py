@@ -184,6 +184,15 @@ def plot(curves: dict[str, list[tuple[float, float]]], path: Path, title: str, h
     fig.savefig(path, dpi=120)
 
 
+def parse_rows(text: str, known: tuple[str, ...]) -> list[str]:
+    """``--rows``: comma-separated names, each one of ``known``."""
+    rows = [r for r in text.split(",") if r]
+    unknown = sorted(set(rows) - set(known))
+    if unknown:
+        raise SystemExit(f"--rows: unknown rows {unknown}; expected some of {', '.join(known)}")
+    return rows
+
+
 def main(argv: list[str]) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=CONFIG)
@@ -193,10 +202,7 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--rows", default=",".join(ROWS), help=f"rows to train, of {', '.join(ROWS)}")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the config, for every row")
     a = ap.parse_args(argv)
-    rows = [r for r in a.rows.split(",") if r]
-    unknown = sorted(set(rows) - set(ROWS))
-    if unknown:
-        raise SystemExit(f"--rows: unknown rows {unknown}; expected some of {', '.join(ROWS)}")
+    rows = parse_rows(a.rows, ROWS)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     overrides = [*COMMON, *a.overrides]
     cfg = load_config(a.config, overrides)

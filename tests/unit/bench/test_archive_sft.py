@@ -21,7 +21,7 @@ from arbor.reward import verify
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-from archive_sft import Counted, archived_responses, searched_problems  # noqa: E402
+from archive_sft import Counted, archived_responses, latest_replay, searched_problems  # noqa: E402
 
 
 def archived(problem, response: str, tok, uid: str | None = None) -> list[dict]:
@@ -58,7 +58,7 @@ def test_archived_responses_read_back_the_text_that_was_archived(tmp_path):
             archived(right, right.solution, tok, "hindsight/k"),
         ],
     )
-    read, relabelled = archived_responses(run, task, tok)
+    read, relabelled = archived_responses(*latest_replay(run), task, tok)
     # the relabelled problem has no training index: left out, and counted
     assert relabelled == 1
     assert [(p.uid, text) for p, text in read] == [(right.uid, right.solution), (other.uid, wrong)]
@@ -69,19 +69,19 @@ def test_archived_responses_read_back_the_text_that_was_archived(tmp_path):
 def test_archived_responses_name_the_file_when_the_archive_is_missing_or_foreign(tmp_path):
     _, task, tok = setup()
     with pytest.raises(ConfigError, match="checkpoints/latest"):
-        archived_responses(tmp_path, task, tok)
+        latest_replay(tmp_path)
     with pytest.raises(ConfigError, match="replay.json.*solution_replay"):
-        archived_responses(write_run(tmp_path / "empty", []), task, tok)
+        archived_responses(*latest_replay(write_run(tmp_path / "empty", [])), task, tok)
     a, b = task.train_problem(5), task.train_problem(6)
     # another problem's path under this uid (a run of another task config): refused, not misread
     foreign = write_run(tmp_path / "foreign", [archived(a, a.solution, tok, uid=b.uid)])
     with pytest.raises(ValueError, match=f"{b.uid} does not start with its problem's prompt"):
-        archived_responses(foreign, task, tok)
+        archived_responses(*latest_replay(foreign), task, tok)
     # a path whose middle step's state is not the path so far
     broken = archived(a, a.solution, tok)
     broken[1]["state_tokens"] = broken[1]["state_tokens"][:-1]
     with pytest.raises(ValueError, match="do not chain"):
-        archived_responses(write_run(tmp_path / "broken", [broken]), task, tok)
+        archived_responses(*latest_replay(write_run(tmp_path / "broken", [broken])), task, tok)
 
 
 def test_searched_problems_are_the_ledgers_inserted_trees(tmp_path):
@@ -91,11 +91,11 @@ def test_searched_problems_are_the_ledgers_inserted_trees(tmp_path):
     ledger.begin(["rollout-0/3", "rollout-0/4", "rollout-1/7", "rollout-0/9"])
     ledger.inserted = {"rollout-0": {3, 9}, "rollout-1": {7}}  # rollout-0/4 was cut short by the stop
     run = write_run(tmp_path, [archived(task.train_problem(5), task.train_problem(5).solution, tok)], ledger.to_json())
-    uids = [p.uid for p in searched_problems(run, cfg, task)]
+    uids = [p.uid for p in searched_problems(*latest_replay(run), cfg, task)]
     expected = [(3, 0), (9, 0), (7, 1)]
     assert uids == [f"countdown/train/{rollout_index(cfg.train.seed, c, 2, a)}" for c, a in expected]
     with pytest.raises(ConfigError, match="no inserted tree"):
-        searched_problems(write_run(tmp_path / "none", [[]]), cfg, task)
+        searched_problems(*latest_replay(write_run(tmp_path / "none", [[]])), cfg, task)
 
 
 def test_counted_counts_only_what_sft_trains_on():
