@@ -41,7 +41,7 @@ from arbor.core.channels import BufferClient, Reporter, WeightChannel, split_pub
 from arbor.core.config import ArborConfig, SearchConfig
 from arbor.core.model import build_policy, value_head_for
 from arbor.core.samples import StepSample
-from arbor.core.tasks import Problem, build_task, step_separator
+from arbor.core.tasks import Problem, build_task
 from arbor.core.tasks.split import problems_to_skip, rollout_index
 from arbor.core.tree import SearchTree, search_stats
 from arbor.reward import verifier_counts
@@ -97,14 +97,13 @@ class RolloutWorker:
         head = value_head_for(model, init_path)
         model.to(device)
         head.to(device)
-        self.backend = HFStepBackend(
+        self.backend = HFStepBackend.configured(
             model,
             tokenizer,
             head,
+            cfg,
             policy_version=-1,
             seed=round_seed(cfg.train.seed, actor_index, -1, self.restarted),  # each round reseeds it (run)
-            max_batch_rows=cfg.search.max_batch_rows,
-            step_sep=step_separator(cfg.task),
         )
         # the learner's position limit (learner.rank), which a journey trace must fit after its prompt
         self.max_len = int(getattr(model.config, "max_position_embeddings", None) or cfg.model.max_seq_len)

@@ -129,9 +129,7 @@ def run_value(cfg: ArborConfig) -> dict:
     try:
         problems = value_problems(task, cfg)
         sampling = value_sampling_config(cfg)
-        backend = HFStepBackend(
-            model, tokenizer, seed=v.seed, max_batch_rows=cfg.search.max_batch_rows, step_sep=step_separator(cfg.task)
-        )
+        backend = HFStepBackend.configured(model, tokenizer, None, cfg, seed=v.seed)
         seqs: list[LabelledSequence] = []
         t0 = time.time()
         with progress_bar() as bar:
@@ -209,14 +207,7 @@ def run_scaling(
 ) -> list[ScalingPoint]:
     """Accuracy against search budget on the held-out set: table, ``scaling.json``, ``scaling.png``, wandb image."""
     head = load_value_head(cfg.model.path, model) if cfg.model.path else None  # checked unless a PRM values states
-    backend = HFStepBackend(
-        model,
-        tokenizer,
-        head,
-        seed=cfg.search.seed,
-        max_batch_rows=cfg.search.max_batch_rows,
-        step_sep=step_separator(cfg.task),
-    )
+    backend = HFStepBackend.configured(model, tokenizer, head, cfg, seed=cfg.search.seed)
     scorers = evaluation_scorers
     if cfg.search.leaf_value == "prm":
         prm = load_prm(cfg.prm.path, step_separator(cfg.task)).scorer()

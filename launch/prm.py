@@ -73,13 +73,12 @@ def search_label_trees(cfg: ArborConfig, task, skip_keys: set[str], model, token
     """``prm.problems`` training problems searched by the policy with ``search.kind``, leaves verified; none of
     ``skip_keys`` (the held-out set and the SFT demonstrations, as rollouts skip them)."""
     problems = distinct_problems(task, cfg.prm.problems, stretch_start(PRM_SEEDS, cfg.prm.seed), None, skip_keys)
-    backend = HFStepBackend(
+    backend = HFStepBackend.configured(
         model,
         tokenizer,
         value_head_for(model, cfg.model.path),  # without a fitted head, every leaf starts at 0.5
+        cfg,
         seed=cfg.prm.seed,
-        max_batch_rows=cfg.search.max_batch_rows,
-        step_sep=step_separator(cfg.task),
     )
     search = dataclasses.replace(cfg.search, terminal_value="verifier", seed=cfg.prm.seed)
     trees: list[SearchTree] = []

@@ -64,7 +64,7 @@ def evaluate_policy(cfg: ArborConfig, path: str, held_out: list[Problem]) -> tup
             cfg.search, kind="mcts", mcts=mcts, terminal_value="value_head", answer_by="value_vote"
         )
         head = value_head_for(model, path)
-        backend = HFStepBackend(model, tokenizer, head, seed=cfg.search.seed, max_batch_rows=cfg.search.max_batch_rows)
+        backend = HFStepBackend.configured(model, tokenizer, head, cfg, seed=cfg.search.seed)
         trees = run_searches(backend, held_out, search, evaluation_scorers)
         out["search_accuracy"] = accuracy(trees, held_out)
         out["search_generated_tokens"] = sum(tr.tokens_generated for tr in trees) / len(trees)

@@ -11,7 +11,9 @@ How one ``continue_steps`` call runs:
    logits its own children will start from and its complete KV, stored as a new cache entry.
 
 So every token in a tree is forwarded once: tokens forwarded per generated token is 1 plus the prompt's
-share. Finished rows leave the batch (``DynamicCache.batch_select_indices``).
+share. Finished rows leave the batch. On Llama and Qwen2 models (``search.lean_decode``, the default) the
+decode steps run over a preallocated KV buffer (:mod:`actors.search.lean_decode`); otherwise through HF's
+forward and ``DynamicCache``; the same tokens either way.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from arbor.actors.search.backend import Segments, StepOutput, StepRequest, StepResult
+from arbor.actors.search.decode import LeanDecoder, open_batch, supports
 from arbor.actors.search.distinct import MIN_RESIDUAL, ExclusionTrie, TrieNode
 from arbor.actors.search.kv_cache import CacheEntry, PrefixCache, prefix_kv
+from arbor.core.config import ArborConfig
 from arbor.core.model import ValueHead, forward_with_hidden
+from arbor.core.tasks import step_separator
 from arbor.core.tasks.base import STEP_SEP
 
 
@@ -75,15 +80,6 @@ def separator_seen(tail: str, token_text: str, sep: str) -> tuple[bool, str]:
     return sep in text, text[len(text) - (len(sep) - 1) :] if len(sep) > 1 else ""
 
 
-def left_pad(prefixes: list[torch.Tensor], width: int) -> torch.Tensor:
-    """Stack per-sequence [H, L_i, D] tensors into [N, H, width, D], zeros on the left (masked out)."""
-    first = prefixes[0]
-    out = first.new_zeros(len(prefixes), first.shape[0], width, first.shape[2])
-    for i, t in enumerate(prefixes):
-        out[i, :, width - t.shape[1] :] = t
-    return out
-
-
 @dataclass
 class _Row:
     request: int  # index into the chunk's requests
@@ -110,6 +106,7 @@ class HFStepBackend:
         max_batch_rows: int = 256,
         reuse_prefixes: bool = True,
         step_sep: str = STEP_SEP,
+        lean_decode: bool = True,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -118,6 +115,8 @@ class HFStepBackend:
         self.max_batch_rows = max_batch_rows
         self.reuse_prefixes = reuse_prefixes  # False: every call prefills its prefixes anew (the no-reuse baseline)
         self.device = next(model.parameters()).device
+        # decode steps over a preallocated KV buffer where the architecture allows (decode.py); else HF's
+        self.lean = LeanDecoder(model) if lean_decode and supports(model) else None
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
         # Models often pad the output layer past the tokenizer (Qwen2: 151936 vs 151665); those ids are
@@ -132,6 +131,29 @@ class HFStepBackend:
         self.tokens_forwarded = 0  # totals over the backend's life
         self.tokens_generated = 0
         self.model_calls = 0
+
+    @classmethod
+    def configured(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        value_head: ValueHead | None,
+        cfg: ArborConfig,
+        *,
+        seed: int,
+        policy_version: int = 0,
+    ) -> HFStepBackend:
+        """The backend as ``cfg`` sets it up: its batch rows, decode path and the task's step separator."""
+        return cls(
+            model,
+            tokenizer,
+            value_head,
+            policy_version=policy_version,
+            seed=seed,
+            max_batch_rows=cfg.search.max_batch_rows,
+            step_sep=step_separator(cfg.task),
+            lean_decode=cfg.search.lean_decode,
+        )
 
     @property
     def policy_version(self) -> int:
@@ -227,11 +249,11 @@ class HFStepBackend:
             return request
         return replace(request, num_samples=left if request.distinct_batched else 1)
 
-    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past=None):
-        """One model pass: (logits [B,T,V], values [B,T] or None, cache)."""
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
+        """One prefill pass: (logits [B,T,V], values [B,T] or None, cache)."""
         self.model_calls += 1
         logits, hidden, cache = forward_with_hidden(
-            self.model, input_ids, attention_mask, position_ids=position_ids, cache=past, use_cache=True
+            self.model, input_ids, attention_mask, position_ids=position_ids, use_cache=True
         )
         values = self.value_head(hidden) if self.value_head is not None else None
         return logits, values, cache
@@ -283,16 +305,12 @@ class HFStepBackend:
             return
         entries = [self.cache.lookup(r.segments) for r in requests]
         kv = [prefix_kv(e) for e in entries]  # per request: per-layer keys, values [H, L_r, D]
-        by_row = torch.tensor([r.request for r in rows], device=self.device)  # [R]
-        lengths = torch.tensor([k[0].shape[1] for k, _ in kv], device=self.device)[by_row]  # [R]
-        # Every request's KV is padded to this width (left_pad), so it spans all of them, not just sampled rows.
-        width = max(k[0].shape[1] for k, _ in kv)
-        past = [
-            (left_pad([k[i] for k, _ in kv], width)[by_row], left_pad([v[i] for _, v in kv], width)[by_row])
-            for i in range(len(kv[0][0]))
-        ]  # per layer: keys, values [R, H, W, D]
-        cache = DynamicCache(ddp_cache_data=past)
-        mask = (torch.arange(width, device=self.device)[None, :] >= (width - lengths)[:, None]).long()  # [R, W]
+        lengths = torch.tensor([kv[r.request][0][0].shape[1] for r in rows], device=self.device)  # [R] prefix tokens
+        # rows are grouped by request, in request order; room for every token a row may add
+        batch = open_batch(
+            self.model, self.lean, kv, [r.num_samples for r in requests], max(r.max_tokens for r in rows)
+        )
+        width = max(k[0].shape[1] for k, _ in kv)  # every request's KV is right-aligned at this width
         temps = torch.tensor([r.temperature for r in rows], device=self.device)
         first = torch.stack([entries[r.request][-1].next_logits for r in rows])  # [R, V]
         everyone = list(range(len(rows)))
@@ -306,28 +324,29 @@ class HFStepBackend:
         positions = lengths.clone()
         outputs: dict[int, StepOutput] = {}
         while active:
-            last = torch.tensor([[rows[i].tokens[-1]] for i in active], device=self.device)  # [A, 1]
-            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-            logits, values, cache = self._forward(last, mask, positions[active].unsqueeze(1), past=cache)
+            last = torch.tensor([rows[i].tokens[-1] for i in active], device=self.device)  # [A]
+            self.model_calls += 1
+            logits, hidden = batch.step(last, positions[active])  # [A, V], [A, E]
+            values = self.value_head(hidden) if self.value_head is not None else None  # [A]
             positions[active] += 1
             for r in {rows[i].request for i in active}:
                 results[r].model_calls += 1
             going = [b for b, i in enumerate(active) if not rows[i].finish]
             for b, i in enumerate(active):
                 if rows[i].finish:
-                    value = float(values[b, -1]) if values is not None else None
-                    outputs[i] = self._finish(requests[rows[i].request], rows[i], cache, b, width, logits[b, -1], value)
+                    value = float(values[b]) if values is not None else None
+                    keys, vals = batch.added(b, width)
+                    outputs[i] = self._finish(requests[rows[i].request], rows[i], keys, vals, logits[b], value)
             if going:
                 sel = torch.tensor(going, device=self.device)
                 which = [active[b] for b in going]
-                step_logits = logits[sel, -1]
+                step_logits = logits[sel]
                 tokens, logp = sample_tokens(
                     step_logits, temps[which], self.generator, self.vocab_size, self._bias(rows, which, step_logits)
                 )
                 self._take(rows, which, tokens, logp)
                 if len(going) < len(active):
-                    cache.batch_select_indices(sel)
-                    mask = mask[sel]
+                    batch.select(sel)
             active = [active[b] for b in going]
         for i, row in enumerate(rows):  # outputs in sampling order, whatever order the rows finished in
             res = results[row.request]
@@ -375,16 +394,15 @@ class HFStepBackend:
         self,
         request: StepRequest,
         row: _Row,
-        cache: DynamicCache,
-        b: int,
-        width: int,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
         next_logits: torch.Tensor,
         value: float | None,
     ) -> StepOutput:
         """A finished row (its step's last token just forwarded, so its KV is complete): cache it, describe it."""
         entry = CacheEntry(
-            keys=[layer.keys[b, :, width:].clone() for layer in cache.layers],  # [H, len(step), D]
-            values=[layer.values[b, :, width:].clone() for layer in cache.layers],
+            keys=keys,  # per layer [H, len(step), D]
+            values=values,
             next_logits=next_logits.clone(),
             value=value,
             version=self.policy_version,

@@ -195,8 +195,7 @@ class MCTSConfig:
     virtual_loss: float = nonneg(1.0)  # visits of value 0 added along a selected path while its leaf is pending
     leaves_per_round: int = positive(4)  # leaves one tree may add to one batched model call
     token_budget: int = nonneg(0)  # stop once the tree has generated this many tokens; 0: simulations decide
-    # MCTS's sampling temperature. 0.5 with distinct_children: steps drawn without replacement at 0.5 find more
-    # than best-of-N at temperature 1 for the same tokens (BENCHMARKS.md); at 1 they reach into illegal steps
+    # MCTS's own temperature: distinct steps at 0.5 find more than best-of-N at 1 for the same tokens (BENCHMARKS.md)
     temperature: float = nonneg(0.5)
     close_ended: bool = True  # an ended step takes no more simulations; a node whose steps all ended samples new ones
 
@@ -229,6 +228,7 @@ class SearchConfig:
     distinct_batched: bool = False
     trees_in_flight: int = positive(64)  # trees the driver advances together, one batched model call per round
     max_batch_rows: int = positive(256)  # sequences per model call; larger rounds are split
+    lean_decode: bool = True  # Llama/Qwen2 decode over a preallocated KV buffer (search/decode.py); else HF's
     budgets: list[int] = each_positive([])  # test-time scaling budgets for `arbor eval`; [] skips it
     kinds: list[CurveKind] = field(default_factory=lambda: list(CurveKind))  # kinds on the scaling curve
     seed: int = 0  # sampling and Dirichlet-noise seed
