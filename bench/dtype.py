@@ -65,7 +65,12 @@ def main(argv: list[str]) -> dict:
     parts = {}
     for d in dtypes:
         model, tokenizer, head = policy(cfgs[d])
-        parts[d] = (model, tokenizer, HFStepBackend(model, tokenizer, head, seed=0), make_learner(cfgs[d], "torch"))
+        parts[d] = (
+            model,
+            tokenizer,
+            HFStepBackend.configured(model, tokenizer, head, cfgs[d], seed=0),
+            make_learner(cfgs[d], "torch"),
+        )
     n = base.search.trees_in_flight
     trees, _ = search(parts["float32"][2], cfgs["float32"], 0, n)  # the samples every learner round trains on
     batch = batches(trees, base.train.batch_size, 1)[0]

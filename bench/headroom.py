@@ -71,7 +71,14 @@ def at_tokens(rows: dict[str, dict], tokens: float) -> float | None:
 def search_row(model, tokenizer, head, problems, search) -> dict:
     """One search setting on ``problems`` (verifier-scored, as in training): :func:`coverage` with its
     seconds, generated tokens and pruned steps per problem. The model is copied, so rows do not share caches."""
-    backend = HFStepBackend(copy.deepcopy(model), tokenizer, copy.deepcopy(head), seed=search.seed)
+    backend = HFStepBackend(
+        copy.deepcopy(model),
+        tokenizer,
+        copy.deepcopy(head),
+        seed=search.seed,
+        max_batch_rows=search.max_batch_rows,
+        lean_decode=search.lean_decode,
+    )
     t0 = time.perf_counter()
     trees = run_searches(backend, problems, search, training_scorers)
     seconds = time.perf_counter() - t0

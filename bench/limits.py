@@ -76,7 +76,7 @@ def rollout_rounds(cfg: ArborConfig, peaks: list[float]) -> tuple[Trees, dict]:
     """A warm-up search, then ``REPEATS`` rounds of (peak, a search of ``trees_in_flight`` new problems).
     Returns the trees' samples and the figures; appends the rounds' peaks to ``peaks``."""
     model, tokenizer, head = policy(cfg)
-    backend = HFStepBackend(model, tokenizer, head, seed=cfg.search.seed, max_batch_rows=cfg.search.max_batch_rows)
+    backend = HFStepBackend.configured(model, tokenizer, head, cfg, seed=cfg.search.seed)
     n = cfg.search.trees_in_flight
     search(backend, cfg, 0, max(1, n // 4))
     trees, rows, flops = [], [], 2.0 * matmul_params(model)

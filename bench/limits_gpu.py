@@ -53,7 +53,7 @@ def gpu_figures(cfg: ArborConfig, dev: torch.device, sizes=CUDA_MATMUL_SIZES, ba
     peak = matmul_peak(sizes, torch.bfloat16, dev)
     bandwidth = 2 * bandwidth_bytes / copy_seconds(bandwidth_bytes, dev)  # a copy reads and writes every byte
     model, tokenizer, head = policy(cfg, dev)
-    backend = HFStepBackend(model, tokenizer, head, seed=cfg.search.seed, max_batch_rows=cfg.search.max_batch_rows)
+    backend = HFStepBackend.configured(model, tokenizer, head, cfg, seed=cfg.search.seed)
     n = cfg.search.trees_in_flight
     search(backend, cfg, 0, max(1, n // 4))
     calls = backend.model_calls

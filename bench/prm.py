@@ -101,7 +101,7 @@ def main(argv: list[str]) -> dict:
     def search(search_cfg):
         # a fresh backend (same seed) per search: best-of-N samples the same chains whatever ran before it,
         # so runs with different PRMs differ only where the PRM acts
-        backend = HFStepBackend(model, tokenizer, seed=cfg.search.seed, max_batch_rows=cfg.search.max_batch_rows)
+        backend = HFStepBackend.configured(model, tokenizer, None, cfg, seed=cfg.search.seed)
         return run_searches(backend, problems, search_cfg, lambda p: scorers)
 
     print(f"policy and PRM ready after {time.time() - t0:.0f} s; measuring on {len(problems)} problems")

@@ -130,7 +130,7 @@ def main(argv: list[str]) -> dict:
     print(f"policy and value head ready after {time.time() - t0:.0f} s; measuring on {len(problems)} problems")
 
     # equal-token accuracy: best-of-N at BUDGET, then MCTS until it has generated as many tokens per problem
-    backend = HFStepBackend(model, tokenizer, head, seed=cfg.search.seed, max_batch_rows=cfg.search.max_batch_rows)
+    backend = HFStepBackend.configured(model, tokenizer, head, cfg, seed=cfg.search.seed)
     bon_cfg = dataclasses.replace(budget_config(cfg.search, "best_of_n", BUDGET), answer_by=BEST_OF_N_ANSWER)
     bon = run_searches(backend, problems, bon_cfg, evaluation_scorers)
     spent = max(1, round(search_stats(bon)["search/tokens_generated_per_tree"]))
@@ -143,7 +143,7 @@ def main(argv: list[str]) -> dict:
 
     # the same MCTS without prefix reuse, on a slice (it is slow by construction)
     slice_ = problems[: max(1, len(problems) // 4)]
-    plain = HFStepBackend(model, tokenizer, head, seed=cfg.search.seed, reuse_prefixes=False)
+    plain = HFStepBackend.configured(model, tokenizer, head, cfg, seed=cfg.search.seed, reuse_prefixes=False)
     no_reuse = run_searches(plain, slice_, budget_config(cfg.search, "mcts", BUDGET, spent), evaluation_scorers)
     reuse = run_searches(backend, slice_, budget_config(cfg.search, "mcts", BUDGET, spent), evaluation_scorers)
 

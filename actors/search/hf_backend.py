@@ -12,8 +12,8 @@ How one ``continue_steps`` call runs:
 
 So every token in a tree is forwarded once: tokens forwarded per generated token is 1 plus the prompt's
 share. Finished rows leave the batch. On Llama and Qwen2 models (``search.lean_decode``, the default) the
-decode steps run over a preallocated KV buffer (:mod:`actors.search.lean_decode`); otherwise through HF's
-forward and ``DynamicCache``; the same tokens either way.
+decode steps run over a preallocated KV buffer (:mod:`actors.search.decode`); otherwise through HF's
+forward and ``DynamicCache``; the same outputs either way, up to float rounding.
 """
 
 from __future__ import annotations
@@ -142,6 +142,7 @@ class HFStepBackend:
         *,
         seed: int,
         policy_version: int = 0,
+        reuse_prefixes: bool = True,
     ) -> HFStepBackend:
         """The backend as ``cfg`` sets it up: its batch rows, decode path and the task's step separator."""
         return cls(
@@ -151,6 +152,7 @@ class HFStepBackend:
             policy_version=policy_version,
             seed=seed,
             max_batch_rows=cfg.search.max_batch_rows,
+            reuse_prefixes=reuse_prefixes,
             step_sep=step_separator(cfg.task),
             lean_decode=cfg.search.lean_decode,
         )
@@ -306,9 +308,10 @@ class HFStepBackend:
         entries = [self.cache.lookup(r.segments) for r in requests]
         kv = [prefix_kv(e) for e in entries]  # per request: per-layer keys, values [H, L_r, D]
         lengths = torch.tensor([kv[r.request][0][0].shape[1] for r in rows], device=self.device)  # [R] prefix tokens
-        # rows are grouped by request, in request order; room for every token a row may add
+        # rows are grouped by request, in request order; room for every token a row may add (the first is always
+        # sampled and forwarded, even at max_tokens 0)
         batch = open_batch(
-            self.model, self.lean, kv, [r.num_samples for r in requests], max(r.max_tokens for r in rows)
+            self.model, self.lean, kv, [r.num_samples for r in requests], max(1, *(r.max_tokens for r in rows))
         )
         width = max(k[0].shape[1] for k, _ in kv)  # every request's KV is right-aligned at this width
         temps = torch.tensor([r.temperature for r in rows], device=self.device)

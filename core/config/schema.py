@@ -195,7 +195,7 @@ class MCTSConfig:
     virtual_loss: float = nonneg(1.0)  # visits of value 0 added along a selected path while its leaf is pending
     leaves_per_round: int = positive(4)  # leaves one tree may add to one batched model call
     token_budget: int = nonneg(0)  # stop once the tree has generated this many tokens; 0: simulations decide
-    # MCTS's own temperature: distinct steps at 0.5 find more than best-of-N at 1 for the same tokens (BENCHMARKS.md)
+    # own temperature: with distinct_children, steps at 0.5 find more than best-of-N at 1 (BENCHMARKS.md); 1 errs more
     temperature: float = nonneg(0.5)
     close_ended: bool = True  # an ended step takes no more simulations; a node whose steps all ended samples new ones
 

@@ -96,6 +96,30 @@ def test_headroom_counts_every_chain_and_bounds_solved_by_correct_answers(policy
     )
 
 
+def test_actor_throughput_searches_the_same_problems_under_every_variant(policy_checkpoints):
+    result = bench(
+        "actor_throughput.py",
+        str(policy_checkpoints["value"]),
+        *TINY,
+        *SMALL_SEARCH,
+        "search.trees_in_flight=4",
+        "--problems",
+        "6",
+        "--rounds",
+        "1",
+        "--variants",
+        "search.lean_decode=false;;search.trees_in_flight=6,search.max_batch_rows=1024",
+    )
+    rows = result["variants"]
+    assert list(rows) == ["search.lean_decode=false", "config", "search.trees_in_flight=6,search.max_batch_rows=1024"]
+    assert result["problems"] == 6
+    for name, row in rows.items():
+        assert 0 < row["trees_per_s"] < math.inf and row["tokens_generated"] > 0, name
+        assert 0.0 <= row["solved"] <= 1.0 and row["tokens_per_model_call"] >= 1.0, name
+    # the decode path changes the arithmetic's order, not the search: the same steps, so the same tokens
+    assert rows["config"]["tokens_generated"] == rows["search.lean_decode=false"]["tokens_generated"]
+
+
 def test_failures_files_every_wrong_answer(policy_checkpoints):
     result = bench("failures.py", str(policy_checkpoints["sft"]), *TINY, "task.eval_size=6", "threads=1")
     assert result["problems"] == 6

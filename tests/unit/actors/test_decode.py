@@ -10,7 +10,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from arbor.actors.search.backend import StepRequest
-from arbor.actors.search.decode import KVBuffer, LeanDecoder, supports
+from arbor.actors.search.decode import HFBatch, KVBuffer, LeanBatch, LeanDecoder, supports
 from arbor.actors.search.driver import run_searches, training_scorers
 from arbor.actors.search.hf_backend import HFStepBackend
 from arbor.core.config import ModelConfig, TaskConfig
@@ -31,6 +31,7 @@ def _model(kind: str, heads: int = 4, kv_heads: int = 4, seed: int = 0):
             for layer in model.model.layers:
                 layer.self_attn.q_proj.bias.normal_(0, 0.5)
                 layer.self_attn.k_proj.bias.normal_(0, 0.5)
+                layer.self_attn.v_proj.bias.normal_(0, 0.5)
     return model.eval()
 
 
@@ -98,6 +99,45 @@ def test_selecting_rows_keeps_their_state():
     assert logits[0] == pytest.approx(ref[1], abs=1e-5)
 
 
+def _prefix_kv(model, prompt: list[int]):
+    with torch.no_grad():
+        cache = model(input_ids=torch.tensor([prompt]), use_cache=True).cache
+    return [layer.keys[0] for layer in cache.layers], [layer.values[0] for layer in cache.layers]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_lean_and_hf_batches_agree_through_selects_on_ragged_rows(kind):
+    """The two paths behind the backend, fed the same ragged prefixes (one with no rows), the same tokens and
+    the same row selections, padded rows leaving mid-run: the same logits, hidden states and added KV."""
+    model = _model(kind, heads=4, kv_heads=2)
+    torch.manual_seed(3)
+    prompts = [torch.randint(0, 64, (n,)).tolist() for n in (4, 11, 7)]
+    prefixes = [_prefix_kv(model, p) for p in prompts]
+    counts = [2, 0, 3]  # rows 0-1 continue prompt 0, rows 2-4 prompt 2; prompt 1 only sets the width
+    lean = LeanBatch(LeanDecoder(model), prefixes, counts, extra=6)
+    hf = HFBatch(model, prefixes, counts)
+    rows = [0, 0, 2, 2, 2]  # each row's prompt, in batch order
+    positions = torch.tensor([len(prompts[p]) for p in rows])
+    keep_after = {1: [0, 2, 3, 4], 3: [1, 3]}  # after step 1 row 1 leaves; after step 3 two more
+    with torch.no_grad():
+        for t in range(5):
+            tokens = torch.randint(0, 64, (len(rows),))
+            (lean_logits, lean_hidden), (hf_logits, hf_hidden) = (b.step(tokens, positions) for b in (lean, hf))
+            assert lean_logits == pytest.approx(hf_logits, abs=1e-5)
+            assert lean_hidden == pytest.approx(hf_hidden, abs=1e-5)
+            positions = positions + 1
+            if t in keep_after:
+                keep = torch.tensor(keep_after[t])
+                for b in (lean, hf):
+                    b.select(keep)
+                rows, positions = [rows[i] for i in keep_after[t]], positions[keep]
+    for row in range(len(rows)):  # what the backend stores as each finished step's KV
+        (lean_keys, lean_values), (hf_keys, hf_values) = lean.added(row, 11), hf.added(row, 11)
+        assert lean_keys[1].shape == hf_keys[1].shape == (2, 5, 12)
+        assert lean_keys[1] == pytest.approx(hf_keys[1], abs=1e-5)
+        assert lean_values[0] == pytest.approx(hf_values[0], abs=1e-5)
+
+
 def test_full_buffer_and_unsupported_models_are_refused_by_name():
     model = _model("llama")
     with torch.no_grad():
@@ -152,9 +192,20 @@ def test_backend_search_is_the_same_with_and_without_the_lean_path():
         assert [n.value_estimate for n in a.nodes] == pytest.approx([n.value_estimate for n in b.nodes], abs=1e-5)
     assert lean_backend.tokens_forwarded == hf_backend.tokens_forwarded
     assert lean_backend.model_calls == hf_backend.model_calls
-    # the cached KV of a step equals HF's: continuing from it gives HF's next-step log-probs
+    # the KV a decode step cached is what the next step reads: continuing a depth-1 node on each path from its
+    # own cache gives the same steps and log-probs (the prompt's entry was released with its tree, the step's
+    # is re-made here by one more call)
     root = (tuple(lean_backend.encode(problems[0].prompt)),)
+    results = []
     for backend in (lean_backend, hf_backend):
         backend.reseed(7)
-    steps = [b.continue_steps([StepRequest(root, 3, 10, temperature=1.0)])[0].steps for b in (lean_backend, hf_backend)]
-    assert [s.token_ids for s in steps[0]] == [s.token_ids for s in steps[1]]
+        first = backend.continue_steps([StepRequest(root, 2, 10, temperature=1.0)])[0].steps[0]
+        child = root + (tuple(first.token_ids),)
+        results.append(backend.continue_steps([StepRequest(child, 3, 10, temperature=1.0)])[0].steps)
+    lean_steps, hf_steps = results
+    assert [s.token_ids for s in lean_steps] == [s.token_ids for s in hf_steps]
+    for a, b in zip(lean_steps, hf_steps):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+        assert a.value == pytest.approx(b.value, abs=1e-5)
+    for backend in (lean_backend, hf_backend):  # a zero-token limit still samples (and forwards) one token
+        assert [len(s.token_ids) for s in backend.continue_steps([StepRequest(root, 2, 0)])[0].steps] == [1, 1]
