@@ -9,8 +9,8 @@ lean decode path (``search.lean_decode``) and a wider batch::
 
     search.lean_decode=false ; (the config) ; search.trees_in_flight=256,search.max_batch_rows=1024
 
-Every variant searches the same problems, the first ``--problems`` of rollout actor 0's shard (held-out and
-SFT-pool problems passed over, as the actor does), from the same weights with a fresh backend seeded with
+Every variant searches the same problems, the first ``--problems`` the actors search (one actor by default: its shard;
+held-out and SFT-pool problems passed over, as the actor does), from the same weights with a fresh backend seeded with
 ``train.seed`` and the actor's one torch thread; rounds alternate the variants, so the machine's drift falls
 on all of them. Per variant: trees/s, generated tokens/s, tokens forwarded per model call (prefill and decode;
 wider batches forward more rows a call), the share of trees with a correct leaf (what the self-imitation
@@ -21,6 +21,7 @@ shares the cores. The last line printed is JSON.
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import sys
@@ -35,24 +36,21 @@ from arbor.actors.search import HFStepBackend, run_searches, training_scorers
 from arbor.core.config import ArborConfig, load_config
 from arbor.core.model import build_policy, value_head_for
 from arbor.core.tasks import Problem, build_task
-from arbor.core.tasks.split import problems_to_skip, rollout_index
+from arbor.core.tasks.split import problems_to_skip
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning import oracle_stream  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VARIANTS = "search.lean_decode=false;;search.trees_in_flight=256,search.max_batch_rows=1024"
 
 
 def actor_problems(cfg: ArborConfig, count: int) -> list[Problem]:
-    """The first ``count`` problems rollout actor 0 of 1 searches (held-out and SFT-pool content passed over)."""
+    """The first ``count`` problems the config's rollout actors search, in their order (one actor by default:
+    its shard), held-out and SFT-pool content passed over as the actors do."""
     task = build_task(cfg.task)
     skip = problems_to_skip(cfg, task)
-    out: list[Problem] = []
-    cursor = 0
-    while len(out) < count:
-        problem = task.train_problem(rollout_index(cfg.train.seed, cursor, 1, 0))
-        cursor += 1
-        if problem.key not in skip:
-            out.append(problem)
-    return out
+    return list(itertools.islice((p for p in oracle_stream(cfg, task) if p.key not in skip), count))
 
 
 def measure(cfg: ArborConfig, model, tokenizer, head, problems: list[Problem]) -> dict:
@@ -85,7 +83,7 @@ def main(argv: list[str]) -> dict:
     model, tokenizer = build_policy(cfgs[0].model)
     head = value_head_for(model, model_dir)
     problems = actor_problems(cfgs[0], int(count))
-    print(f"{len(problems)} problems of actor 0's shard, {len(variants)} variants x {rounds} rounds")
+    print(f"{len(problems)} problems of the actors' shards, {len(variants)} variants x {rounds} rounds")
     runs: list[list[dict]] = [[] for _ in variants]
     for r in range(int(rounds)):
         for i, cfg in enumerate(cfgs):

@@ -14,8 +14,8 @@ reaches it at once, and its outputs equal HF's forward up to float rounding (``t
 test_decode.py``). :class:`HFBatch` is HF's forward over a ``DynamicCache``, for every other model.
 
 Both take rows grouped by prefix, each prefix's keys and values per layer [H_kv, L, D] right-aligned at the
-common width, and offer ``step`` (forward one token per row), ``select`` (keep some rows) and ``added`` (a
-row's keys and values past a column). What the lean path is worth: ``bench/actor_throughput.py``.
+common width, and offer ``step`` (forward one token per row), ``select`` (keep some rows) and ``added`` (the
+keys and values a row added after its prefix). What the lean path is worth: ``bench/actor_throughput.py``.
 """
 
 from __future__ import annotations
@@ -46,11 +46,12 @@ Prefix = tuple[list[torch.Tensor], list[torch.Tensor]]  # per layer keys, values
 
 class KVBuffer:
     """The keys and values of a batch of rows, per layer [R, H_kv, capacity, D], the first ``length``
-    columns filled; ``bias`` [R, 1, 1, capacity] is 0 where a row attends and the dtype's minimum where a
-    column is left padding."""
+    columns filled, the prefixes in the first ``width``; ``bias`` [R, 1, 1, capacity] is 0 where a row attends
+    and the dtype's minimum where a column is left padding."""
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], bias: torch.Tensor, length: int):
-        self.keys, self.values, self.bias, self.length = keys, values, bias, length
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], bias: torch.Tensor, width: int):
+        self.keys, self.values, self.bias = keys, values, bias
+        self.width = self.length = width
 
     @classmethod
     def from_prefixes(cls, prefixes: list[Prefix], counts: list[int], extra: int) -> KVBuffer:
@@ -87,12 +88,11 @@ class KVBuffer:
         torch.index_select(t[:, :, : self.length], 0, rows, out=out[:, :, : self.length])  # the free columns stay free
         return out
 
-    def added(self, row: int, start: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Copies of one row's keys and values from column ``start`` to the filled length, per layer
-        [H_kv, length - start, D]."""
+    def added(self, row: int) -> Prefix:
+        """Copies of the keys and values one row added after its prefix, per layer [H_kv, length - width, D]."""
         return (
-            [k[row, :, start : self.length].clone() for k in self.keys],
-            [v[row, :, start : self.length].clone() for v in self.values],
+            [k[row, :, self.width : self.length].clone() for k in self.keys],
+            [v[row, :, self.width : self.length].clone() for v in self.values],
         )
 
 
@@ -164,8 +164,8 @@ class LeanBatch:
     def select(self, rows: torch.Tensor) -> None:
         self.buffer.select(rows)
 
-    def added(self, row: int, start: int) -> Prefix:
-        return self.buffer.added(row, start)
+    def added(self, row: int) -> Prefix:
+        return self.buffer.added(row)
 
 
 class HFBatch:
@@ -174,7 +174,7 @@ class HFBatch:
     def __init__(self, model: PreTrainedModel, prefixes: list[Prefix], counts: list[int]):
         self.model = model
         lengths = [k[0].shape[1] for k, _ in prefixes]
-        width = max(lengths)
+        self.width = width = max(lengths)
         by_row = torch.tensor([p for p, n in enumerate(counts) for _ in range(n)], device=prefixes[0][0][0].device)
         past = [
             (
@@ -198,9 +198,9 @@ class HFBatch:
         self.cache.batch_select_indices(rows)
         self.mask = self.mask[rows]
 
-    def added(self, row: int, start: int) -> Prefix:
-        layers = self.cache.layers
-        return [la.keys[row, :, start:].clone() for la in layers], [la.values[row, :, start:].clone() for la in layers]
+    def added(self, row: int) -> Prefix:
+        layers, w = self.cache.layers, self.width
+        return [la.keys[row, :, w:].clone() for la in layers], [la.values[row, :, w:].clone() for la in layers]
 
 
 def open_batch(

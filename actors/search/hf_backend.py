@@ -313,7 +313,6 @@ class HFStepBackend:
         batch = open_batch(
             self.model, self.lean, kv, [r.num_samples for r in requests], max(1, *(r.max_tokens for r in rows))
         )
-        width = max(k[0].shape[1] for k, _ in kv)  # every request's KV is right-aligned at this width
         temps = torch.tensor([r.temperature for r in rows], device=self.device)
         first = torch.stack([entries[r.request][-1].next_logits for r in rows])  # [R, V]
         everyone = list(range(len(rows)))
@@ -338,7 +337,7 @@ class HFStepBackend:
             for b, i in enumerate(active):
                 if rows[i].finish:
                     value = float(values[b]) if values is not None else None
-                    keys, vals = batch.added(b, width)
+                    keys, vals = batch.added(b)
                     outputs[i] = self._finish(requests[rows[i].request], rows[i], keys, vals, logits[b], value)
             if going:
                 sel = torch.tensor(going, device=self.device)

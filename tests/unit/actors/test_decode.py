@@ -77,7 +77,7 @@ def test_lean_steps_equal_hf_forward_on_ragged_left_padded_rows(kind, heads, kv_
     # the columns written are the new tokens' keys: what a full forward's cache holds there
     with torch.no_grad():
         full = model(input_ids=torch.tensor([prompts[1] + new[1]]), use_cache=True).cache
-    added_keys, _ = buffer.added(2, 14)
+    added_keys, _ = buffer.added(2)
     assert added_keys[1] == pytest.approx(full.layers[1].keys[0, :, len(prompts[1]) :], abs=1e-5)
 
 
@@ -132,7 +132,7 @@ def test_lean_and_hf_batches_agree_through_selects_on_ragged_rows(kind):
                     b.select(keep)
                 rows, positions = [rows[i] for i in keep_after[t]], positions[keep]
     for row in range(len(rows)):  # what the backend stores as each finished step's KV
-        (lean_keys, lean_values), (hf_keys, hf_values) = lean.added(row, 11), hf.added(row, 11)
+        (lean_keys, lean_values), (hf_keys, hf_values) = lean.added(row), hf.added(row)
         assert lean_keys[1].shape == hf_keys[1].shape == (2, 5, 12)
         assert lean_keys[1] == pytest.approx(hf_keys[1], abs=1e-5)
         assert lean_values[0] == pytest.approx(hf_values[0], abs=1e-5)
