@@ -9,7 +9,13 @@ it directly. Semantics:
 - Rate limiting follows Reverb's SampleToInsertRatio (Cassirer et al. 2021, "Reverb: A Framework for
   Experience Replay"): inserts block when the learner falls behind, samples block when data is short.
 - Capacity: a full buffer evicts its oldest items that were already sampled at least once; if that
-  does not free enough room the insert is refused (blocks) rather than discarding unseen data.
+  does not free enough room the insert is refused (blocks) rather than discarding unseen data, unless the
+  learner is waiting on the rate limiter for inserts: then neither side could move (with
+  ``samples_per_insert`` below 1 unseen items pile up until staleness evicts them, and a slow version clock,
+  ``train.sync_every`` above 1, lets them fill the buffer first), so the oldest items go, unseen ones too,
+  counted in ``evicted_capacity`` and, for the unseen, ``evicted_unseen``.
+- Samplers: ``fifo`` hands out the oldest items, ``newest`` the newest (both release what they hand out, each
+  item trained on once; the rest age out by the lag rule), ``prioritized`` draws with replacement.
 - Only whole search trees enter (:func:`check_whole_trees`): a tree cut short never reaches the learner.
 - Each accepted insert may carry its actor's cursor (the next problem of its shard), so the items a
   snapshot holds and the cursors it records always agree, and a resumed actor continues right after the
@@ -20,7 +26,8 @@ it directly. Semantics:
   buffer returns the same items for the same calls.
 
 Accounting invariant (tested): ``inserted == size + released + evicted_stale + evicted_capacity``,
-where ``released`` counts FIFO items handed to the learner (each exactly once).
+where ``released`` counts items a releasing sampler (``fifo``, ``newest``) handed to the learner (each
+exactly once).
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ from arbor.core.runs import random_state_from_json, random_state_to_json
 from arbor.core.samples import ARCHIVE_ONLY_SOURCES, DEMO_FLAG, StepSample
 
 SNAPSHOT_FORMAT = "arbor.replay/1"
+SAMPLERS = ("fifo", "newest", "prioritized")
+RELEASING = ("fifo", "newest")  # samplers that hand each item out once and remove it
+# counters added after the snapshot format was fixed: a snapshot without them restores them as 0
+LATER_COUNTERS = ("solutions_archived", "solutions_replayed", "evicted_unseen")
 
 
 @dataclass
@@ -63,7 +74,7 @@ class ReplayBuffer:
     def __init__(
         self,
         capacity: int,
-        sampler: Literal["fifo", "prioritized"] = "fifo",
+        sampler: Literal["fifo", "newest", "prioritized"] = "fifo",
         max_policy_lag: int = 1,
         rate_limiter: RateLimiter | None = None,
         seed: int = 0,
@@ -73,8 +84,8 @@ class ReplayBuffer:
     ):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
-        if sampler not in ("fifo", "prioritized"):
-            raise ValueError(f"sampler must be 'fifo' or 'prioritized', got {sampler!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         if max_policy_lag < 0:
             raise ValueError(f"max_policy_lag must be >= 0, got {max_policy_lag}")
         if not 0.0 <= solution_replay < 1.0:
@@ -101,6 +112,7 @@ class ReplayBuffer:
                 "released",
                 "evicted_stale",
                 "evicted_capacity",
+                "evicted_unseen",
                 "blocked_inserts",
                 "blocked_samples",
                 "demonstrations",
@@ -159,12 +171,13 @@ class ReplayBuffer:
             return True
         n = len(samples)
         free = self.capacity - len(self._items)
-        if not self.rate_limiter.can_insert(n) or free + self._sampled_present < n:
+        short = free + self._sampled_present < n  # decided from counts: a full buffer's retries do not scan it
+        if not self.rate_limiter.can_insert(n) or (short and not self.learner_waits_on_ratio()):
             self._counters["blocked_inserts"] += 1
-            return False  # decided from counts: a full buffer's retries do not scan it
-        evictable = (k for k, it in self._items.items() if it.times_sampled > 0)  # oldest first
-        for key in list(islice(evictable, max(0, n - free))):
-            self._remove(key)
+            return False
+        seen = (k for k, it in self._items.items() if it.times_sampled > 0)  # oldest first
+        for key in list(islice(self._items if short else seen, max(0, n - free))):
+            self._counters["evicted_unseen"] += self._remove(key).times_sampled == 0
             self._counters["evicted_capacity"] += 1
             self.rate_limiter.deletes += 1
         for sample in samples:
@@ -180,6 +193,12 @@ class ReplayBuffer:
         if self.solution_replay:
             self._counters["solutions_archived"] += self._solutions.add(samples + archive_only)
         return True
+
+    def learner_waits_on_ratio(self) -> bool:
+        """The learner's last sample was refused by the rate limiter (not for want of items) and still would be:
+        it waits for inserts, so an insert that a full buffer refuses would leave both sides waiting."""
+        starving = self.rate_limiter.starving
+        return starving > 0 and len(self._items) >= starving and not self.rate_limiter.can_sample(starving)
 
     def _take_cursor(self, cursor: tuple[str, int] | None) -> None:
         if cursor is not None:
@@ -238,27 +257,29 @@ class ReplayBuffer:
 
     def try_sample_keyed(self, n: int, current_version: int) -> list[tuple[int, StepSample]] | None:
         """Like ``try_sample`` but returns ``(key, sample)`` pairs, the keys for ``update_priorities``."""
-        if n < 1 or (self.sampler == "fifo" and n > self.capacity):
+        releasing = self.sampler in RELEASING
+        if n < 1 or (releasing and n > self.capacity):
             raise ValueError(f"cannot sample {n} items from a {self.sampler} buffer of capacity {self.capacity}")
         replayed = min(n - 1, round(n * self.solution_replay)) if self._solutions else 0
         n -= replayed
         self.evict_stale(current_version)
-        # FIFO needs n distinct items; prioritized samples with replacement and needs only one.
-        enough = len(self._items) >= (n if self.sampler == "fifo" else 1)
+        # a releasing sampler needs n distinct items; prioritized samples with replacement and needs only one.
+        enough = len(self._items) >= (n if releasing else 1)
         if not enough or not self.rate_limiter.can_sample(n):
             self._counters["blocked_samples"] += 1
             self.rate_limiter.starving = n
             return None
         self.rate_limiter.starving = 0
-        if self.sampler == "fifo":
-            chosen = [self._remove(k) for k in list(islice(self._items, n))]  # the n oldest, not a full copy
+        if releasing:  # the n oldest or newest, not a full copy
+            ends = islice(self._items if self.sampler == "fifo" else reversed(self._items), n)
+            chosen = [self._remove(k) for k in list(ends)]
             self.rate_limiter.deletes += n
             self._counters["released"] += n
         else:
             items = list(self._items.values())
             chosen = self._rng.choices(items, weights=[it.priority for it in items], k=n)
-        for it in chosen:  # (FIFO's chosen items have already left the buffer)
-            self._sampled_present += self.sampler != "fifo" and it.times_sampled == 0
+        for it in chosen:  # (a releasing sampler's chosen items have already left the buffer)
+            self._sampled_present += not releasing and it.times_sampled == 0
             it.times_sampled += 1
         self.rate_limiter.samples += n
         self._counters["sampled"] += n
@@ -272,8 +293,8 @@ class ReplayBuffer:
     def try_sample(self, n: int, current_version: int) -> list[StepSample] | None:
         """Sample ``n`` items trained on by policy ``current_version``; ``None`` means "would block".
 
-        FIFO hands out the oldest items, each exactly once; prioritized draws with replacement with
-        probability proportional to priority (default ``|advantage| + eps``). Never returns an item
+        FIFO hands out the oldest items, ``newest`` the newest, each exactly once; prioritized draws with
+        replacement with probability proportional to priority (default ``|advantage| + eps``). Never returns an item
         more than ``max_policy_lag`` versions behind ``current_version``.
         """
         keyed = self.try_sample_keyed(n, current_version)
@@ -369,7 +390,7 @@ class ReplayBuffer:
             field = "rate_limiter"
             buf.rate_limiter = RateLimiter.from_json(state["rate_limiter"])
             field = "counters"
-            missing = set(buf._counters) - set(state["counters"]) - {"solutions_archived", "solutions_replayed"}
+            missing = set(buf._counters) - set(state["counters"]) - set(LATER_COUNTERS)
             if missing:
                 raise KeyError(sorted(missing)[0])
             buf._counters = {k: int(state["counters"].get(k, 0)) for k in buf._counters}

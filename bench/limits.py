@@ -139,7 +139,9 @@ def replay_round(trees: Trees, batch: int, cfg: ArborConfig) -> tuple[float, ...
     d: deque = deque()
 
     def pop(n: int) -> list[StepSample]:
-        return [d.popleft() for _ in range(n)] if b.sampler == "fifo" else random.choices(d, k=n)
+        if b.sampler == "prioritized":
+            return random.choices(d, k=n)
+        return [d.popleft() if b.sampler == "fifo" else d.pop() for _ in range(n)]
 
     insert = timed(lambda: [buffer.try_insert(tree) for tree in trees])
     sample = timed(lambda: [buffer.try_sample(batch, 0) for _ in range(draws)])

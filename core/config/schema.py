@@ -81,7 +81,7 @@ TrainInit = choices("TrainInit", "sft", "model")
 PolicyLoss = choices("PolicyLoss", "decoupled_ppo", "ppo", "vtrace")
 AdvantageScale = choices("AdvantageScale", "none", "tree_std")
 ISMode = choices("ISMode", "cap", "mask")
-Sampler = choices("Sampler", "fifo", "prioritized")
+Sampler = choices("Sampler", "fifo", "newest", "prioritized")
 WeightSync = choices("WeightSync", "object_store", "collective")
 JourneyMode = choices("JourneyMode", "off", "journey", "shortcut")
 Strategy = choices("Strategy", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -297,7 +297,9 @@ class DecoupledPPOConfig:
 @dataclass
 class BufferConfig:
     capacity: int = positive(8192)  # replay buffer items
-    sampler: Sampler = Sampler.fifo  # fifo (each item trained on once) | prioritized (|advantage|, replacement)
+    # fifo: the oldest items, each trained on once | newest: the newest, each once | prioritized: |advantage|, with
+    # replacement
+    sampler: Sampler = Sampler.fifo
     max_policy_lag: int = nonneg(8)  # items more than this many versions behind are evicted, never trained on
     # Reverb SampleToInsertRatio: learner samples per inserted item. Below 1 the actors run ahead of the learner
     # (a tree's many step samples outnumber what the learner can take) and more problems get searched

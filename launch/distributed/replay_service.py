@@ -23,7 +23,10 @@ class ReplayService:
     """
 
     def __init__(self, buffer: ReplayBuffer | None = None, restore_path: str | None = None, **kwargs: Any):
-        self.buffer = ReplayBuffer.restore(restore_path) if restore_path else (buffer or ReplayBuffer(**kwargs))
+        if restore_path:
+            self.buffer = ReplayBuffer.restore(restore_path)
+        else:  # (an empty buffer is falsy: it has a length)
+            self.buffer = buffer if buffer is not None else ReplayBuffer(**kwargs)
         self._changed = asyncio.Condition()
         self.waits = {"insert_seconds": 0.0, "sample_seconds": 0.0}
         self.closed = False  # set at shutdown: waiting and later inserts return False (the tree is not taken)
@@ -35,9 +38,14 @@ class ReplayService:
 
         def ready() -> bool:
             evicted = self.buffer._counters["evicted_stale"]
+            waited = self.buffer.learner_waits_on_ratio()
             got[0] = attempt()
-            if self.buffer._counters["evicted_stale"] != evicted:
-                self._changed.notify_all()  # a failed sample that evicted stale items frees room for inserts
+            # a failed sample that evicted stale items frees room for inserts, and one that leaves the learner
+            # waiting on the ratio lets a full buffer make room (ReplayBuffer.try_insert): wake the inserts
+            if self.buffer._counters["evicted_stale"] != evicted or (
+                not waited and self.buffer.learner_waits_on_ratio()
+            ):
+                self._changed.notify_all()
             return _ok(got[0])
 
         async with self._changed:

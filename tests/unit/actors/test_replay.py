@@ -99,7 +99,7 @@ def test_stale_items_are_evicted_counted_and_never_returned() -> None:
     assert_nothing_dropped(buf)
 
 
-@pytest.mark.parametrize("sampler", ["fifo", "prioritized"])
+@pytest.mark.parametrize("sampler", ["fifo", "newest", "prioritized"])
 def test_random_out_of_order_versions_match_a_full_scan_reference(tmp_path: Path, sampler: str) -> None:
     """Async actors insert trees of older versions after newer ones, and demonstrations mix in. Whatever the
     order, sampling evicts exactly what a scan of every item would call stale (the buffer skips that scan
@@ -161,6 +161,35 @@ def test_full_buffer_evicts_only_already_sampled_items() -> None:
     assert_nothing_dropped(buf)
     with pytest.raises(ValueError, match="capacity 3"):
         buf.try_insert([step(i) for i in range(4)])
+
+
+def test_full_buffer_whose_learner_waits_on_the_ratio_evicts_its_oldest_unseen_items() -> None:
+    """Below one sample per insert unseen items pile up; once they fill the buffer the learner waits on the
+    ratio for inserts that capacity refuses, and neither side could move. The oldest go then, and only then."""
+    # offset = 0.25 * 4 = 1, window [0, 2] on diff = 0.25 * inserts - samples
+    buf = ReplayBuffer(8, "fifo", max_policy_lag=10, rate_limiter=RateLimiter(4, 0.25, 1.0))
+    assert all(buf.try_insert([step(i)]) for i in range(8))  # diff 2: full, the learner not waiting
+    assert not buf.try_insert([step(8)]) and buf.stats()["evicted_capacity"] == 0  # nothing unseen lost
+    assert [s.problem_uid for s in buf.try_sample(2, 0)] == ["p0", "p1"]  # diff 0
+    assert buf.try_sample(1, 0) is None  # the learner waits for inserts
+    assert buf.try_insert([step(8), step(9)])  # the room the learner made
+    assert buf.try_sample(1, 0) is None and len(buf) == 8  # diff -0.5: still waiting, and full
+    assert buf.try_insert([step(10)]) and buf.try_insert([step(11)])  # each evicts the oldest unseen item
+    s = buf.stats()
+    assert (s["evicted_capacity"], s["evicted_unseen"], len(buf)) == (2, 2, 8)
+    assert [x.problem_uid for x in buf.try_sample(1, 0)] == ["p4"]  # diff 0: p2 and p3 went untrained
+    assert_nothing_dropped(buf)
+
+
+def test_newest_sampler_hands_out_the_newest_items_once_and_the_rest_age_out() -> None:
+    buf = ReplayBuffer(10, "newest", max_policy_lag=1, rate_limiter=RateLimiter(1, 1.0, 10.0))
+    assert buf.try_insert([step(i, version=0) for i in range(3)])
+    assert buf.try_insert([step(i, version=1) for i in range(3, 6)])
+    assert [s.problem_uid for s in buf.try_sample(2, current_version=1)] == ["p5", "p4"]
+    assert [s.problem_uid for s in buf.try_sample(1, current_version=2)] == ["p3"]  # p0-p2 now stale
+    s = buf.stats()
+    assert (s["released"], s["evicted_stale"], len(buf)) == (3, 3, 0)
+    assert_nothing_dropped(buf)
 
 
 def test_prioritized_frequencies_follow_priorities() -> None:
@@ -329,3 +358,28 @@ def test_solution_replay_keeps_each_problems_newest_response_and_draws_its_share
 def test_solution_replay_share_is_refused_outside_zero_to_one() -> None:
     with pytest.raises(ValueError, match="solution_replay must be in"):
         ReplayBuffer(capacity=8, solution_replay=1.0)
+
+
+def test_the_buffer_service_wakes_a_waiting_insert_when_the_learner_starts_waiting_on_the_ratio() -> None:
+    """The Ray service turns refusals into waits. An insert refused by a full buffer sleeps until something
+    changes; the learner's refused sample is such a change (it lets the full buffer make room), so it must
+    wake the insert, or each side waits on the other for the rest of the run."""
+    import asyncio
+
+    from arbor.launch.distributed.replay_service import ReplayService
+
+    async def scenario() -> tuple[bool, list[str] | None]:
+        service = ReplayService(ReplayBuffer(8, "fifo", max_policy_lag=10, rate_limiter=RateLimiter(4, 0.25, 1.0)))
+        for i in range(8):
+            assert await service.insert([step(i)])
+        assert [s.problem_uid for s in await service.sample(2, 0)] == ["p0", "p1"]
+        assert await service.insert([step(8), step(9)])  # full again, and the learner not yet waiting
+        waiting = asyncio.ensure_future(service.insert([step(10)]))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        assert await service.sample(1, 0, timeout_s=0.05) is None  # the learner now waits on the ratio
+        inserted = await asyncio.wait_for(waiting, 2.0)
+        return inserted, [s.problem_uid for s in service.buffer.try_sample(1, 0) or []]
+
+    inserted, next_up = asyncio.run(scenario())
+    assert inserted and next_up == []  # in, by evicting p2 unseen; diff -0.25: the learner still waits
