@@ -9,11 +9,12 @@ it directly. Semantics:
 - Rate limiting follows Reverb's SampleToInsertRatio (Cassirer et al. 2021, "Reverb: A Framework for
   Experience Replay"): inserts block when the learner falls behind, samples block when data is short.
 - Capacity: a full buffer evicts its oldest items that were already sampled at least once; if that
-  does not free enough room the insert is refused (blocks) rather than discarding unseen data, unless the
-  learner is waiting on the rate limiter for inserts: then neither side could move (with
-  ``samples_per_insert`` below 1 unseen items pile up until staleness evicts them, and a slow version clock,
-  ``train.sync_every`` above 1, lets them fill the buffer first), so the oldest items go, unseen ones too,
-  counted in ``evicted_capacity`` and, for the unseen, ``evicted_unseen``.
+  does not free enough room the insert is refused (blocks) rather than discarding unseen data. Two cases
+  evict the oldest items, unseen ones too (counted in ``evicted_capacity`` and, for the unseen,
+  ``evicted_unseen``): ``samples_per_insert`` below 1, where most items are meant to age out untrained and
+  the oldest would be the lag rule's next (a slow version clock, ``train.sync_every`` above 1, lets them
+  fill the buffer before they are stale, and a buffer that waited for the learner to free room would
+  serialise the two); and a learner waiting on the rate limiter for inserts, where neither side could move.
 - Samplers: ``fifo`` hands out the oldest items, ``newest`` the newest (both release what they hand out, each
   item trained on once; the rest age out by the lag rule), ``prioritized`` draws with replacement.
 - Only whole search trees enter (:func:`check_whole_trees`): a tree cut short never reaches the learner.
@@ -172,7 +173,8 @@ class ReplayBuffer:
         n = len(samples)
         free = self.capacity - len(self._items)
         short = free + self._sampled_present < n  # decided from counts: a full buffer's retries do not scan it
-        if not self.rate_limiter.can_insert(n) or (short and not self.learner_waits_on_ratio()):
+        sheds = self.rate_limiter.samples_per_insert < 1 or self.learner_waits_on_ratio()
+        if not self.rate_limiter.can_insert(n) or (short and not sheds):
             self._counters["blocked_inserts"] += 1
             return False
         seen = (k for k, it in self._items.items() if it.times_sampled > 0)  # oldest first

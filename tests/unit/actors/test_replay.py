@@ -163,21 +163,30 @@ def test_full_buffer_evicts_only_already_sampled_items() -> None:
         buf.try_insert([step(i) for i in range(4)])
 
 
-def test_full_buffer_whose_learner_waits_on_the_ratio_evicts_its_oldest_unseen_items() -> None:
-    """Below one sample per insert unseen items pile up; once they fill the buffer the learner waits on the
-    ratio for inserts that capacity refuses, and neither side could move. The oldest go then, and only then."""
-    # offset = 0.25 * 4 = 1, window [0, 2] on diff = 0.25 * inserts - samples
-    buf = ReplayBuffer(8, "fifo", max_policy_lag=10, rate_limiter=RateLimiter(4, 0.25, 1.0))
-    assert all(buf.try_insert([step(i)]) for i in range(8))  # diff 2: full, the learner not waiting
-    assert not buf.try_insert([step(8)]) and buf.stats()["evicted_capacity"] == 0  # nothing unseen lost
-    assert [s.problem_uid for s in buf.try_sample(2, 0)] == ["p0", "p1"]  # diff 0
-    assert buf.try_sample(1, 0) is None  # the learner waits for inserts
-    assert buf.try_insert([step(8), step(9)])  # the room the learner made
-    assert buf.try_sample(1, 0) is None and len(buf) == 8  # diff -0.5: still waiting, and full
-    assert buf.try_insert([step(10)]) and buf.try_insert([step(11)])  # each evicts the oldest unseen item
+def test_full_buffer_below_one_sample_per_insert_evicts_its_oldest_unseen_items() -> None:
+    """Below one sample per insert most items are meant to age out untrained: a full buffer drops its oldest
+    rather than make the actor wait for the learner to free room."""
+    buf = ReplayBuffer(4, "fifo", max_policy_lag=10, rate_limiter=RateLimiter(1, 0.5, 8.0))
+    assert all(buf.try_insert([step(i)]) for i in range(6))
     s = buf.stats()
-    assert (s["evicted_capacity"], s["evicted_unseen"], len(buf)) == (2, 2, 8)
-    assert [x.problem_uid for x in buf.try_sample(1, 0)] == ["p4"]  # diff 0: p2 and p3 went untrained
+    assert (len(buf), s["evicted_capacity"], s["evicted_unseen"], s["blocked_inserts"]) == (4, 2, 2, 0)
+    assert [x.problem_uid for x in buf.try_sample(2, 0)] == ["p2", "p3"]
+    assert_nothing_dropped(buf)
+
+
+def test_full_buffer_whose_learner_waits_on_the_ratio_evicts_its_oldest_unseen_items() -> None:
+    """At one sample per insert or more a full buffer keeps its unseen items and the insert waits, unless the
+    learner waits on the ratio for inserts that capacity refuses: neither side could move. The oldest go then."""
+    # offset = 1 * 2 = 2, window [1, 3] on diff = inserts - samples; a capacity of 2 is below what a sample
+    # of 2 needs held (diff 3), a misconfiguration that must not stall the run
+    buf = ReplayBuffer(2, "fifo", max_policy_lag=10, rate_limiter=RateLimiter(2, 1.0, 1.0))
+    assert buf.try_insert([step(0)]) and buf.try_insert([step(1)])  # full, diff 2
+    assert not buf.try_insert([step(2)]) and buf.stats()["evicted_capacity"] == 0  # nothing unseen lost
+    assert buf.try_sample(2, 0) is None  # diff 2 - 2 < 1: the learner waits for inserts
+    assert buf.try_insert([step(2)])  # the oldest, unseen, makes room
+    s = buf.stats()
+    assert (s["evicted_capacity"], s["evicted_unseen"], len(buf)) == (1, 1, 2)
+    assert [x.problem_uid for x in buf.try_sample(2, 0)] == ["p1", "p2"]
     assert_nothing_dropped(buf)
 
 
@@ -368,18 +377,16 @@ def test_the_buffer_service_wakes_a_waiting_insert_when_the_learner_starts_waiti
 
     from arbor.launch.distributed.replay_service import ReplayService
 
-    async def scenario() -> tuple[bool, list[str] | None]:
-        service = ReplayService(ReplayBuffer(8, "fifo", max_policy_lag=10, rate_limiter=RateLimiter(4, 0.25, 1.0)))
-        for i in range(8):
-            assert await service.insert([step(i)])
-        assert [s.problem_uid for s in await service.sample(2, 0)] == ["p0", "p1"]
-        assert await service.insert([step(8), step(9)])  # full again, and the learner not yet waiting
-        waiting = asyncio.ensure_future(service.insert([step(10)]))
+    async def scenario() -> tuple[bool, list[str]]:
+        service = ReplayService(ReplayBuffer(2, "fifo", max_policy_lag=10, rate_limiter=RateLimiter(2, 1.0, 1.0)))
+        assert await service.insert([step(0)]) and await service.insert([step(1)])  # full
+        waiting = asyncio.ensure_future(service.insert([step(2)]))
         await asyncio.sleep(0.05)
-        assert not waiting.done()
-        assert await service.sample(1, 0, timeout_s=0.05) is None  # the learner now waits on the ratio
-        inserted = await asyncio.wait_for(waiting, 2.0)
-        return inserted, [s.problem_uid for s in service.buffer.try_sample(1, 0) or []]
+        assert not waiting.done()  # the full buffer keeps its unseen items
+        # the learner's sample is refused (diff 2 - 2 < 1), which wakes the insert; that insert evicts p0 and
+        # its success wakes the sample, all within the sample's own wait
+        got = await service.sample(2, 0, timeout_s=2.0)
+        return await asyncio.wait_for(waiting, 2.0), [s.problem_uid for s in got or []]
 
-    inserted, next_up = asyncio.run(scenario())
-    assert inserted and next_up == []  # in, by evicting p2 unseen; diff -0.25: the learner still waits
+    inserted, got = asyncio.run(scenario())
+    assert inserted and got == ["p1", "p2"]  # p0 went unseen
