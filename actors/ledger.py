@@ -1,8 +1,11 @@
-"""The replay buffer's tree ledger: what became of every search tree an actor began."""
+"""The replay buffer's tree ledger: what became of every search tree an actor began, and the whole-tree rule."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
+
+from arbor.core.samples import StepSample
 
 
 class TreeLedger:
@@ -79,3 +82,19 @@ def _ranges(values: set[int]) -> list[list[int]]:
 
 def _unranges(runs: list[list[int]]) -> set[int]:
     return {v for first, last in runs for v in range(int(first), int(last) + 1)}
+
+
+def check_whole_trees(samples: list[StepSample]) -> None:
+    """Samples tagged with a tree (``meta["tree"]``, ``meta["tree_size"]``) must come as whole trees.
+
+    Rollout actors insert each finished tree in one call; a partial tree here would mean an actor sent a
+    search cut short, so it is refused loudly rather than trained on.
+    """
+    counts = Counter(s.meta["tree"] for s in samples if "tree" in s.meta)
+    for s in samples:
+        tree = s.meta.get("tree")
+        if tree is not None and counts[tree] != s.meta.get("tree_size"):
+            raise ValueError(
+                f"insert holds {counts[tree]} samples of tree {tree!r} but the tree has {s.meta.get('tree_size')}: "
+                "only whole trees may enter the buffer"
+            )

@@ -8,15 +8,12 @@ it directly. Semantics:
   items older than ``current_version - max_policy_lag``, so a stale item is never returned.
 - Rate limiting follows Reverb's SampleToInsertRatio (Cassirer et al. 2021, "Reverb: A Framework for
   Experience Replay"): inserts block when the learner falls behind, samples block when data is short.
-- Capacity: a full buffer evicts its oldest items that were already sampled at least once; if that
-  does not free enough room the insert is refused (blocks) rather than discarding unseen data. Two cases
-  evict the oldest items, unseen ones too (counted in ``evicted_capacity`` and, for the unseen,
-  ``evicted_unseen``): ``samples_per_insert`` below 1, where most items are meant to age out untrained and
-  the oldest would be the lag rule's next (a slow version clock, ``train.sync_every`` above 1, lets them
-  fill the buffer before they are stale, and a buffer that waited for the learner to free room would
-  serialise the two); and a learner waiting on the rate limiter for inserts, where neither side could move.
-- Samplers: ``fifo`` hands out the oldest items, ``newest`` the newest (both release what they hand out, each
-  item trained on once; the rest age out by the lag rule), ``prioritized`` draws with replacement.
+- Capacity: a full buffer evicts its oldest already-sampled items; if that frees too little the insert
+  blocks rather than drop unseen data, except below one sample per insert (most items age out untrained
+  anyway; with ``train.sync_every`` above 1 they fill the buffer before the lag rule takes them) and when the
+  learner waits on the ratio (neither side could move): then the oldest go, unseen too (``evicted_unseen``).
+- Samplers: ``fifo`` hands out the oldest items, ``newest`` the newest (each once; the rest age out),
+  ``prioritized`` draws with replacement.
 - Only whole search trees enter (:func:`check_whole_trees`): a tree cut short never reaches the learner.
 - Each accepted insert may carry its actor's cursor (the next problem of its shard), so the items a
   snapshot holds and the cursors it records always agree, and a resumed actor continues right after the
@@ -27,8 +24,7 @@ it directly. Semantics:
   buffer returns the same items for the same calls.
 
 Accounting invariant (tested): ``inserted == size + released + evicted_stale + evicted_capacity``,
-where ``released`` counts items a releasing sampler (``fifo``, ``newest``) handed to the learner (each
-exactly once).
+where ``released`` counts items ``fifo`` or ``newest`` handed to the learner (each exactly once).
 """
 
 from __future__ import annotations
@@ -43,7 +39,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
-from arbor.actors.ledger import TreeLedger
+from arbor.actors.ledger import TreeLedger, check_whole_trees
 from arbor.actors.rate_limiter import RateLimiter
 from arbor.actors.solutions import SolutionArchive
 from arbor.core.errors import DataError
@@ -53,8 +49,7 @@ from arbor.core.samples import ARCHIVE_ONLY_SOURCES, DEMO_FLAG, StepSample
 SNAPSHOT_FORMAT = "arbor.replay/1"
 SAMPLERS = ("fifo", "newest", "prioritized")
 RELEASING = ("fifo", "newest")  # samplers that hand each item out once and remove it
-# counters added after the snapshot format was fixed: a snapshot without them restores them as 0
-LATER_COUNTERS = ("solutions_archived", "solutions_replayed", "evicted_unseen")
+LATER_COUNTERS = ("solutions_archived", "solutions_replayed", "evicted_unseen")  # older snapshots: 0
 
 
 @dataclass
@@ -197,10 +192,8 @@ class ReplayBuffer:
         return True
 
     def learner_waits_on_ratio(self) -> bool:
-        """The learner's last sample was refused by the rate limiter (not for want of items) and still would be:
-        it waits for inserts, so an insert that a full buffer refuses would leave both sides waiting."""
-        starving = self.rate_limiter.starving
-        return starving > 0 and len(self._items) >= starving and not self.rate_limiter.can_sample(starving)
+        """The learner's last sample was refused by the rate limiter (not for want of items) and still would be."""
+        return (n := self.rate_limiter.starving) > 0 and len(self._items) >= n and not self.rate_limiter.can_sample(n)
 
     def _take_cursor(self, cursor: tuple[str, int] | None) -> None:
         if cursor is not None:
@@ -425,19 +418,3 @@ class ReplayBuffer:
                 f"{buf.rate_limiter.size} (capacity {buf.capacity}): the file is inconsistent"
             )
         return buf
-
-
-def check_whole_trees(samples: list[StepSample]) -> None:
-    """Samples tagged with a tree (``meta["tree"]``, ``meta["tree_size"]``) must come as whole trees.
-
-    Rollout actors insert each finished tree in one call; a partial tree here would mean an actor sent a
-    search cut short, so it is refused loudly rather than trained on.
-    """
-    counts = Counter(s.meta["tree"] for s in samples if "tree" in s.meta)
-    for s in samples:
-        tree = s.meta.get("tree")
-        if tree is not None and counts[tree] != s.meta.get("tree_size"):
-            raise ValueError(
-                f"insert holds {counts[tree]} samples of tree {tree!r} but the tree has {s.meta.get('tree_size')}: "
-                "only whole trees may enter the buffer"
-            )

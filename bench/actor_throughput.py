@@ -4,10 +4,12 @@
 
 ``MODEL_DIR`` is the RL init (an ``arbor sft`` checkpoint); ``key=value`` overrides apply to every variant
 (the trial settings of docs/training-notes.md, say). ``--variants`` is a ``;``-separated list, each a
-``,``-separated list of further overrides (empty: the config as is); the default compares HF's forward, the
-lean decode path (``search.lean_decode``) and a wider batch::
+``,``-separated list of further overrides (empty: the config as is); the default compares HF's forward and the
+lean decode path (``search.lean_decode``) at 64 trees in flight with the config's wider batch (256 trees, 1,024
+rows a call)::
 
-    search.lean_decode=false ; (the config) ; search.trees_in_flight=256,search.max_batch_rows=1024
+    search.lean_decode=false,search.trees_in_flight=64,search.max_batch_rows=256 ;
+    search.trees_in_flight=64,search.max_batch_rows=256 ; (the config)
 
 Every variant searches the same problems, the first ``--problems`` the actors search (one actor by default: its shard;
 held-out and SFT-pool problems passed over, as the actor does), from the same weights with a fresh backend seeded with
@@ -42,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning import oracle_stream  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_VARIANTS = "search.lean_decode=false;;search.trees_in_flight=256,search.max_batch_rows=1024"
+NARROW = "search.trees_in_flight=64,search.max_batch_rows=256"  # the recipe before 2026-12-03's night
+DEFAULT_VARIANTS = f"search.lean_decode=false,{NARROW};{NARROW};"
 
 
 def actor_problems(cfg: ArborConfig, count: int) -> list[Problem]:

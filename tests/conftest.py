@@ -94,6 +94,7 @@ def train_overrides(root: Path, init: Path, **extra: object) -> list[str]:
         "search.children": 2,
         "search.beam.width": 2,
         "search.trees_in_flight": 4,
+        "train.sync_every": 1,  # a few steps' run still publishes after each (the recipe's 4 would publish once)
         "search.max_step_tokens": 12,
         "search.max_response_tokens": 36,
         "search.max_depth": 4,

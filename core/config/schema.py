@@ -226,8 +226,8 @@ class SearchConfig:
     # distinct_children, batched: a node's missing samples are drawn together each round and a twin of another is
     # drawn again next round (false: one draw a round, each conditioned on the last; no tokens spent on twins)
     distinct_batched: bool = False
-    trees_in_flight: int = positive(64)  # trees the driver advances together, one batched model call per round
-    max_batch_rows: int = positive(256)  # sequences per model call; larger rounds are split
+    trees_in_flight: int = positive(256)  # trees the driver advances together, one batched model call per round
+    max_batch_rows: int = positive(1024)  # sequences per model call; larger rounds are split
     lean_decode: bool = True  # Llama/Qwen2 decode over a preallocated KV buffer (search/decode.py); else HF's
     budgets: list[int] = each_positive([])  # test-time scaling budgets for `arbor eval`; [] skips it
     kinds: list[CurveKind] = field(default_factory=lambda: list(CurveKind))  # kinds on the scaling curve
@@ -297,9 +297,7 @@ class DecoupledPPOConfig:
 @dataclass
 class BufferConfig:
     capacity: int = positive(8192)  # replay buffer items
-    # fifo: the oldest items, each trained on once | newest: the newest, each once | prioritized: |advantage|, with
-    # replacement
-    sampler: Sampler = Sampler.fifo
+    sampler: Sampler = Sampler.fifo  # fifo: oldest first, each once | newest: newest first | prioritized: |adv|
     max_policy_lag: int = nonneg(8)  # items more than this many versions behind are evicted, never trained on
     # Reverb SampleToInsertRatio: learner samples per inserted item. Below 1 the actors run ahead of the learner
     # (a tree's many step samples outnumber what the learner can take) and more problems get searched
@@ -349,7 +347,7 @@ class TrainConfig:
     negative_advantage_scale: float = nonneg(1.0)  # multiplies negative advantages (0: better-than-baseline only)
     advantage_scale: AdvantageScale = AdvantageScale.none  # tree_std: divide by a tree's outcome std (GRPO)
     value_head_weight: float = unit(0.0)  # mix of the value head into the tree's Monte-Carlo V for advantages
-    sync_every: int = positive(1)  # learner steps between weight publications (each is a new policy version)
+    sync_every: int = positive(4)  # learner steps between weight publications (each a new policy version)
     weight_sync: WeightSync = WeightSync.object_store  # object_store: one ray.put | collective: torch.distributed
     sync_trees_per_round: int = positive(32)  # sync, local: trees searched (over all actors) per round
     visit_coef: float = nonneg(0.0)  # weight of the cross-entropy to the search's visit shares over sibling steps

@@ -187,7 +187,7 @@ def test_rollouts_skip_held_out_and_sft_demonstrations():
 
 
 def test_buffer_refuses_a_partial_tree():
-    from arbor.actors.replay import check_whole_trees
+    from arbor.actors.ledger import check_whole_trees
     from arbor.core.samples import StepSample
 
     def sample(tree: str, size: int) -> StepSample:
