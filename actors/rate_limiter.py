@@ -68,10 +68,12 @@ class RateLimiter:
             "inserts": self.inserts,
             "samples": self.samples,
             "deletes": self.deletes,
+            "starving": self.starving,  # the learner's waiting decides a full buffer's inserts: a restore keeps it
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RateLimiter:
         limiter = cls(data["min_size_to_sample"], data["samples_per_insert"], data["error_buffer"])
         limiter.inserts, limiter.samples, limiter.deletes = data["inserts"], data["samples"], data["deletes"]
+        limiter.starving = int(data.get("starving", 0))  # (snapshots before 2026-12-03 lack it)
         return limiter

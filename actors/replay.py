@@ -1,8 +1,7 @@
 """The replay buffer between rollout actors and the learner, as a plain in-process object.
 
 The Ray actor that wraps it (``arbor.launch.distributed.replay_service``) turns ``False`` / ``None`` from
-``try_insert`` / ``try_sample`` into an await, so backpressure never drops data; ``train.mode=local`` calls
-it directly. Semantics:
+``try_insert`` / ``try_sample`` into an await; ``train.mode=local`` calls it directly. Semantics:
 
 - Every item carries its policy version; ``try_sample(n, current_version)`` first evicts, and counts,
   items older than ``current_version - max_policy_lag``, so a stale item is never returned.
@@ -96,8 +95,7 @@ class ReplayBuffer:
         self._solutions = SolutionArchive(solution_capacity)
         self._rng = random.Random(seed)
         self._items: dict[int, _Item] = {}  # insertion order == age, oldest first
-        # policy version -> non-demonstration items of it: a sample checks staleness against the oldest
-        # version here instead of scanning every item, and scans only when something is stale
+        # version -> its non-demonstration items: staleness is checked on the oldest here, a scan only if stale
         self._versions: Counter[int] = Counter()
         self._sampled_present = 0  # items still held that were sampled (prioritized): what capacity may evict
         self._next_key = 0
@@ -172,8 +170,10 @@ class ReplayBuffer:
         if not self.rate_limiter.can_insert(n) or (short and not sheds):
             self._counters["blocked_inserts"] += 1
             return False
-        seen = (k for k, it in self._items.items() if it.times_sampled > 0)  # oldest first
-        for key in list(islice(self._items if short else seen, max(0, n - free))):
+        victims = list(islice((k for k, it in self._items.items() if it.times_sampled), max(0, n - free)))
+        if short:  # the sampled ones do not make room enough: then the oldest unseen
+            victims += islice((k for k, it in self._items.items() if not it.times_sampled), n - free - len(victims))
+        for key in victims:
             self._counters["evicted_unseen"] += self._remove(key).times_sampled == 0
             self._counters["evicted_capacity"] += 1
             self.rate_limiter.deletes += 1
@@ -193,7 +193,8 @@ class ReplayBuffer:
 
     def learner_waits_on_ratio(self) -> bool:
         """The learner's last sample was refused by the rate limiter (not for want of items) and still would be."""
-        return (n := self.rate_limiter.starving) > 0 and len(self._items) >= n and not self.rate_limiter.can_sample(n)
+        n, limiter = self.rate_limiter.starving, self.rate_limiter
+        return n > 0 and len(self._items) >= (n if self.sampler in RELEASING else 1) and not limiter.can_sample(n)
 
     def _take_cursor(self, cursor: tuple[str, int] | None) -> None:
         if cursor is not None:
@@ -209,11 +210,10 @@ class ReplayBuffer:
 
         Same blocking rules as ``try_insert``. Demonstrations come from outside the policy lineage, so
         their ``policy_version`` is not compared with the current one: they are exempt from lag
-        eviction and leave only by sampling (FIFO) or capacity eviction.
+        eviction and leave only by sampling (``fifo``, ``newest``) or capacity eviction.
         """
         flagged = [replace(s, meta={**s.meta, DEMO_FLAG: True}) for s in samples]
-        ok = self.try_insert(flagged)
-        if ok:
+        if ok := self.try_insert(flagged):
             self._counters["demonstrations"] += len(flagged)
         return ok
 

@@ -1,8 +1,8 @@
 """The replay buffer as an async Ray actor: ``insert`` and ``sample`` wait instead of refusing.
 
 The buffer itself (``arbor.actors.replay.ReplayBuffer``) answers "would block" with ``False`` / ``None``;
-this actor turns that into an await, so backpressure never drops data, and refuses inserts once the run
-closes it (an actor's tree cut off by shutdown is not taken, its cursor stays).
+this actor turns that into an await (the buffer's capacity rules decide what may be evicted), and refuses
+inserts once the run closes it (an actor's tree cut off by shutdown is not taken, its cursor stays).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class ReplayService:
         cursor: tuple[str, int] | None = None,
         tree: str | None = None,
     ) -> bool:
-        """Insert all of ``samples``, waiting while the rate limiter (or capacity) blocks; never drops.
+        """Insert all of ``samples``, waiting while the rate limiter (or capacity) blocks.
 
         ``cursor`` = (actor, next problem index) is recorded with the insert, so a snapshot's items and the
         actors' cursors agree exactly. After ``close`` an insert returns False and takes nothing: the actor

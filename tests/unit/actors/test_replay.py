@@ -99,15 +99,18 @@ def test_stale_items_are_evicted_counted_and_never_returned() -> None:
     assert_nothing_dropped(buf)
 
 
+@pytest.mark.parametrize("sheds", [False, True], ids=["ratio1", "ratio0.5"])
 @pytest.mark.parametrize("sampler", ["fifo", "newest", "prioritized"])
-def test_random_out_of_order_versions_match_a_full_scan_reference(tmp_path: Path, sampler: str) -> None:
+def test_random_out_of_order_versions_match_a_full_scan_reference(tmp_path: Path, sampler: str, sheds: bool) -> None:
     """Async actors insert trees of older versions after newer ones, and demonstrations mix in. Whatever the
     order, sampling evicts exactly what a scan of every item would call stale (the buffer skips that scan
-    when its oldest version is recent enough), returns nothing stale, and a restore keeps it so."""
+    when its oldest version is recent enough), returns nothing stale, and a restore keeps it so. Below one
+    sample per insert a small buffer fills and sheds unseen items, with the same bookkeeping."""
     import random
 
     rng = random.Random(7)
-    buf = ReplayBuffer(64, sampler, max_policy_lag=2, rate_limiter=RateLimiter(1, 1.0, 1e6), seed=3)
+    limiter = RateLimiter(1, 0.5, 4.0) if sheds else RateLimiter(1, 1.0, 1e6)
+    buf = ReplayBuffer(12 if sheds else 64, sampler, max_policy_lag=2, rate_limiter=limiter, seed=3)
     version, uid = 0, 0
     for round_ in range(300):
         if rng.random() < 0.6:
@@ -138,6 +141,7 @@ def test_random_out_of_order_versions_match_a_full_scan_reference(tmp_path: Path
     assert buf.stats()["evicted_stale"] > 0  # the run did exercise eviction
     if sampler == "prioritized":  # sampled items stay, so the buffer filled and capacity made room
         assert buf.stats()["evicted_capacity"] > 0
+    assert (buf.stats()["evicted_unseen"] > 0) == sheds
 
 
 def test_demonstrations_are_flagged_and_exempt_from_lag() -> None:
@@ -174,7 +178,19 @@ def test_full_buffer_below_one_sample_per_insert_evicts_its_oldest_unseen_items(
     assert_nothing_dropped(buf)
 
 
-def test_full_buffer_whose_learner_waits_on_the_ratio_evicts_its_oldest_unseen_items() -> None:
+def test_a_shedding_prioritized_buffer_evicts_its_sampled_items_before_unseen_ones() -> None:
+    buf = ReplayBuffer(3, "prioritized", rate_limiter=RateLimiter(1, 0.5, 8.0), seed=0, priority_eps=1e-9)
+    assert buf.try_insert([step(0, advantage=0.0), step(1, advantage=0.0), step(2, advantage=1.0)])
+    assert [s.problem_uid for s in buf.try_sample(1, 0)] == ["p2"]  # the newest, and the only one sampled
+    assert buf.try_insert([step(3), step(4)])
+    s = buf.stats()
+    assert (s["evicted_capacity"], s["evicted_unseen"]) == (2, 1)
+    assert sorted(it.sample.problem_uid for it in buf._items.values()) == ["p1", "p3", "p4"]
+    assert buf._sampled_present == 0
+    assert_nothing_dropped(buf)
+
+
+def test_full_buffer_whose_learner_waits_on_the_ratio_evicts_its_oldest_unseen_items(tmp_path: Path) -> None:
     """At one sample per insert or more a full buffer keeps its unseen items and the insert waits, unless the
     learner waits on the ratio for inserts that capacity refuses: neither side could move. The oldest go then."""
     # offset = 1 * 2 = 2, window [1, 3] on diff = inserts - samples; a capacity of 2 is below what a sample
@@ -183,6 +199,8 @@ def test_full_buffer_whose_learner_waits_on_the_ratio_evicts_its_oldest_unseen_i
     assert buf.try_insert([step(0)]) and buf.try_insert([step(1)])  # full, diff 2
     assert not buf.try_insert([step(2)]) and buf.stats()["evicted_capacity"] == 0  # nothing unseen lost
     assert buf.try_sample(2, 0) is None  # diff 2 - 2 < 1: the learner waits for inserts
+    buf.snapshot(tmp_path / "replay.json")
+    buf = ReplayBuffer.restore(tmp_path / "replay.json")  # the waiting learner is part of the state
     assert buf.try_insert([step(2)])  # the oldest, unseen, makes room
     s = buf.stats()
     assert (s["evicted_capacity"], s["evicted_unseen"], len(buf)) == (1, 1, 2)
