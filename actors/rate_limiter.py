@@ -52,7 +52,11 @@ class RateLimiter:
         if (self.inserts + n) * self.samples_per_insert - self.samples <= self.max_diff:
             return True
         wider = n * self.samples_per_insert > self.max_diff - self.min_diff  # could never fit the window
-        return wider and self.starving > 0 and not self.can_sample(self.starving)
+        return wider and self.learner_waits()
+
+    def learner_waits(self) -> bool:
+        """The learner's last sample was refused (``starving``) and would still be: it waits for inserts."""
+        return self.starving > 0 and not self.can_sample(self.starving)
 
     def can_sample(self, n: int = 1) -> bool:
         """Whether ``n`` samples may proceed now (no state change)."""

@@ -11,8 +11,7 @@ The Ray actor that wraps it (``arbor.launch.distributed.replay_service``) turns 
   blocks rather than drop unseen data, except below one sample per insert (most items age out untrained
   anyway; with ``train.sync_every`` above 1 they fill the buffer before the lag rule takes them) and when the
   learner waits on the ratio (neither side could move): then the oldest go, unseen too (``evicted_unseen``).
-- Samplers: ``fifo`` hands out the oldest items, ``newest`` the newest (each once; the rest age out),
-  ``prioritized`` draws with replacement.
+- Samplers: ``fifo`` (oldest first) and ``newest`` hand out each item once; ``prioritized`` draws with replacement.
 - Only whole search trees enter (:func:`check_whole_trees`): a tree cut short never reaches the learner.
 - Each accepted insert may carry its actor's cursor (the next problem of its shard), so the items a
   snapshot holds and the cursors it records always agree, and a resumed actor continues right after the
@@ -193,8 +192,11 @@ class ReplayBuffer:
 
     def learner_waits_on_ratio(self) -> bool:
         """The learner's last sample was refused by the rate limiter (not for want of items) and still would be."""
-        n, limiter = self.rate_limiter.starving, self.rate_limiter
-        return n > 0 and len(self._items) >= (n if self.sampler in RELEASING else 1) and not limiter.can_sample(n)
+        return self._holds(self.rate_limiter.starving) and self.rate_limiter.learner_waits()
+
+    def _holds(self, n: int) -> bool:
+        """Enough items for a sample of ``n``: a releasing sampler needs n, prioritized (with replacement) one."""
+        return len(self._items) >= (n if self.sampler in RELEASING else 1)
 
     def _take_cursor(self, cursor: tuple[str, int] | None) -> None:
         if cursor is not None:
@@ -258,9 +260,7 @@ class ReplayBuffer:
         replayed = min(n - 1, round(n * self.solution_replay)) if self._solutions else 0
         n -= replayed
         self.evict_stale(current_version)
-        # a releasing sampler needs n distinct items; prioritized samples with replacement and needs only one.
-        enough = len(self._items) >= (n if releasing else 1)
-        if not enough or not self.rate_limiter.can_sample(n):
+        if not self._holds(n) or not self.rate_limiter.can_sample(n):
             self._counters["blocked_samples"] += 1
             self.rate_limiter.starving = n
             return None
